@@ -1,0 +1,49 @@
+# Ordinaut developer commands. The README's two set-up commands are `make run` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/ordinaut
+TEST_REDIS_URL ?= redis://127.0.0.1:6379/15
+
+.PHONY: run test check lint format requirements bench clean
+
+$(BIN)/python:
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Ordinaut needs Python 3.11 or newer; found " + sys.version.split()[0])'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV)/.base: $(BIN)/python requirements/base.txt
+	$(BIN)/python -m pip install --quiet -r requirements/base.txt
+	@touch $@
+
+$(VENV)/.dev: $(VENV)/.base requirements/dev.txt
+	$(BIN)/python -m pip install --quiet -r requirements/base.txt -r requirements/dev.txt
+	@touch $@
+
+## run: set up and start web, worker, beat and Flower on SQLite (or $DATABASE_URL)
+run: $(VENV)/.base
+	$(BIN)/python -m ordinaut_site.quickstart
+
+## test: set up and run the whole suite against PostgreSQL and Redis
+test: $(VENV)/.dev
+	DATABASE_URL="$(TEST_DATABASE_URL)" REDIS_URL="$(TEST_REDIS_URL)" \
+	SECRET_KEY="test-only-secret-key-not-for-production" \
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+## check: lint and type-check
+check: $(VENV)/.dev
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	SECRET_KEY=type-check-only $(BIN)/mypy .
+
+format: $(VENV)/.dev
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+## requirements: recompile the pinned requirements from requirements/*.in
+requirements: $(VENV)/.dev
+	$(BIN)/pip-compile --quiet --strip-extras --no-header --no-emit-index-url --no-emit-find-links requirements/base.in -o requirements/base.txt
+	$(BIN)/pip-compile --quiet --strip-extras --no-header --no-emit-index-url --no-emit-find-links requirements/dev.in -o requirements/dev.txt
+
+clean:
+	rm -rf $(VENV) var

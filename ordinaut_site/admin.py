@@ -1,0 +1,100 @@
+"""Admin for agents, their tokens (issue and revoke) and the read-only audit log."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import admin, messages
+from django.db.models import QuerySet
+from django.http import HttpRequest
+
+from . import services
+from .models import Agent, AgentToken, AuditLog
+
+
+class AgentTokenInline(admin.TabularInline):
+    model = AgentToken
+    extra = 0
+    can_delete = False
+    fields = ["prefix", "label", "created_at", "last_used_at", "expires_at", "revoked_at"]
+    readonly_fields = ["prefix", "label", "created_at", "last_used_at", "expires_at", "revoked_at"]
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False  # tokens are issued by the "Issue a new token" action, which shows it once
+
+
+@admin.register(Agent)
+class AgentAdmin(admin.ModelAdmin):
+    list_display = ["name", "is_active", "scope_list", "contact", "created_at"]
+    list_filter = ["is_active"]
+    search_fields = ["name", "contact"]
+    readonly_fields = ["id", "created_at", "deactivated_at"]
+    inlines = [AgentTokenInline]
+    actions = ["issue_token", "deactivate"]
+
+    @admin.display(description="scopes")
+    def scope_list(self, agent: Agent) -> str:
+        return ", ".join(agent.scopes)
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False  # deactivate instead: tasks and audit entries keep their owner
+
+    def save_model(self, request: HttpRequest, obj: Agent, form: Any, change: bool) -> None:
+        obj.scopes = services.scopes_clean(obj.scopes or [])
+        super().save_model(request, obj, form, change)
+        services.audit_record(
+            actor=services.Actor.of_user(request.user),
+            action="agent.update" if change else "agent.create",
+            subject_type="agent",
+            subject_id=obj.pk,
+            details={"scopes": obj.scopes, "is_active": obj.is_active},
+        )
+
+    @admin.action(description="Issue a new token (shown once)")
+    def issue_token(self, request: HttpRequest, queryset: QuerySet[Agent]) -> None:
+        for agent in queryset:
+            _, raw = services.token_issue(agent=agent, actor=services.Actor.of_user(request.user))
+            messages.warning(request, f"New token for {agent.name} (copy it now, it is not shown again): {raw}")
+
+    @admin.action(description="Deactivate (tokens stop working)")
+    def deactivate(self, request: HttpRequest, queryset: QuerySet[Agent]) -> None:
+        for agent in queryset:
+            services.agent_deactivate(agent=agent, actor=services.Actor.of_user(request.user))
+
+
+@admin.register(AgentToken)
+class AgentTokenAdmin(admin.ModelAdmin):
+    list_display = ["prefix", "agent", "label", "created_at", "last_used_at", "expires_at", "revoked_at"]
+    list_filter = ["revoked_at"]
+    search_fields = ["prefix", "agent__name"]
+    readonly_fields = ["agent", "prefix", "created_at", "last_used_at", "revoked_at"]
+    exclude = ["secret_hash"]
+    actions = ["revoke"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    @admin.action(description="Revoke selected tokens")
+    def revoke(self, request: HttpRequest, queryset: QuerySet[AgentToken]) -> None:
+        for token in queryset:
+            services.token_revoke(token=token, actor=services.Actor.of_user(request.user))
+
+
+@admin.register(AuditLog)
+class AuditLogAdmin(admin.ModelAdmin):
+    list_display = ["at", "actor_kind", "actor_name", "action", "subject_type", "subject_id", "request_id"]
+    list_filter = ["actor_kind", "action", "subject_type"]
+    search_fields = ["actor_name", "subject_id", "request_id", "action"]
+    date_hierarchy = "at"
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False

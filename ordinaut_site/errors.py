@@ -1,0 +1,90 @@
+"""Typed service errors; the API exception handler maps each to the single error shape."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class OrdinautError(Exception):
+    """Base of every error a service raises on purpose. `code` is the API error code."""
+
+    code = "error"
+    status = 400
+
+    def __init__(self, message: str, *, fields: dict[str, list[str]] | None = None, **extra: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.fields = fields or {}
+        self.extra = extra
+
+
+class ValidationFailed(OrdinautError):
+    code = "validation_error"
+    status = 400
+
+    @classmethod
+    def on(cls, field: str, message: str) -> ValidationFailed:
+        """One error attached to one field (the field is named in the message too)."""
+        return cls(f"{field}: {message}", fields={field: [message]})
+
+
+class NotAuthenticated(OrdinautError):
+    code = "not_authenticated"
+    status = 401
+
+
+class PermissionDenied(OrdinautError):
+    code = "permission_denied"
+    status = 403
+
+
+class NotFound(OrdinautError):
+    code = "not_found"
+    status = 404
+
+
+class Conflict(OrdinautError):
+    code = "conflict"
+    status = 409
+
+
+class StepError(Exception):
+    """A step's tool call failed. `retryable` says whether another attempt may succeed."""
+
+    code = "step_failed"
+    retryable = False
+
+    def __init__(self, message: str, *, code: str | None = None, retryable: bool | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+        if retryable is not None:
+            self.retryable = retryable
+
+    def as_dict(self) -> dict[str, object]:
+        return {"code": self.code, "message": self.message, "retryable": self.retryable}
+
+
+class UnknownTool(StepError):
+    code = "unknown_tool"
+
+
+class ToolInputInvalid(StepError):
+    code = "input_invalid"
+
+
+class ToolOutputInvalid(StepError):
+    code = "output_invalid"
+
+
+class ToolTimeout(StepError):
+    code = "timeout"
+    retryable = True
+
+
+class ToolUnavailable(StepError):
+    """Connection refused, 5xx, protocol hiccup: worth retrying."""
+
+    code = "tool_unavailable"
+    retryable = True

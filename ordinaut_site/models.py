@@ -1,0 +1,119 @@
+"""Agents, their hashed API tokens, and the append-only audit log."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from django.db import models
+from django.utils import timezone
+
+SCOPE_TASKS_READ = "tasks:read"
+SCOPE_TASKS_WRITE = "tasks:write"
+SCOPE_RUNS_READ = "runs:read"
+SCOPE_RUNS_WRITE = "runs:write"
+SCOPE_EVENTS_PUBLISH = "events:publish"
+SCOPE_TOOLS_READ = "tools:read"
+SCOPE_TOOLS_WRITE = "tools:write"
+SCOPE_AGENTS_ADMIN = "agents:admin"
+SCOPE_ADMIN = "admin"
+
+ALL_SCOPES = (
+    SCOPE_TASKS_READ,
+    SCOPE_TASKS_WRITE,
+    SCOPE_RUNS_READ,
+    SCOPE_RUNS_WRITE,
+    SCOPE_EVENTS_PUBLISH,
+    SCOPE_TOOLS_READ,
+    SCOPE_TOOLS_WRITE,
+    SCOPE_AGENTS_ADMIN,
+    SCOPE_ADMIN,
+)
+
+
+def _empty_list() -> list[str]:
+    return []
+
+
+class Agent(models.Model):
+    """A caller of the API or MCP endpoint: an LLM assistant, a script, another service."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    name = models.CharField(max_length=100, unique=True, help_text="Unique, human-readable name.")
+    scopes = models.JSONField(default=_empty_list, blank=True, help_text="Granted scopes, e.g. tasks:read.")
+    is_active = models.BooleanField(default=True, help_text="Inactive agents cannot authenticate.")
+    contact = models.CharField(max_length=200, blank=True, help_text="Who owns this agent (email, team).")
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    deactivated_at = models.DateTimeField(null=True, blank=True, editable=False)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    # DRF treats request.user as a user object; an authenticated agent is one.
+    @property
+    def is_authenticated(self) -> bool:
+        return True
+
+    @property
+    def is_anonymous(self) -> bool:
+        return False
+
+    def has_scope(self, scope: str) -> bool:
+        return SCOPE_ADMIN in self.scopes or scope in self.scopes
+
+    @property
+    def is_admin(self) -> bool:
+        return SCOPE_ADMIN in self.scopes
+
+
+class AgentToken(models.Model):
+    """A bearer token of an agent. Only a short prefix is kept in clear; the secret is a SHA-256 hash."""
+
+    agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="tokens")
+    prefix = models.CharField(max_length=16, unique=True, editable=False, help_text="Public part, shown in lists.")
+    secret_hash = models.CharField(max_length=64, editable=False)
+    label = models.CharField(max_length=100, blank=True)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
+    expires_at = models.DateTimeField(null=True, blank=True, help_text="Empty: never expires.")
+    revoked_at = models.DateTimeField(null=True, blank=True, editable=False)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.agent.name}:{self.prefix}"
+
+    def is_usable(self, now: Any = None) -> bool:
+        now = now or timezone.now()
+        return self.revoked_at is None and (self.expires_at is None or self.expires_at > now)
+
+
+class AuditLog(models.Model):
+    """One mutating action. Append-only: no FK to agents, and a Postgres trigger refuses UPDATE/DELETE."""
+
+    ACTOR_AGENT = "agent"
+    ACTOR_USER = "user"
+    ACTOR_SYSTEM = "system"
+    ACTOR_KINDS = [(ACTOR_AGENT, "Agent"), (ACTOR_USER, "Operator"), (ACTOR_SYSTEM, "System")]
+
+    at = models.DateTimeField(default=timezone.now, db_index=True, editable=False)
+    actor_kind = models.CharField(max_length=10, choices=ACTOR_KINDS)
+    actor_id = models.CharField(max_length=64, blank=True)
+    actor_name = models.CharField(max_length=150, blank=True)
+    action = models.CharField(max_length=64, db_index=True)
+    subject_type = models.CharField(max_length=32, blank=True)
+    subject_id = models.CharField(max_length=64, blank=True, db_index=True)
+    details = models.JSONField(default=dict, blank=True)
+    request_id = models.CharField(max_length=128, blank=True)
+
+    class Meta:
+        ordering = ["-at", "-id"]
+        verbose_name = "audit log entry"
+        verbose_name_plural = "audit log"
+
+    def __str__(self) -> str:
+        return f"{self.at:%Y-%m-%d %H:%M:%S} {self.actor_name or self.actor_kind} {self.action}"

@@ -1,0 +1,175 @@
+"""Services for agents, tokens and the audit log (the only writers of those rows)."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from . import logs
+from .errors import Conflict, ValidationFailed
+from .models import ALL_SCOPES, SCOPE_ADMIN, Agent, AgentToken, AuditLog
+
+TOKEN_PREFIX = "ord_"  # noqa: S105 - the public marker of Ordinaut tokens, not a secret
+TOKEN_PREFIX_CHARS = 8
+TOKEN_SECRET_BYTES = 32
+# last_used_at is a hint for operators, not an audit trail: write it at most this often.
+TOKEN_LAST_USED_RESOLUTION_S = 60
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who did something: an agent, an operator (Django user) or the system itself."""
+
+    kind: str
+    id: str = ""
+    name: str = ""
+
+    @classmethod
+    def of_agent(cls, agent: Agent) -> Actor:
+        return cls(AuditLog.ACTOR_AGENT, str(agent.pk), agent.name)
+
+    @classmethod
+    def of_user(cls, user: Any) -> Actor:
+        return cls(AuditLog.ACTOR_USER, str(user.pk), user.get_username())
+
+    @classmethod
+    def system(cls, name: str = "system") -> Actor:
+        return cls(AuditLog.ACTOR_SYSTEM, "", name)
+
+
+SYSTEM = Actor.system()
+
+
+def audit_record(
+    *,
+    actor: Actor,
+    action: str,
+    subject_type: str = "",
+    subject_id: object = "",
+    details: dict[str, Any] | None = None,
+) -> AuditLog:
+    """Append one audit row. Call inside the transaction of the change it records."""
+    return AuditLog.objects.create(
+        actor_kind=actor.kind,
+        actor_id=actor.id,
+        actor_name=actor.name,
+        action=action,
+        subject_type=subject_type,
+        subject_id=str(subject_id or ""),
+        details=details or {},
+        request_id=logs.current("request_id") or "",
+    )
+
+
+def scopes_clean(scopes: list[str] | tuple[str, ...], *, field: str = "scopes") -> list[str]:
+    unknown = sorted(set(scopes) - set(ALL_SCOPES))
+    if unknown:
+        raise ValidationFailed.on(field, f"unknown scope(s) {', '.join(unknown)}; known: {', '.join(ALL_SCOPES)}")
+    return sorted(set(scopes))
+
+
+def _token_hash(raw: str) -> str:
+    # Tokens carry 256 random bits, so a fast hash is enough: there is nothing to brute-force.
+    return hashlib.sha256(raw.encode()).hexdigest()
+
+
+def _new_prefix() -> str:
+    alphabet = "abcdefghijkmnopqrstuvwxyz23456789"
+    return "".join(secrets.choice(alphabet) for _ in range(TOKEN_PREFIX_CHARS))
+
+
+def token_issue(
+    *, agent: Agent, actor: Actor, expires_at: datetime | None = None, label: str = ""
+) -> tuple[AgentToken, str]:
+    """Create a token for an agent; the plain token is returned once and never stored."""
+    if expires_at is not None and expires_at <= timezone.now():
+        raise ValidationFailed.on("expires_at", "must be in the future")
+    for _ in range(5):
+        prefix = _new_prefix()
+        raw = f"{TOKEN_PREFIX}{prefix}_{secrets.token_urlsafe(TOKEN_SECRET_BYTES)}"
+        try:
+            with transaction.atomic():
+                token = AgentToken.objects.create(
+                    agent=agent, prefix=prefix, secret_hash=_token_hash(raw), expires_at=expires_at, label=label
+                )
+                audit_record(
+                    actor=actor,
+                    action="token.issue",
+                    subject_type="agent",
+                    subject_id=agent.pk,
+                    details={"prefix": prefix, "expires_at": expires_at.isoformat() if expires_at else None},
+                )
+            return token, raw
+        except IntegrityError:  # prefix collision: astronomically rare, try another
+            continue
+    raise Conflict("could not allocate a unique token prefix")
+
+
+def token_revoke(*, token: AgentToken, actor: Actor) -> None:
+    with transaction.atomic():
+        updated = AgentToken.objects.filter(pk=token.pk, revoked_at__isnull=True).update(revoked_at=timezone.now())
+        if updated:
+            audit_record(
+                actor=actor,
+                action="token.revoke",
+                subject_type="agent",
+                subject_id=token.agent_id,
+                details={"prefix": token.prefix},
+            )
+
+
+def token_authenticate(raw: str) -> tuple[Agent, AgentToken] | None:
+    """The active agent and usable token behind a presented bearer token, or None."""
+    if not raw.startswith(TOKEN_PREFIX):
+        return None
+    prefix = raw[len(TOKEN_PREFIX) :].split("_", 1)[0]
+    if len(prefix) != TOKEN_PREFIX_CHARS:
+        return None
+    token = AgentToken.objects.select_related("agent").filter(prefix=prefix).first()
+    if token is None or not hmac.compare_digest(token.secret_hash, _token_hash(raw)):
+        return None
+    now = timezone.now()
+    if not token.is_usable(now) or not token.agent.is_active:
+        return None
+    if token.last_used_at is None or now - token.last_used_at > timedelta(seconds=TOKEN_LAST_USED_RESOLUTION_S):
+        AgentToken.objects.filter(pk=token.pk).update(last_used_at=now)
+    return token.agent, token
+
+
+def agent_create(*, name: str, scopes: list[str], actor: Actor, contact: str = "", admin: bool = False) -> Agent:
+    scopes = list(ALL_SCOPES) if admin else scopes_clean(scopes)
+    if admin and SCOPE_ADMIN not in scopes:
+        scopes.append(SCOPE_ADMIN)
+    name = name.strip()
+    if not name:
+        raise ValidationFailed.on("name", "must not be empty")
+    try:
+        with transaction.atomic():
+            agent = Agent.objects.create(name=name, scopes=scopes, contact=contact)
+            audit_record(
+                actor=actor,
+                action="agent.create",
+                subject_type="agent",
+                subject_id=agent.pk,
+                details={"scopes": scopes},
+            )
+    except IntegrityError:
+        raise Conflict(f"an agent named {name!r} already exists", fields={"name": ["already exists"]}) from None
+    return agent
+
+
+def agent_deactivate(*, agent: Agent, actor: Actor) -> None:
+    """Agents are never deleted (their tasks and audit trail stay); they stop authenticating."""
+    with transaction.atomic():
+        updated = Agent.objects.filter(pk=agent.pk, is_active=True).update(
+            is_active=False, deactivated_at=timezone.now()
+        )
+        if updated:
+            audit_record(actor=actor, action="agent.deactivate", subject_type="agent", subject_id=agent.pk)

@@ -1,0 +1,311 @@
+"""Django and Celery settings, read from the environment (12-factor; README lists every variable)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import warnings
+from pathlib import Path
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+VAR_DIR = Path(os.environ.get("ORDINAUT_VAR_DIR", BASE_DIR / "var"))
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def env_bool(name: str, default: bool) -> bool:
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ImproperlyConfigured(f"{name} must be a boolean (1/0, true/false), got {raw!r}")
+
+
+def env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name} must be an integer, got {raw!r}") from None
+
+
+def env_list(name: str, default: list[str]) -> list[str]:
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    return [item.strip() for item in raw.split(",") if item.strip()]
+
+
+# --- Core ------------------------------------------------------------------------------------
+
+# DEBUG: development mode (detailed errors in logs, relaxed host checks). Off by default.
+DEBUG = env_bool("DEBUG", False)
+
+_DEV_SECRET_KEY = "django-insecure-ordinaut-development-key-do-not-use-in-production"  # noqa: S105
+# SECRET_KEY: signs sessions and admin cookies. Required when DEBUG is off.
+SECRET_KEY = os.environ.get("SECRET_KEY", "")
+if not SECRET_KEY:
+    if not DEBUG:
+        raise ImproperlyConfigured(
+            "SECRET_KEY is not set. Set SECRET_KEY in the environment (any long random string, e.g. "
+            "`python3 -c 'import secrets; print(secrets.token_urlsafe(50))'`), or set DEBUG=1 for a "
+            "development-only default. `make run` generates one under var/ for you."
+        )
+    SECRET_KEY = _DEV_SECRET_KEY
+    warnings.warn(
+        "SECRET_KEY is not set: using an INSECURE development key. Never run like this in production.",
+        stacklevel=1,
+    )
+
+# ALLOWED_HOSTS: comma-separated host names the web process answers for.
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]", "testserver"])
+# CSRF_TRUSTED_ORIGINS: comma-separated origins (scheme://host:port) allowed to post admin forms.
+CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "django_celery_beat",
+    "django_prometheus",
+    "ordinaut_site.apps.OrdinautConfig",
+    "tasks",
+    "runs",
+    "pipelines",
+]
+
+MIDDLEWARE = [
+    "django_prometheus.middleware.PrometheusBeforeMiddleware",
+    "ordinaut_site.middleware.RequestIdMiddleware",
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "django_prometheus.middleware.PrometheusAfterMiddleware",
+]
+
+ROOT_URLCONF = "ordinaut_site.urls"
+WSGI_APPLICATION = "ordinaut_site.wsgi.application"
+ASGI_APPLICATION = "ordinaut_site.asgi.application"
+# The API accepts paths with or without a trailing slash itself; no redirects.
+APPEND_SLASH = False
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# --- Database --------------------------------------------------------------------------------
+
+# DATABASE_URL: postgres://user:pass@host:5432/name for production and tests; defaults to an
+# embedded SQLite file under var/ for the single-machine quick start.
+DEFAULT_DATABASE_URL = f"sqlite:///{VAR_DIR / 'ordinaut.sqlite3'}"
+DATABASE_URL = os.environ.get("DATABASE_URL") or DEFAULT_DATABASE_URL
+try:
+    _db = dj_database_url.parse(DATABASE_URL, conn_max_age=env_int("DB_CONN_MAX_AGE", 60))
+except ValueError as exc:
+    raise ImproperlyConfigured(f"DATABASE_URL is not a valid database URL: {exc}") from None
+if _db["ENGINE"] == "django.db.backends.postgresql":
+    _db.setdefault("OPTIONS", {})
+    _db["CONN_HEALTH_CHECKS"] = True
+elif _db["ENGINE"] == "django.db.backends.sqlite3":
+    VAR_DIR.mkdir(parents=True, exist_ok=True)
+    # Several processes (web, worker, beat) share one file: WAL lets readers run beside a
+    # writer, IMMEDIATE transactions take the write lock up front instead of failing mid-way,
+    # and the timeout makes writers queue rather than raise "database is locked".
+    _db["OPTIONS"] = {
+        "timeout": 30,
+        "transaction_mode": "IMMEDIATE",
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+    }
+    _db["CONN_MAX_AGE"] = 0
+else:
+    raise ImproperlyConfigured("DATABASE_URL must point at PostgreSQL or SQLite.")
+_db["TEST"] = {"NAME": os.environ.get("TEST_DATABASE_NAME") or None}
+DATABASES = {"default": _db}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# --- Time, language, static ------------------------------------------------------------------
+
+# TIME_ZONE: default IANA timezone for tasks that do not name one; storage is always UTC.
+TIME_ZONE = os.environ.get("TIME_ZONE", "UTC")
+USE_TZ = True
+LANGUAGE_CODE = "en-us"
+USE_I18N = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = Path(os.environ.get("STATIC_ROOT", VAR_DIR / "static"))
+# WhiteNoise warns on every start when the folder is missing (before collectstatic).
+with contextlib.suppress(OSError):
+    STATIC_ROOT.mkdir(parents=True, exist_ok=True)
+# Serve static files straight from the apps when collectstatic has not run (quick start).
+WHITENOISE_USE_FINDERS = True
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+}
+
+# --- Security --------------------------------------------------------------------------------
+
+# SECURE_SSL: set when served over HTTPS (secure cookies, HSTS, redirect to https).
+SECURE_SSL = env_bool("SECURE_SSL", False)
+SESSION_COOKIE_SECURE = SECURE_SSL
+CSRF_COOKIE_SECURE = SECURE_SSL
+SECURE_SSL_REDIRECT = SECURE_SSL
+SECURE_HSTS_SECONDS = 31536000 if SECURE_SSL else 0
+SECURE_HSTS_INCLUDE_SUBDOMAINS = SECURE_SSL
+SECURE_HSTS_PRELOAD = SECURE_SSL
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if SECURE_SSL else None
+SECURE_CONTENT_TYPE_NOSNIFF = True
+X_FRAME_OPTIONS = "DENY"
+SILENCED_SYSTEM_CHECKS = [] if SECURE_SSL else ["security.W004", "security.W008", "security.W012", "security.W016"]
+# ORDINAUT_MAX_BODY_BYTES: largest request body accepted by the API (bytes).
+DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("ORDINAUT_MAX_BODY_BYTES", 1_048_576)
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+# --- Redis, cache ----------------------------------------------------------------------------
+
+# REDIS_URL: Celery broker, event stream, cache (rate limits) and beat's leader lock.
+REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+
+CACHES = {
+    "default": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": REDIS_URL,
+        "KEY_PREFIX": "ordinaut",
+        "TIMEOUT": 300,
+    }
+}
+
+# --- Celery (namespace CELERY_) --------------------------------------------------------------
+
+# ORDINAUT_MAX_STEP_TIMEOUT_S: upper bound for any step's timeout_seconds.
+ORDINAUT_MAX_STEP_TIMEOUT_S = env_int("ORDINAUT_MAX_STEP_TIMEOUT_S", 3600)
+# ORDINAUT_MAX_COUNTDOWN_S: upper bound for any retry backoff or wait countdown kept in the broker;
+# longer waits are parked in the database and re-dispatched by the sweeper.
+ORDINAUT_MAX_COUNTDOWN_S = env_int("ORDINAUT_MAX_COUNTDOWN_S", 900)
+# The Redis transport re-delivers an unacknowledged message after the visibility timeout. It must
+# exceed the longest a message can legitimately stay unacknowledged (a step running up to its
+# timeout, or waiting out a countdown), or a live step would run twice.
+CELERY_VISIBILITY_TIMEOUT_S = env_int(
+    "CELERY_VISIBILITY_TIMEOUT_S", ORDINAUT_MAX_STEP_TIMEOUT_S + ORDINAUT_MAX_COUNTDOWN_S + 600
+)
+if CELERY_VISIBILITY_TIMEOUT_S <= ORDINAUT_MAX_STEP_TIMEOUT_S + ORDINAUT_MAX_COUNTDOWN_S:
+    raise ImproperlyConfigured(
+        "CELERY_VISIBILITY_TIMEOUT_S must be larger than ORDINAUT_MAX_STEP_TIMEOUT_S + ORDINAUT_MAX_COUNTDOWN_S"
+    )
+
+CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", REDIS_URL)
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": CELERY_VISIBILITY_TIMEOUT_S}
+CELERY_TASK_DEFAULT_QUEUE = os.environ.get("CELERY_QUEUE", "ordinaut")
+# At-least-once: acknowledge after the job ran, take one message at a time, and put a message
+# back when the worker process running it dies. Steps are idempotent at the record level.
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_ACKS_ON_FAILURE_OR_TIMEOUT = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# State lives in Postgres; a Celery message is only a nudge, so no result backend.
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_RESULT_BACKEND = None
+CELERY_TASK_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_TIMEZONE = "UTC"
+CELERY_ENABLE_UTC = True
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+CELERY_WORKER_SEND_TASK_EVENTS = True
+CELERY_TASK_SEND_SENT_EVENT = True
+CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+# WORKER_CONCURRENCY: worker processes per `celery worker` (prefork).
+CELERY_WORKER_CONCURRENCY = env_int("WORKER_CONCURRENCY", 2)
+
+# --- Ordinaut --------------------------------------------------------------------------------
+
+# ORDINAUT_MAX_STEPS: most steps a pipeline may have.
+ORDINAUT_MAX_STEPS = env_int("ORDINAUT_MAX_STEPS", 50)
+# ORDINAUT_MAX_PAYLOAD_BYTES: largest task payload (params + pipeline) as compact JSON.
+ORDINAUT_MAX_PAYLOAD_BYTES = env_int("ORDINAUT_MAX_PAYLOAD_BYTES", 262_144)
+# ORDINAUT_DEFAULT_STEP_TIMEOUT_S: step timeout when neither step nor task sets one.
+ORDINAUT_DEFAULT_STEP_TIMEOUT_S = env_int("ORDINAUT_DEFAULT_STEP_TIMEOUT_S", 300)
+
+# --- REST framework --------------------------------------------------------------------------
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": ["ordinaut_site.auth.BearerTokenAuthentication"],
+    "DEFAULT_PERMISSION_CLASSES": ["ordinaut_site.auth.HasScope"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "EXCEPTION_HANDLER": "ordinaut_site.api.exception_handler",
+    "UNAUTHENTICATED_USER": None,
+    "DEFAULT_PAGINATION_CLASS": "ordinaut_site.api.LimitOffsetPagination",
+    "PAGE_SIZE": 50,
+}
+
+# --- Logging ---------------------------------------------------------------------------------
+
+# LOG_LEVEL: DEBUG, INFO, WARNING, ERROR.
+LOG_LEVEL = os.environ.get("LOG_LEVEL", "INFO").upper()
+# LOG_FORMAT: "json" (one JSON object per line, with request/run correlation) or "text".
+LOG_FORMAT = os.environ.get("LOG_FORMAT", "json")
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "filters": {"context": {"()": "ordinaut_site.logs.ContextFilter"}},
+    "formatters": {
+        "json": {
+            "()": "pythonjsonlogger.json.JsonFormatter",
+            "fmt": "%(asctime)s %(levelname)s %(name)s %(message)s",
+            "rename_fields": {"asctime": "time", "levelname": "level", "name": "logger"},
+        },
+        "text": {"format": "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"},
+    },
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "stream": sys.stderr,
+            "filters": ["context"],
+            "formatter": "json" if LOG_FORMAT == "json" else "text",
+        }
+    },
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    "loggers": {
+        "django.db.backends": {"level": "INFO"},
+        "httpx2": {"level": "WARNING"},
+        "mcp": {"level": "WARNING"},
+    },
+}

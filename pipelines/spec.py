@@ -1,0 +1,144 @@
+"""Structural validation of a task payload: {"params": {...}, "pipeline": [step, ...]}."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from django.conf import settings
+
+from ordinaut_site.errors import ValidationFailed
+
+STEP_KEYS = frozenset({"id", "uses", "with", "save_as", "if", "timeout_seconds", "retry", "on_error", "description"})
+RETRY_KEYS = frozenset({"max_attempts", "backoff_seconds", "backoff_max_seconds"})
+PAYLOAD_KEYS = frozenset({"params", "pipeline"})
+ON_ERROR = ("fail", "continue")
+STEP_ID_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]{0,99}$")
+USES_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]*\.[A-Za-z0-9_][A-Za-z0-9_.\-/]*$")
+MAX_USES_LEN = 200
+MAX_DEPTH = 20
+MAX_RETRY_ATTEMPTS = 20
+
+
+def json_depth(value: Any, depth: int = 0) -> int:
+    if isinstance(value, dict):
+        return max((json_depth(v, depth + 1) for v in value.values()), default=depth + 1)
+    if isinstance(value, list):
+        return max((json_depth(v, depth + 1) for v in value), default=depth + 1)
+    return depth
+
+
+def payload_errors(payload: Any) -> dict[str, list[str]]:
+    """Every structural problem of a payload, keyed by a dotted path (`payload.pipeline.2.uses`)."""
+    errors: dict[str, list[str]] = {}
+
+    def add(path: str, message: str) -> None:
+        errors.setdefault(path, []).append(message)
+
+    if not isinstance(payload, dict):
+        add("payload", "must be an object with 'pipeline' (and optional 'params')")
+        return errors
+    size = len(json.dumps(payload, separators=(",", ":")))
+    if size > settings.ORDINAUT_MAX_PAYLOAD_BYTES:
+        add("payload", f"is {size} bytes; the limit is {settings.ORDINAUT_MAX_PAYLOAD_BYTES}")
+        return errors
+    if json_depth(payload) > MAX_DEPTH:
+        add("payload", f"nests deeper than {MAX_DEPTH} levels")
+        return errors
+    for key in sorted(set(payload) - PAYLOAD_KEYS):
+        add(f"payload.{key}", "unknown key; a payload has 'params' and 'pipeline'")
+    params = payload.get("params", {})
+    if params is not None and not isinstance(params, dict):
+        add("payload.params", "must be an object")
+    if "pipeline" not in payload:
+        add("payload.pipeline", "is required (a list of steps)")
+        return errors
+    pipeline = payload["pipeline"]
+    if not isinstance(pipeline, list):
+        add("payload.pipeline", "must be a list of steps")
+        return errors
+    if len(pipeline) > settings.ORDINAUT_MAX_STEPS:
+        add("payload.pipeline", f"has {len(pipeline)} steps; the limit is {settings.ORDINAUT_MAX_STEPS}")
+        return errors
+
+    ids: dict[str, int] = {}
+    save_as: dict[str, int] = {}
+    for index, step in enumerate(pipeline):
+        path = f"payload.pipeline.{index}"
+        if not isinstance(step, dict):
+            add(path, "must be an object with at least 'uses'")
+            continue
+        for key in sorted(set(step) - STEP_KEYS):
+            add(f"{path}.{key}", f"unknown step key; known: {', '.join(sorted(STEP_KEYS))}")
+        uses = step.get("uses")
+        if not isinstance(uses, str) or not uses:
+            add(f"{path}.uses", "is required: the tool to call, as 'server.tool'")
+        elif len(uses) > MAX_USES_LEN or not USES_RE.match(uses) or ".." in uses:
+            add(f"{path}.uses", f"{uses[:80]!r} is not a tool name of the form 'server.tool'")
+        step_id = step.get("id", f"step_{index + 1}")
+        if not isinstance(step_id, str) or not STEP_ID_RE.match(step_id):
+            add(f"{path}.id", "must start with a letter or _ and hold only letters, digits, _ and - (max 100)")
+        elif step_id in ids:
+            add(f"{path}.id", f"duplicate step id {step_id!r} (also step {ids[step_id]})")
+        else:
+            ids[step_id] = index
+        alias = step.get("save_as")
+        if alias is not None:
+            if not isinstance(alias, str) or not STEP_ID_RE.match(alias):
+                add(f"{path}.save_as", "must be a name like a step id")
+            elif alias in save_as:
+                add(f"{path}.save_as", f"{alias!r} is already used by step {save_as[alias]}")
+            else:
+                save_as[alias] = index
+        if "if" in step and not isinstance(step["if"], str):
+            add(f"{path}.if", "must be a JMESPath expression string")
+        timeout = step.get("timeout_seconds")
+        if timeout is not None and (
+            isinstance(timeout, bool)
+            or not isinstance(timeout, (int, float))
+            or not 0 < timeout <= settings.ORDINAUT_MAX_STEP_TIMEOUT_S
+        ):
+            add(f"{path}.timeout_seconds", f"must be a number in (0, {settings.ORDINAUT_MAX_STEP_TIMEOUT_S}]")
+        on_error = step.get("on_error", "fail")
+        if on_error not in ON_ERROR:
+            add(f"{path}.on_error", "must be 'fail' or 'continue'")
+        retry = step.get("retry")
+        if retry is not None:
+            _retry_errors(retry, f"{path}.retry", add)
+
+    for alias, index in save_as.items():
+        owner = ids.get(alias)
+        if owner is not None and owner != index:
+            add(f"payload.pipeline.{index}.save_as", f"{alias!r} collides with the id of step {owner}")
+    return errors
+
+
+def _retry_errors(retry: Any, path: str, add: Any) -> None:
+    if not isinstance(retry, dict):
+        add(path, "must be an object {max_attempts, backoff_seconds, backoff_max_seconds}")
+        return
+    for key in sorted(set(retry) - RETRY_KEYS):
+        add(f"{path}.{key}", f"unknown retry key; known: {', '.join(sorted(RETRY_KEYS))}")
+    attempts = retry.get("max_attempts")
+    if attempts is not None and (
+        isinstance(attempts, bool) or not isinstance(attempts, int) or not 1 <= attempts <= MAX_RETRY_ATTEMPTS
+    ):
+        add(f"{path}.max_attempts", f"must be an integer 1..{MAX_RETRY_ATTEMPTS}")
+    for key in ("backoff_seconds", "backoff_max_seconds"):
+        value = retry.get(key)
+        if value is not None and (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not 0 <= value <= settings.ORDINAUT_MAX_COUNTDOWN_S
+        ):
+            add(f"{path}.{key}", f"must be a number 0..{settings.ORDINAUT_MAX_COUNTDOWN_S}")
+
+
+def payload_validate(payload: Any) -> dict[str, Any]:
+    """The payload, normalised (params defaults to {}), or ValidationFailed naming every bad field."""
+    errors = payload_errors(payload)
+    if errors:
+        first, messages = next(iter(errors.items()))
+        raise ValidationFailed(f"{first}: {messages[0]}", fields=errors)
+    return {"params": payload.get("params") or {}, "pipeline": payload["pipeline"]}

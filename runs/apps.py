@@ -1,0 +1,9 @@
+"""App config for runs: what happened (runs, step runs, approvals)."""
+
+from django.apps import AppConfig
+
+
+class RunsConfig(AppConfig):
+    name = "runs"
+    verbose_name = "Runs"
+    default_auto_field = "django.db.models.BigAutoField"

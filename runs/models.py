@@ -1,0 +1,133 @@
+"""Runs and step runs: the record of what happened, one row per occurrence and per step."""
+
+from __future__ import annotations
+
+import uuid
+
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+
+
+class Run(models.Model):
+    class Trigger(models.TextChoices):
+        SCHEDULE = "schedule"
+        EVENT = "event"
+        MANUAL = "manual"
+        REPLAY = "replay"
+
+    class Status(models.TextChoices):
+        QUEUED = "queued"
+        RUNNING = "running"
+        WAITING_APPROVAL = "waiting_approval"
+        SUCCEEDED = "succeeded"
+        FAILED = "failed"
+        CANCELED = "canceled"
+        SKIPPED = "skipped"
+
+    TERMINAL = (Status.SUCCEEDED, Status.FAILED, Status.CANCELED, Status.SKIPPED)
+    ACTIVE = (Status.QUEUED, Status.RUNNING, Status.WAITING_APPROVAL)
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    task = models.ForeignKey("tasks.Task", on_delete=models.PROTECT, related_name="runs")
+    trigger = models.CharField(max_length=10, choices=Trigger.choices)
+    # The occurrence this run is for; unique per task so no occurrence runs twice.
+    trigger_key = models.CharField(max_length=300)
+    scheduled_for = models.DateTimeField(null=True, blank=True)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
+    skip_reason = models.CharField(max_length=16, blank=True)
+
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    context = models.JSONField(default=dict, blank=True, help_text="{params, event, now} seen by templates.")
+    pipeline = models.JSONField(default=list, blank=True, help_text="The steps as they were when the run began.")
+    error = models.JSONField(null=True, blank=True, help_text="{code, message, step_id}")
+    result = models.JSONField(null=True, blank=True)
+    replay_of = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="replays")
+    jitter_seconds = models.FloatField(default=0)
+
+    # Progress bookkeeping for the engine and the recovery sweeper.
+    current_step = models.PositiveIntegerField(default=0, help_text="Index of the next step to run.")
+    dispatch_count = models.PositiveIntegerField(default=0, help_text="Times a chain was sent for this run.")
+    deadline_at = models.DateTimeField(null=True, blank=True, help_text="Sweeper re-dispatches after this.")
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(fields=["task", "trigger_key"], name="run_unique_trigger_key"),
+            models.CheckConstraint(
+                condition=Q(
+                    status__in=[
+                        "queued",
+                        "running",
+                        "waiting_approval",
+                        "succeeded",
+                        "failed",
+                        "canceled",
+                        "skipped",
+                    ]
+                ),
+                name="run_status_valid",
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["task", "-created_at"]),
+            models.Index(fields=["status", "deadline_at"]),
+            models.Index(fields=["-created_at"]),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.task_id} {self.trigger_key} {self.status}"
+
+    @property
+    def lateness_seconds(self) -> float | None:
+        if self.started_at is None or self.scheduled_for is None:
+            return None
+        return (self.started_at - self.scheduled_for).total_seconds()
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in self.TERMINAL
+
+
+class StepRun(models.Model):
+    class Status(models.TextChoices):
+        PENDING = "pending"
+        RUNNING = "running"
+        SUCCEEDED = "succeeded"
+        FAILED = "failed"
+        SKIPPED = "skipped"
+
+    DONE = (Status.SUCCEEDED, Status.FAILED, Status.SKIPPED)
+
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="steps")
+    index = models.PositiveSmallIntegerField()
+    step_id = models.CharField(max_length=100)
+    uses = models.CharField(max_length=200)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    input = models.JSONField(null=True, blank=True)
+    output = models.JSONField(null=True, blank=True)
+    error = models.JSONField(null=True, blank=True)
+    # Id of the Celery message executing the step; a redelivery of that message may resume it,
+    # any other message finding the step running leaves it alone.
+    claim_id = models.CharField(max_length=64, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    duration_ms = models.PositiveIntegerField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["run", "index"]
+        constraints = [
+            models.UniqueConstraint(fields=["run", "index"], name="steprun_unique_index"),
+            models.UniqueConstraint(fields=["run", "step_id"], name="steprun_unique_step_id"),
+            models.CheckConstraint(
+                condition=Q(status__in=["pending", "running", "succeeded", "failed", "skipped"]),
+                name="steprun_status_valid",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.run_id}#{self.index} {self.step_id} {self.status}"

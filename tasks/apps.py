@@ -1,0 +1,9 @@
+"""App config for tasks: what to run and when."""
+
+from django.apps import AppConfig
+
+
+class TasksConfig(AppConfig):
+    name = "tasks"
+    verbose_name = "Tasks"
+    default_auto_field = "django.db.models.BigAutoField"

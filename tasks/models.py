@@ -1,0 +1,96 @@
+"""The Task: what an agent wants run, when, and with which policies."""
+
+from __future__ import annotations
+
+import uuid
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone as dj_timezone
+
+
+def default_timezone() -> str:
+    return settings.TIME_ZONE
+
+
+class Task(models.Model):
+    class Status(models.TextChoices):
+        ACTIVE = "active"
+        PAUSED = "paused"
+        CANCELED = "canceled"
+        COMPLETED = "completed"
+
+    class Kind(models.TextChoices):
+        CRON = "cron"
+        RRULE = "rrule"
+        ONCE = "once"
+        INTERVAL = "interval"
+        EVENT = "event"
+        MANUAL = "manual"
+
+    class Overlap(models.TextChoices):
+        SKIP = "skip"
+        ALLOW = "allow"
+        QUEUE = "queue"
+        CANCEL_PREVIOUS = "cancel_previous"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    owner = models.ForeignKey("ordinaut.Agent", on_delete=models.PROTECT, related_name="tasks")
+    title = models.CharField(max_length=200)
+    description = models.TextField(max_length=2000, blank=True)
+    status = models.CharField(max_length=12, choices=Status.choices, default=Status.ACTIVE, db_index=True)
+
+    schedule_kind = models.CharField(max_length=10, choices=Kind.choices)
+    schedule_expr = models.TextField(
+        max_length=2000, blank=True, help_text="Cron fields, RRULE text, ISO timestamp, interval or event topic."
+    )
+    timezone = models.CharField(max_length=64, default=default_timezone, help_text="IANA timezone of the schedule.")
+    payload = models.JSONField(help_text='{"params": {...}, "pipeline": [step, ...]}')
+
+    priority = models.PositiveSmallIntegerField(default=5, help_text="0 (lowest) to 9 (highest).")
+    max_retries = models.PositiveSmallIntegerField(default=3, help_text="Default retries per step (0-20).")
+    retry_backoff_seconds = models.FloatField(default=2.0, help_text="First retry delay; doubles each attempt.")
+    retry_backoff_max_seconds = models.FloatField(default=300.0, help_text="Cap on the retry delay.")
+    timeout_seconds = models.PositiveIntegerField(null=True, blank=True, help_text="Default step timeout.")
+    catchup_window_seconds = models.PositiveIntegerField(
+        default=300, help_text="Missed occurrences younger than this still run after downtime."
+    )
+    overlap = models.CharField(max_length=16, choices=Overlap.choices, default=Overlap.SKIP)
+    jitter_seconds = models.PositiveIntegerField(default=0, help_text="Random delay 0..N added at dispatch.")
+    condition = models.TextField(blank=True, default="", help_text="JMESPath evaluated at fire time; empty: none.")
+
+    next_run_at = models.DateTimeField(null=True, blank=True, db_index=True)
+    last_run_at = models.DateTimeField(null=True, blank=True)
+    snoozed_until = models.DateTimeField(null=True, blank=True)
+
+    created_at = models.DateTimeField(default=dj_timezone.now, editable=False)
+    updated_at = models.DateTimeField(auto_now=True)
+    deleted_at = models.DateTimeField(null=True, blank=True, editable=False, help_text="Set by DELETE.")
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["owner", "-created_at"])]
+        constraints = [
+            models.CheckConstraint(condition=Q(priority__lte=9), name="task_priority_0_9"),
+            models.CheckConstraint(condition=Q(max_retries__lte=20), name="task_max_retries_0_20"),
+            models.CheckConstraint(
+                condition=Q(status__in=["active", "paused", "canceled", "completed"]), name="task_status_valid"
+            ),
+            models.CheckConstraint(
+                condition=Q(schedule_kind__in=["cron", "rrule", "once", "interval", "event", "manual"]),
+                name="task_schedule_kind_valid",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.title
+
+    @property
+    def params(self) -> dict:
+        params = (self.payload or {}).get("params") or {}
+        return params if isinstance(params, dict) else {}
+
+    @property
+    def pipeline(self) -> list:
+        return list((self.payload or {}).get("pipeline") or [])

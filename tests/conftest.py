@@ -1,0 +1,76 @@
+"""Shared fixtures: agents with tokens and API clients, and a real Celery worker subprocess."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from django.conf import settings
+from rest_framework.test import APIClient
+
+from ordinaut_site.celery import app
+from ordinaut_site.models import ALL_SCOPES, Agent
+from ordinaut_site.services import Actor, agent_create, token_issue
+from tests.support.processes import Worker
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Each test session gets its own queue, so two suites sharing a Redis never eat each
+    # other's messages. Set before anything publishes (app.amqp builds queues lazily).
+    app.conf.task_default_queue = f"ordinaut-test-{uuid.uuid4().hex[:10]}"
+
+
+@dataclass
+class AgentHandle:
+    agent: Agent
+    token: str
+    client: APIClient
+
+
+@pytest.fixture
+def make_agent(db: Any) -> Any:
+    """make_agent(name=None, scopes=ALL_SCOPES minus admin, admin=False) -> AgentHandle."""
+
+    def make(name: str | None = None, scopes: list[str] | None = None, admin: bool = False) -> AgentHandle:
+        actor = Actor.system("tests")
+        if scopes is None:
+            scopes = [s for s in ALL_SCOPES if s != "admin"]
+        agent = agent_create(name=name or f"agent-{uuid.uuid4().hex[:8]}", scopes=scopes, admin=admin, actor=actor)
+        _, raw = token_issue(agent=agent, actor=actor)
+        client = APIClient()
+        client.credentials(HTTP_AUTHORIZATION=f"Bearer {raw}")
+        return AgentHandle(agent, raw, client)
+
+    return make
+
+
+@pytest.fixture
+def agent(make_agent: Any) -> AgentHandle:
+    return make_agent()
+
+
+@pytest.fixture(scope="session")
+def redis_client() -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    client.ping()
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def worker_logs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("worker-logs")
+
+
+@pytest.fixture(scope="session")
+def worker(django_db_setup: Any, django_db_blocker: Any, worker_logs: Path) -> Iterator[Worker]:
+    """One real Celery worker (prefork, 2 processes) for the session, on the test database."""
+    with django_db_blocker.unblock():
+        proc = Worker(worker_logs).start()
+    yield proc
+    proc.stop()

@@ -1,0 +1,123 @@
+"""Real processes for tests: Celery workers (and later beat) as subprocesses on the test database."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+from urllib.parse import quote
+
+from django.db import connection
+
+from ordinaut_site.celery import app
+
+BASE_DIR = Path(__file__).resolve().parents[2]
+POLL_S = 0.05
+
+
+def wait_for(predicate: Callable[[], Any], *, timeout: float = 30.0, message: str = "condition") -> Any:
+    """Poll until predicate() is truthy; fail the test with `message` after timeout seconds.
+    This bounds a hang, it does not assert speed."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+        time.sleep(POLL_S)
+
+
+def database_url_for_children() -> str:
+    """URL of the database the tests run on (pytest-django's test database), for subprocesses."""
+    s = connection.settings_dict
+    if connection.vendor == "sqlite":
+        return f"sqlite:///{s['NAME']}"
+    auth = quote(s.get("USER") or "")
+    if s.get("PASSWORD"):
+        auth += ":" + quote(s["PASSWORD"])
+    host = s.get("HOST") or "127.0.0.1"
+    port = s.get("PORT") or 5432
+    return f"postgres://{auth}@{host}:{port}/{s['NAME']}"
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        DATABASE_URL=database_url_for_children(),
+        CELERY_QUEUE=app.conf.task_default_queue,
+        PYTHONUNBUFFERED="1",
+        LOG_FORMAT="text",
+    )
+    env.update(extra)
+    return env
+
+
+class Worker:
+    """`celery -A ordinaut_site worker` in a subprocess, consuming this test session's queue."""
+
+    def __init__(self, log_dir: Path, *, concurrency: int = 2, name: str | None = None) -> None:
+        self.name = name or f"test-{uuid.uuid4().hex[:8]}@{os.uname().nodename}"
+        self.log_path = log_dir / f"{self.name.split('@')[0]}.log"
+        self.concurrency = concurrency
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+
+    def start(self) -> Worker:
+        self._log = self.log_path.open("ab")
+        command = [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "ordinaut_site",
+            "worker",
+            "-P",
+            "prefork",
+            "-c",
+            str(self.concurrency),
+            "-n",
+            self.name,
+            "-Q",
+            app.conf.task_default_queue,
+            "--without-mingle",
+            "--without-gossip",
+            "-l",
+            "INFO",
+        ]
+        self.proc = subprocess.Popen(
+            command, env=child_env(), cwd=BASE_DIR, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        wait_for(self.ping, timeout=60, message=f"worker {self.name} to answer ping (log: {self.log_path})")
+        return self
+
+    def ping(self) -> bool:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise AssertionError(f"worker exited with {self.proc.returncode}; log: {self.log_path}")
+        return bool(app.control.ping(destination=[self.name], timeout=0.5))
+
+    def processed(self) -> dict[str, int]:
+        """Jobs this worker has run so far, by job name (Celery's own counter)."""
+        stats: dict[str, Any] = app.control.inspect(destination=[self.name], timeout=2).stats() or {}
+        return dict(stats.get(self.name, {}).get("total", {}))
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        os.killpg(self.proc.pid, sig)
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=timeout)
+        if self._log is not None:
+            self._log.close()
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
