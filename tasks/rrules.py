@@ -1,0 +1,255 @@
+"""RFC 5545 recurrence rules: parsing (DTSTART, RRULE, RDATE, EXDATE lines) into local wall-clock
+candidates with python-dateutil, and a human description.
+
+Rules are evaluated on naive local wall-clock times in the task's timezone (so 09:00 stays 09:00
+across DST changes); tasks/schedules.py maps each local time to an instant.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
+
+from dateutil import rrule as du
+
+MAX_LINES = 20
+_DATE_TIME = re.compile(r"^(\d{8})(T(\d{6})(Z?))?$")
+_UNTIL = re.compile(r"UNTIL=([0-9TZ]+)", re.IGNORECASE)
+FREQ_UNITS = {
+    "YEARLY": "year",
+    "MONTHLY": "month",
+    "WEEKLY": "week",
+    "DAILY": "day",
+    "HOURLY": "hour",
+    "MINUTELY": "minute",
+    "SECONDLY": "second",
+}
+DAY_NAMES = {
+    "MO": "Monday",
+    "TU": "Tuesday",
+    "WE": "Wednesday",
+    "TH": "Thursday",
+    "FR": "Friday",
+    "SA": "Saturday",
+    "SU": "Sunday",
+}
+ORDINALS = {1: "first", 2: "second", 3: "third", 4: "fourth", 5: "fifth", -1: "last", -2: "second to last"}
+MONTHS = [
+    "",
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
+]
+
+
+class RRuleError(ValueError):
+    """A recurrence rule is malformed or names a different timezone."""
+
+
+@dataclass
+class RRuleSpec:
+    ruleset: du.rruleset
+    dtstart: datetime  # naive local
+    has_dtstart: bool
+    params: list[dict[str, str]] = field(default_factory=list)
+
+    def local_candidates(self, start: datetime) -> Iterator[datetime]:
+        """Naive local times of the rule from `start` (inclusive), in order."""
+        return self.ruleset.xafter(start, inc=True)
+
+
+def _parse_value(value: str, params: dict[str, str], tz: ZoneInfo, what: str) -> datetime:
+    """An RFC 5545 DATE or DATE-TIME -> naive local time in tz."""
+    match = _DATE_TIME.match(value.strip())
+    if not match:
+        raise RRuleError(f"{what}: {value!r} is not an RFC 5545 date or date-time (YYYYMMDD[THHMMSS[Z]])")
+    day, _, clock, utc = match.groups()
+    try:
+        parsed = datetime.strptime(day + (clock or "000000"), "%Y%m%d%H%M%S")
+    except ValueError:
+        raise RRuleError(f"{what}: {value!r} is not a valid date") from None
+    if utc:
+        return parsed.replace(tzinfo=UTC).astimezone(tz).replace(tzinfo=None)
+    named = params.get("TZID")
+    if named and named != tz.key:
+        try:
+            other = ZoneInfo(named)
+        except (ValueError, KeyError, OSError):
+            raise RRuleError(f"{what}: unknown TZID {named!r}") from None
+        return parsed.replace(tzinfo=other).astimezone(tz).replace(tzinfo=None)
+    return parsed
+
+
+def _split(line: str) -> tuple[str, dict[str, str], str]:
+    head, _, value = line.partition(":")
+    name, *raw_params = head.split(";")
+    params = {}
+    for raw in raw_params:
+        key, _, val = raw.partition("=")
+        params[key.strip().upper()] = val.strip()
+    return name.strip().upper(), params, value.strip()
+
+
+def _until_to_local(rule: str, tz: ZoneInfo) -> str:
+    """UNTIL in UTC (Z) -> local floating time, as dateutil wants for a floating DTSTART."""
+
+    def convert(match: re.Match[str]) -> str:
+        text = match.group(1).upper()
+        if text.endswith("Z"):
+            local = _parse_value(text, {}, tz, "UNTIL")
+            return f"UNTIL={local:%Y%m%dT%H%M%S}"
+        return match.group(0)
+
+    return _UNTIL.sub(convert, rule)
+
+
+def _rule_params(rule: str) -> dict[str, str]:
+    params = {}
+    for part in rule.split(";"):
+        if part.strip():
+            key, _, value = part.partition("=")
+            params[key.strip().upper()] = value.strip().upper()
+    return params
+
+
+def parse_rrule(expr: str, tz: ZoneInfo, default_dtstart: datetime) -> RRuleSpec:
+    lines = [line.strip() for line in re.split(r"[\r\n]+", expr.strip()) if line.strip()]
+    if not lines:
+        raise RRuleError("is empty")
+    if len(lines) > MAX_LINES:
+        raise RRuleError(f"has more than {MAX_LINES} lines")
+    dtstart: datetime | None = None
+    rules: list[str] = []
+    rdates: list[datetime] = []
+    exdates: list[datetime] = []
+    for line in lines:
+        if ":" not in line or line.upper().startswith("FREQ="):
+            rules.append(line)
+            continue
+        name, params, value = _split(line)
+        if name == "DTSTART":
+            dtstart = _parse_value(value, params, tz, "DTSTART")
+        elif name == "RRULE":
+            rules.append(value)
+        elif name in ("RDATE", "EXDATE"):
+            target = rdates if name == "RDATE" else exdates
+            target.extend(_parse_value(v, params, tz, name) for v in value.split(",") if v.strip())
+        else:
+            raise RRuleError(f"unsupported line {name!r}; use DTSTART, RRULE, RDATE or EXDATE")
+    if not rules and not rdates:
+        raise RRuleError("needs an RRULE line (e.g. FREQ=DAILY;BYHOUR=9;BYMINUTE=0) or RDATE")
+    start = (dtstart or default_dtstart).replace(microsecond=0)
+    ruleset = du.rruleset()
+    params_list = []
+    for rule in rules:
+        params = _rule_params(rule)
+        if "FREQ" not in params:
+            raise RRuleError(f"rule {rule!r} has no FREQ")
+        if params["FREQ"] not in FREQ_UNITS:
+            raise RRuleError(f"FREQ={params['FREQ']} is not one of {', '.join(FREQ_UNITS)}")
+        if "COUNT" in params and "UNTIL" in params:
+            raise RRuleError("COUNT and UNTIL cannot both be set (RFC 5545)")
+        try:
+            parsed = du.rrulestr(_until_to_local(rule, tz), dtstart=start, ignoretz=True)
+        except (ValueError, TypeError) as exc:
+            raise RRuleError(f"rule {rule!r}: {exc}") from None
+        assert isinstance(parsed, du.rrule)  # one RRULE value parses to one rule
+        ruleset.rrule(parsed)
+        params_list.append(params)
+    for added in rdates:
+        ruleset.rdate(added)
+    for removed in exdates:
+        ruleset.exdate(removed)
+    return RRuleSpec(ruleset=ruleset, dtstart=start, has_dtstart=dtstart is not None, params=params_list)
+
+
+def with_dtstart(expr: str, spec: RRuleSpec, tz: ZoneInfo) -> str:
+    """The expression with an explicit DTSTART line, so later evaluations never depend on 'now'."""
+    if spec.has_dtstart:
+        return expr.strip()
+    body = [line.strip() for line in re.split(r"[\r\n]+", expr.strip()) if line.strip()]
+    rules = [line if ":" in line and not line.upper().startswith("FREQ=") else f"RRULE:{line}" for line in body]
+    return "\n".join([f"DTSTART;TZID={tz.key}:{spec.dtstart:%Y%m%dT%H%M%S}", *rules])
+
+
+def _join(words: list[str]) -> str:
+    if len(words) <= 1:
+        return "".join(words)
+    return ", ".join(words[:-1]) + " and " + words[-1]
+
+
+def _byday_words(byday: str) -> str:
+    days = [d.strip() for d in byday.split(",") if d.strip()]
+    plain = [d for d in days if d in DAY_NAMES]
+    if sorted(plain) == sorted(["MO", "TU", "WE", "TH", "FR"]) and len(days) == 5:
+        return "every weekday (Monday to Friday)"
+    if sorted(plain) == sorted(["SA", "SU"]) and len(days) == 2:
+        return "on weekends"
+    words = []
+    for day in days:
+        match = re.match(r"^([+-]?\d+)?([A-Z]{2})$", day)
+        if not match or match.group(2) not in DAY_NAMES:
+            words.append(day)
+            continue
+        nth, name = match.groups()
+        if nth:
+            words.append(f"the {ORDINALS.get(int(nth), nth + 'th')} {DAY_NAMES[name]}")
+        else:
+            words.append(DAY_NAMES[name])
+    return "on " + _join(words)
+
+
+def describe_rrule(spec: RRuleSpec) -> str:
+    """An English sentence for the rule, in the spirit of cron-descriptor."""
+    sentences = []
+    for params in spec.params:
+        unit = FREQ_UNITS[params["FREQ"]]
+        interval = int(params.get("INTERVAL", "1") or 1)
+        parts = [f"Every {unit}" if interval == 1 else f"Every {interval} {unit}s"]
+        if "BYDAY" in params:
+            days = _byday_words(params["BYDAY"])
+            parts = [days[0].upper() + days[1:]] if days.startswith("every") and interval == 1 else [*parts, days]
+        if "BYMONTHDAY" in params:
+            values = [v for v in params["BYMONTHDAY"].split(",") if v]
+            words = ["the last day" if v == "-1" else f"day {v}" for v in values]
+            parts.append("on " + _join(words) + " of the month")
+        if "BYMONTH" in params:
+            months = [MONTHS[int(v)] for v in params["BYMONTH"].split(",") if v.isdigit() and 1 <= int(v) <= 12]
+            parts.append("in " + _join(months))
+        if "BYSETPOS" in params:
+            parts.append(f"(position {params['BYSETPOS']} in each period)")
+        hours = [int(h) for h in params.get("BYHOUR", "").split(",") if h.isdigit()]
+        minutes = [int(m) for m in params.get("BYMINUTE", "").split(",") if m.isdigit()]
+        if hours:
+            minutes = minutes or [spec.dtstart.minute]
+            times = [f"{h:02d}:{m:02d}" for h in sorted(hours) for m in sorted(minutes)]
+            parts.append("at " + _join(times))
+        elif minutes:
+            parts.append("at minute " + _join([str(m) for m in sorted(minutes)]))
+        elif unit in ("day", "week", "month", "year"):
+            parts.append(f"at {spec.dtstart:%H:%M}")
+        if "COUNT" in params:
+            parts.append(f"{params['COUNT']} times in all")
+        if "UNTIL" in params:
+            parts.append(f"until {params['UNTIL']}")
+        sentences.append(", ".join([parts[0], *parts[1:]]) if len(parts) > 1 else parts[0])
+    text = "; ".join(sentences) if sentences else "On the listed dates"
+    return f"{text}, starting {spec.dtstart:%Y-%m-%d %H:%M}"
+
+
+def dtstart_default(now_local: datetime) -> datetime:
+    """DTSTART when a rule gives none: local midnight of the day the schedule is set, so that
+    FREQ=DAILY alone means 00:00 and the seconds of 'now' never leak into occurrences."""
+    return datetime(now_local.year, now_local.month, now_local.day)
