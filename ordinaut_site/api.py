@@ -1,18 +1,23 @@
-"""API plumbing shared by every app: the one error shape, pagination, JSON 404/500 handlers."""
+"""API plumbing shared by every app: the one error shape, pagination, JSON 400/403/404/500 handlers."""
 
 from __future__ import annotations
 
 import logging
 from typing import Any
 
+from django.core.exceptions import DisallowedHost, RequestDataTooBig, SuspiciousOperation
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
-from django.http import Http404, HttpRequest, JsonResponse
-from rest_framework import exceptions, pagination, routers
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.views import defaults
+from drf_spectacular.utils import OpenApiResponse
+from rest_framework import exceptions, pagination, routers, serializers
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
+from rest_framework.views import set_rollback
 
 from . import logs
-from .errors import OrdinautError
+from .errors import OrdinautError, PayloadTooLarge, ValidationFailed
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +35,16 @@ _DRF_CODES = {
     413: "payload_too_large",
     415: "unsupported_media_type",
     429: "rate_limited",
+    500: "internal_error",
 }
+# Django's admin is a browser UI: its error pages stay HTML. Everything else answers JSON.
+ADMIN_PATH_PREFIX = "/admin/"
+INTERNAL_ERROR_MESSAGE = "Internal error; it has been logged."
+
+
+def error_code_for(status: int) -> str:
+    """The API error code of an HTTP status (API.md), "error" for one it does not name."""
+    return _DRF_CODES.get(status, "internal_error" if status >= 500 else "error")
 
 
 def error_body(code: str, message: str, fields: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -71,6 +85,7 @@ def _validation_message(fields: dict[str, list[str]]) -> str:
 
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
     """Every API error in the shape of API.md, including DRF's own and unexpected ones."""
+    exc = _translate_django_error(exc)
     if isinstance(exc, OrdinautError):
         response = Response(error_body(exc.code, exc.message, exc.fields), status=exc.status)
         return response
@@ -81,12 +96,13 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
 
     handled = drf_exception_handler(exc, context)
     if handled is None:
-        logger.exception("unhandled error in API view", exc_info=exc)
-        return Response(error_body("internal_error", "Internal error; it has been logged."), status=500)
+        logger.error("unhandled error in API view", exc_info=exc)
+        set_rollback()
+        return Response(error_body("internal_error", INTERNAL_ERROR_MESSAGE), status=500)
 
     response = handled
     status = response.status_code
-    code = _DRF_CODES.get(status, "error")
+    code = error_code_for(status)
     if isinstance(exc, exceptions.ValidationError):
         fields = _flatten_fields(exc.detail)
         body = error_body("validation_error", _validation_message(fields), fields)
@@ -98,6 +114,20 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
         body = error_body(code, message)
     response.data = body
     return response
+
+
+def _translate_django_error(exc: Exception) -> Exception:
+    """Django's own errors raised inside a DRF view, as the typed errors the handler knows."""
+    if isinstance(exc, RequestDataTooBig):
+        return PayloadTooLarge.over_limit()
+    if isinstance(exc, SuspiciousOperation):
+        return ValidationFailed(f"Bad request: {exc}")
+    if isinstance(exc, DjangoValidationError):
+        if hasattr(exc, "error_dict"):
+            fields = {name: [str(m) for m in messages] for name, messages in exc.message_dict.items()}
+            return ValidationFailed(_validation_message(fields), fields=fields)
+        return ValidationFailed("; ".join(str(m) for m in exc.messages))
+    return exc
 
 
 class Router(routers.SimpleRouter):
@@ -113,17 +143,83 @@ class LimitOffsetPagination(pagination.LimitOffsetPagination):
     max_limit = 500
 
 
-def json_404(request: HttpRequest, exception: Exception | None = None) -> JsonResponse:
-    return JsonResponse(error_body("not_found", f"No route for {request.path}."), status=404)
+def is_admin_page(request: HttpRequest) -> bool:
+    return request.path.startswith(ADMIN_PATH_PREFIX)
+
+
+def json_404(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    if is_admin_page(request):
+        return defaults.page_not_found(request, exception or Http404())
+    return JsonResponse(error_body("not_found", f"Nothing here: {request.path[:200]}"), status=404)
 
 
 def json_500(request: HttpRequest) -> JsonResponse:
-    return JsonResponse(error_body("internal_error", "Internal error; it has been logged."), status=500)
+    # Django has logged the exception (logger django.request) with the request id already.
+    return JsonResponse(error_body("internal_error", INTERNAL_ERROR_MESSAGE), status=500)
 
 
 def json_400(request: HttpRequest, exception: Exception | None = None) -> JsonResponse:
-    return JsonResponse(error_body("validation_error", "Bad request."), status=400)
+    if isinstance(exception, RequestDataTooBig):
+        error = PayloadTooLarge.over_limit()
+        return JsonResponse(error_body(error.code, error.message), status=error.status)
+    if isinstance(exception, DisallowedHost):
+        message = "The Host header names a host this server does not answer for (ALLOWED_HOSTS)."
+    else:
+        message = "Bad request."
+    return JsonResponse(error_body("validation_error", message), status=400)
 
 
-def json_403(request: HttpRequest, exception: Exception | None = None) -> JsonResponse:
+def json_403(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    if is_admin_page(request):
+        return defaults.permission_denied(request, exception or DjangoPermissionDenied())
     return JsonResponse(error_body("permission_denied", "Forbidden."), status=403)
+
+
+# --- OpenAPI description of the error shape --------------------------------------------------
+
+
+class ErrorDetailSerializer(serializers.Serializer):
+    code = serializers.CharField(
+        help_text="validation_error, not_authenticated, permission_denied, not_found, method_not_allowed, "
+        "conflict, payload_too_large, unsupported_media_type, rate_limited, internal_error, ..."
+    )
+    message = serializers.CharField(help_text="A human sentence.")
+    # The metaclass collects declared fields, so a field may be named "fields" (the error shape says so).
+    fields = serializers.DictField(  # type: ignore[assignment]
+        child=serializers.ListField(child=serializers.CharField()),
+        required=False,
+        help_text="Validation messages by field path (e.g. payload.pipeline.0.uses).",
+    )
+
+
+class ErrorSerializer(serializers.Serializer):
+    """The one error shape of every 4xx and 5xx answer (OpenAPI component "Error")."""
+
+    error = ErrorDetailSerializer()
+    request_id = serializers.CharField(help_text="Also in the X-Request-ID header.")
+
+
+ERROR_DESCRIPTIONS = {
+    400: "Invalid input (the offending fields are named).",
+    401: "Missing, invalid, expired or revoked bearer token.",
+    403: "The token lacks the scope this endpoint needs.",
+    404: "No such object, or it belongs to another agent.",
+    405: "Method not allowed.",
+    409: "Conflict with the current state (or an Idempotency-Key reused with another body).",
+    413: "Request body too large.",
+    415: "Unsupported media type (send application/json).",
+    429: "Rate limited; retry after the Retry-After header's seconds.",
+    500: "Internal error (never expected; logged with the request id).",
+}
+
+
+def error_responses(*statuses: int) -> dict[int, OpenApiResponse]:
+    """`extend_schema(responses={201: X, **error_responses(409)})`: error statuses in the one shape.
+
+    Every operation gets 400, 401, 403, 404, 413, 415, 429 and 500 from the schema hook already;
+    name only the extra ones an endpoint answers (typically 409).
+    """
+    return {
+        status: OpenApiResponse(response=ErrorSerializer, description=ERROR_DESCRIPTIONS.get(status, "Error."))
+        for status in statuses
+    }

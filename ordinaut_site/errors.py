@@ -48,6 +48,20 @@ class Conflict(OrdinautError):
     status = 409
 
 
+class PayloadTooLarge(OrdinautError):
+    """A request body over ORDINAUT_MAX_BODY_BYTES."""
+
+    code = "payload_too_large"
+    status = 413
+
+    @classmethod
+    def over_limit(cls) -> PayloadTooLarge:
+        from django.conf import settings
+
+        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+        return cls(f"Request body is larger than {limit} bytes (ORDINAUT_MAX_BODY_BYTES).")
+
+
 class StepError(Exception):
     """A step's tool call failed. `retryable` says whether another attempt may succeed."""
 

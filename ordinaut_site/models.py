@@ -117,3 +117,27 @@ class AuditLog(models.Model):
 
     def __str__(self) -> str:
         return f"{self.at:%Y-%m-%d %H:%M:%S} {self.actor_name or self.actor_kind} {self.action}"
+
+
+class IdempotencyRecord(models.Model):
+    """The response to a request sent with an Idempotency-Key, replayed for the same key and body.
+
+    Written in the same transaction as the work it records, so a row always has its response.
+    """
+
+    agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="+")
+    key = models.CharField(max_length=255)
+    endpoint = models.CharField(max_length=300, help_text='Method and path, e.g. "POST /tasks".')
+    request_hash = models.CharField(max_length=64, help_text="SHA-256 of the canonical JSON body and query.")
+    response_status = models.PositiveSmallIntegerField(default=0)
+    response_body = models.JSONField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    expires_at = models.DateTimeField(db_index=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["agent", "key", "endpoint"], name="ordinaut_idempotency_key_unique")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.endpoint} [{self.key}]"

@@ -13,7 +13,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from . import logs
-from .errors import Conflict, ValidationFailed
+from .errors import Conflict, PermissionDenied, ValidationFailed
 from .models import ALL_SCOPES, SCOPE_ADMIN, Agent, AgentToken, AuditLog
 
 TOKEN_PREFIX = "ord_"  # noqa: S105 - the public marker of Ordinaut tokens, not a secret
@@ -75,6 +75,33 @@ def scopes_clean(scopes: list[str] | tuple[str, ...], *, field: str = "scopes") 
     return sorted(set(scopes))
 
 
+def scopes_grant_check(*, granter: Agent, scopes: list[str] | tuple[str, ...]) -> None:
+    """An agent grants only scopes it holds itself, so agents:admin cannot mint a stronger agent.
+
+    Holding `admin` counts as holding every scope; only an admin can grant `admin`.
+    """
+    missing = sorted(scope for scope in set(scopes) if not granter.has_scope(scope))
+    if missing:
+        raise PermissionDenied(
+            f"You can grant only scopes you hold yourself; you lack {', '.join(missing)}.",
+            fields={"scopes": [f"not held by the caller: {', '.join(missing)}"]},
+        )
+
+
+def agent_manage_check(*, manager: Agent, agent: Agent) -> None:
+    """An agent issues tokens for, revokes tokens of, or deactivates only agents no stronger than itself.
+
+    Otherwise agents:admin could issue itself a token of an admin agent.
+    """
+    if manager.is_admin or manager.pk == agent.pk:
+        return
+    stronger = sorted(set(agent.scopes) - set(manager.scopes))
+    if stronger:
+        raise PermissionDenied(
+            f"Agent {agent.name!r} holds scopes you lack ({', '.join(stronger)}); only an admin can manage it."
+        )
+
+
 def _token_hash(raw: str) -> str:
     # Tokens carry 256 random bits, so a fast hash is enough: there is nothing to brute-force.
     return hashlib.sha256(raw.encode()).hexdigest()
@@ -86,9 +113,21 @@ def _new_prefix() -> str:
 
 
 def token_issue(
-    *, agent: Agent, actor: Actor, expires_at: datetime | None = None, label: str = ""
+    *,
+    agent: Agent,
+    actor: Actor,
+    expires_at: datetime | None = None,
+    label: str = "",
+    by_agent: Agent | None = None,
 ) -> tuple[AgentToken, str]:
-    """Create a token for an agent; the plain token is returned once and never stored."""
+    """Create a token for an agent; the plain token is returned once and never stored.
+
+    `by_agent`: the agent asking through the API, held to agent_manage_check.
+    """
+    if by_agent is not None:
+        agent_manage_check(manager=by_agent, agent=agent)
+    if not agent.is_active:
+        raise Conflict(f"Agent {agent.name!r} is deactivated; its tokens would not work.")
     if expires_at is not None and expires_at <= timezone.now():
         raise ValidationFailed.on("expires_at", "must be in the future")
     for _ in range(5):
@@ -112,7 +151,10 @@ def token_issue(
     raise Conflict("could not allocate a unique token prefix")
 
 
-def token_revoke(*, token: AgentToken, actor: Actor) -> None:
+def token_revoke(*, token: AgentToken, actor: Actor, by_agent: Agent | None = None) -> None:
+    """Revoke a token (revoking a revoked token does nothing). `by_agent`: see token_issue."""
+    if by_agent is not None:
+        agent_manage_check(manager=by_agent, agent=token.agent)
     with transaction.atomic():
         updated = AgentToken.objects.filter(pk=token.pk, revoked_at__isnull=True).update(revoked_at=timezone.now())
         if updated:
@@ -130,7 +172,8 @@ def token_authenticate(raw: str) -> tuple[Agent, AgentToken] | None:
     if not raw.startswith(TOKEN_PREFIX):
         return None
     prefix = raw[len(TOKEN_PREFIX) :].split("_", 1)[0]
-    if len(prefix) != TOKEN_PREFIX_CHARS:
+    # Only the alphabet of _new_prefix: anything else (NUL bytes included) cannot match, so no query.
+    if len(prefix) != TOKEN_PREFIX_CHARS or not prefix.isalnum() or not prefix.isascii():
         return None
     token = AgentToken.objects.select_related("agent").filter(prefix=prefix).first()
     if token is None or not hmac.compare_digest(token.secret_hash, _token_hash(raw)):
@@ -143,8 +186,19 @@ def token_authenticate(raw: str) -> tuple[Agent, AgentToken] | None:
     return token.agent, token
 
 
-def agent_create(*, name: str, scopes: list[str], actor: Actor, contact: str = "", admin: bool = False) -> Agent:
+def agent_create(
+    *,
+    name: str,
+    scopes: list[str],
+    actor: Actor,
+    contact: str = "",
+    admin: bool = False,
+    by_agent: Agent | None = None,
+) -> Agent:
+    """Create an agent. `by_agent`: the agent asking through the API, held to scopes_grant_check."""
     scopes = list(ALL_SCOPES) if admin else scopes_clean(scopes)
+    if by_agent is not None:
+        scopes_grant_check(granter=by_agent, scopes=scopes)
     if admin and SCOPE_ADMIN not in scopes:
         scopes.append(SCOPE_ADMIN)
     name = name.strip()
@@ -165,8 +219,13 @@ def agent_create(*, name: str, scopes: list[str], actor: Actor, contact: str = "
     return agent
 
 
-def agent_deactivate(*, agent: Agent, actor: Actor) -> None:
-    """Agents are never deleted (their tasks and audit trail stay); they stop authenticating."""
+def agent_deactivate(*, agent: Agent, actor: Actor, by_agent: Agent | None = None) -> None:
+    """Agents are never deleted (their tasks and audit trail stay); they stop authenticating.
+
+    Deactivating an inactive agent does nothing. `by_agent`: see token_issue.
+    """
+    if by_agent is not None:
+        agent_manage_check(manager=by_agent, agent=agent)
     with transaction.atomic():
         updated = Agent.objects.filter(pk=agent.pk, is_active=True).update(
             is_active=False, deactivated_at=timezone.now()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -38,6 +39,16 @@ def env_int(name: str, default: int) -> int:
         return int(raw)
     except ValueError:
         raise ImproperlyConfigured(f"{name} must be an integer, got {raw!r}") from None
+
+
+_RATE = re.compile(r"^(off|none|unlimited|0|\d+/\d*(s|sec|second|m|min|minute|h|hour|d|day))$")
+
+
+def env_rate(name: str, default: str) -> str:
+    value = os.environ.get(name, default).strip().lower()
+    if not _RATE.match(value):
+        raise ImproperlyConfigured(f"{name} must look like 600/min, 20/s, 1000/h, 100/10s or off; got {value!r}")
+    return value
 
 
 def env_list(name: str, default: list[str]) -> list[str]:
@@ -81,6 +92,9 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "rest_framework",
+    "django_filters",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
     "django_celery_beat",
     "django_prometheus",
     "ordinaut_site.apps.OrdinautConfig",
@@ -89,9 +103,12 @@ INSTALLED_APPS = [
     "pipelines",
 ]
 
+# RequestIdMiddleware first: every response, whichever layer produced it, carries X-Request-ID.
 MIDDLEWARE = [
-    "django_prometheus.middleware.PrometheusBeforeMiddleware",
     "ordinaut_site.middleware.RequestIdMiddleware",
+    "ordinaut_site.middleware.ErrorShapeMiddleware",
+    "ordinaut_site.middleware.RequestLimitsMiddleware",
+    "django_prometheus.middleware.PrometheusBeforeMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -265,15 +282,57 @@ ORDINAUT_DEFAULT_STEP_TIMEOUT_S = env_int("ORDINAUT_DEFAULT_STEP_TIMEOUT_S", 300
 
 # --- REST framework --------------------------------------------------------------------------
 
+# ORDINAUT_RATE_LIMIT: requests per agent (all methods), e.g. 600/min, 20/s, 100/10s; "off" disables.
+ORDINAUT_RATE_LIMIT = env_rate("ORDINAUT_RATE_LIMIT", "600/min")
+# ORDINAUT_WRITE_RATE_LIMIT: POST/PATCH/PUT/DELETE per agent, counted on top of ORDINAUT_RATE_LIMIT.
+ORDINAUT_WRITE_RATE_LIMIT = env_rate("ORDINAUT_WRITE_RATE_LIMIT", "300/min")
+# ORDINAUT_ANON_RATE_LIMIT: requests per client IP without a token (/openapi.json, /docs).
+ORDINAUT_ANON_RATE_LIMIT = env_rate("ORDINAUT_ANON_RATE_LIMIT", "120/min")
+# ORDINAUT_IDEMPOTENCY_TTL_S: how long an Idempotency-Key and its response are remembered.
+ORDINAUT_IDEMPOTENCY_TTL_S = env_int("ORDINAUT_IDEMPOTENCY_TTL_S", 86400)
+# ORDINAUT_MAX_JSON_DEPTH: deepest nesting of arrays/objects accepted in a request body.
+ORDINAUT_MAX_JSON_DEPTH = env_int("ORDINAUT_MAX_JSON_DEPTH", 64)
+# ORDINAUT_MAX_JSON_STRING_CHARS: longest string (or object key) accepted in a request body.
+ORDINAUT_MAX_JSON_STRING_CHARS = env_int("ORDINAUT_MAX_JSON_STRING_CHARS", 100_000)
+# ORDINAUT_MAX_JSON_ITEMS: most items in one array or object of a request body.
+ORDINAUT_MAX_JSON_ITEMS = env_int("ORDINAUT_MAX_JSON_ITEMS", 10_000)
+
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["ordinaut_site.auth.BearerTokenAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["ordinaut_site.auth.HasScope"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_PARSER_CLASSES": ["ordinaut_site.parsers.JSONParser"],
+    "DEFAULT_THROTTLE_CLASSES": [
+        "ordinaut_site.throttling.AgentRateThrottle",
+        "ordinaut_site.throttling.AgentWriteRateThrottle",
+    ],
+    "DEFAULT_SCHEMA_CLASS": "ordinaut_site.schema.AutoSchema",
     "EXCEPTION_HANDLER": "ordinaut_site.api.exception_handler",
     "UNAUTHENTICATED_USER": None,
     "DEFAULT_PAGINATION_CLASS": "ordinaut_site.api.LimitOffsetPagination",
     "PAGE_SIZE": 50,
+    # APIClient in tests posts JSON unless told otherwise (the API accepts nothing else).
+    "TEST_REQUEST_DEFAULT_FORMAT": "json",
+}
+
+# OpenAPI at /openapi.json, Swagger UI at /docs with assets served from this server (sidecar).
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Ordinaut API",
+    "DESCRIPTION": "Tasks, schedules, runs and pipelines for AI agents. Authenticate with `Authorization: Bearer "
+    "<agent token>`. Every error has the shape {error: {code, message, fields?}, request_id}.",
+    "VERSION": "0.1.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SERVE_AUTHENTICATION": [],
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "SWAGGER_UI_SETTINGS": {"deepLinking": True, "persistAuthorization": True, "validatorUrl": None},
+    "COMPONENT_SPLIT_REQUEST": True,
+    "PREPROCESSING_HOOKS": ["ordinaut_site.schema.strip_trailing_slashes"],
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "ordinaut_site.schema.shared_headers",
+    ],
 }
 
 # --- Logging ---------------------------------------------------------------------------------

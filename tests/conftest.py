@@ -16,6 +16,7 @@ from rest_framework.test import APIClient
 from ordinaut_site.celery import app
 from ordinaut_site.models import ALL_SCOPES, Agent
 from ordinaut_site.services import Actor, agent_create, token_issue
+from ordinaut_site.throttling import THROTTLE_KEY_PREFIX
 from tests.support.processes import Worker
 
 
@@ -60,6 +61,15 @@ def redis_client() -> Iterator[redis.Redis]:
     client.ping()
     yield client
     client.close()
+
+
+@pytest.fixture(autouse=True)
+def rate_limits_reset(redis_client: redis.Redis) -> None:
+    """Rate-limit counters live in Redis across tests and sessions: every test starts with none."""
+    pattern = f"{settings.CACHES['default']['KEY_PREFIX']}:*:{THROTTLE_KEY_PREFIX}:*"
+    keys = list(redis_client.scan_iter(match=pattern, count=1000))
+    if keys:
+        redis_client.delete(*keys)
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,123 @@
+"""Per-agent rate limits: DRF throttles counting fixed windows in the Redis cache (429 + Retry-After)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from django.conf import settings
+from django.core.cache import cache
+from rest_framework import throttling
+from rest_framework.request import Request
+
+from .models import Agent
+
+logger = logging.getLogger(__name__)
+
+THROTTLE_KEY_PREFIX = "throttle"
+_PERIODS_S = {
+    "s": 1,
+    "sec": 1,
+    "second": 1,
+    "m": 60,
+    "min": 60,
+    "minute": 60,
+    "h": 3600,
+    "hour": 3600,
+    "d": 86400,
+    "day": 86400,
+}
+_OFF = {"", "0", "off", "none", "unlimited"}
+_SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
+
+
+def parse_rate(rate: str) -> tuple[int, int] | None:
+    """Rate text to (count, period seconds): 600/min -> (600, 60); 100/10s -> (100, 10); off -> None."""
+    text = rate.strip().lower()
+    if text in _OFF:
+        return None
+    try:
+        count_text, period_text = text.split("/", 1)
+        count = int(count_text)
+        digits = "".join(c for c in period_text if c.isdigit())
+        unit = period_text[len(digits) :].strip()
+        period = int(digits or 1) * _PERIODS_S[unit]
+    except (ValueError, KeyError):
+        raise ValueError(f"rate {rate!r} is not like '600/min', '20/s', '1000/h', '100/10s' or 'off'") from None
+    if count < 1 or period < 1:
+        raise ValueError(f"rate {rate!r} must allow at least one request per period")
+    return count, period
+
+
+class WindowThrottle(throttling.BaseThrottle):
+    """At most N requests per fixed window of P seconds per identity.
+
+    A Redis INCR per request (atomic across web processes, O(1)), where DRF's SimpleRateThrottle
+    rewrites a list of timestamps. A burst can reach 2N across a window edge; that is accepted.
+    Redis being down fails open (logged): a rate limit must not take the API down with it.
+    """
+
+    scope = ""
+
+    def __init__(self) -> None:
+        self.wait_s: float | None = None
+
+    def limit_for(self, request: Request) -> tuple[str, str] | None:
+        """(identity, rate setting's value) for this request, or None when this throttle does not apply."""
+        raise NotImplementedError
+
+    def allow_request(self, request: Request, view: Any) -> bool:
+        found = self.limit_for(request)
+        if found is None:
+            return True
+        identity, rate_text = found
+        rate = parse_rate(rate_text)
+        if rate is None:
+            return True
+        count, period = rate
+        now = time.time()
+        window = int(now // period)
+        key = f"{THROTTLE_KEY_PREFIX}:{self.scope}:{identity}:{period}:{window}"
+        try:
+            cache.add(key, 0, timeout=period + 1)
+            used = cache.incr(key)
+        except Exception:
+            logger.warning("rate limit check failed; allowing the request", exc_info=True)
+            return True
+        if used <= count:
+            return True
+        self.wait_s = (window + 1) * period - now
+        return False
+
+    def wait(self) -> float | None:
+        return self.wait_s
+
+
+def _client_ip(request: Request) -> str:
+    # REMOTE_ADDR only: X-Forwarded-For is client-controlled unless a proxy we trust rewrites it.
+    return str(request.META.get("REMOTE_ADDR") or "unknown")
+
+
+class AgentRateThrottle(WindowThrottle):
+    """Every request: ORDINAUT_RATE_LIMIT per agent, or ORDINAUT_ANON_RATE_LIMIT per IP without a token."""
+
+    scope = "all"
+
+    def limit_for(self, request: Request) -> tuple[str, str] | None:
+        agent = request.user
+        if isinstance(agent, Agent):
+            return f"agent:{agent.pk}", settings.ORDINAUT_RATE_LIMIT
+        return f"ip:{_client_ip(request)}", settings.ORDINAUT_ANON_RATE_LIMIT
+
+
+class AgentWriteRateThrottle(WindowThrottle):
+    """Writes (POST, PATCH, PUT, DELETE) of an agent: ORDINAUT_WRITE_RATE_LIMIT, on top of the above."""
+
+    scope = "write"
+
+    def limit_for(self, request: Request) -> tuple[str, str] | None:
+        agent = request.user
+        if request.method in _SAFE_METHODS or not isinstance(agent, Agent):
+            return None
+        return f"agent:{agent.pk}", settings.ORDINAUT_WRITE_RATE_LIMIT

@@ -1,0 +1,266 @@
+"""Every error, whichever layer raises it, answers in the one shape with X-Request-ID (API.md)."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from typing import Any
+
+import pytest
+from django.contrib.auth.models import User
+from django.core.exceptions import RequestDataTooBig
+from django.http import HttpRequest, HttpResponse
+from django.test import Client, RequestFactory, override_settings
+from django.urls import include, path
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.test import APIClient
+from rest_framework.views import APIView
+
+from ordinaut_site import api
+from ordinaut_site.errors import PayloadTooLarge
+from ordinaut_site.logs import ContextFilter
+from ordinaut_site.parsers import JSONParser
+
+pytestmark = pytest.mark.django_db
+
+
+def assert_error_shape(response: Any, status: int, code: str) -> dict[str, Any]:
+    """The response is `status` in the one error shape with `code`, and carries its request id."""
+    assert response.status_code == status, response.content[:500]
+    assert response["Content-Type"].startswith("application/json")
+    body = response.json()
+    assert set(body) == {"error", "request_id"}
+    assert body["error"]["code"] == code
+    assert isinstance(body["error"]["message"], str)
+    assert body["error"]["message"]
+    assert body["request_id"]
+    assert body["request_id"] == response["X-Request-ID"]
+    return body
+
+
+# --- A test-only URL configuration: the real one plus views that fail on purpose ---------------
+
+
+class ExplodingView(APIView):
+    authentication_classes: list[Any] = []
+    permission_classes: list[Any] = []
+
+    def get(self, request: Request) -> Response:
+        raise RuntimeError("boom in a DRF view")
+
+
+def exploding_django_view(request: HttpRequest) -> HttpResponse:
+    raise RuntimeError("boom in a plain Django view")
+
+
+urlpatterns = [
+    path("explode/drf", ExplodingView.as_view()),
+    path("explode/django", exploding_django_view),
+    path("", include("ordinaut_site.urls")),
+]
+handler400 = "ordinaut_site.api.json_400"
+handler403 = "ordinaut_site.api.json_403"
+handler404 = "ordinaut_site.api.json_404"
+handler500 = "ordinaut_site.api.json_500"
+
+
+# --- Routes -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("url", ["/nope", "/tasks/not-a-uuid", "/agents/00000000-0000-0000-0000-000000000000/x"])
+def test_unknown_route_is_a_json_404_with_request_id(agent: Any, url: str) -> None:
+    body = assert_error_shape(agent.client.get(url), 404, "not_found")
+    assert url in body["error"]["message"]
+
+
+def test_unknown_route_without_a_token_is_a_json_404_too() -> None:
+    assert_error_shape(Client().get("/wp-login.php"), 404, "not_found")
+
+
+def test_client_request_id_is_echoed_on_errors() -> None:
+    response = Client().get("/nope", HTTP_X_REQUEST_ID="trace-42.a")
+    body = assert_error_shape(response, 404, "not_found")
+    assert body["request_id"] == "trace-42.a"
+
+
+def test_unsafe_client_request_id_is_replaced() -> None:
+    response = Client().get("/nope", HTTP_X_REQUEST_ID="bad id\nwith newline")
+    body = assert_error_shape(response, 404, "not_found")
+    assert body["request_id"] != "bad id\nwith newline"
+
+
+def test_admin_pages_keep_their_html_404(db: Any) -> None:
+    client = Client()
+    client.force_login(User.objects.create_superuser("root", "root@example.com", "pw"))
+    response = client.get("/admin/no-such-app/")
+    assert response.status_code == 404
+    assert response["Content-Type"].startswith("text/html")
+    assert response["X-Request-ID"]
+
+
+# --- DRF's own errors ---------------------------------------------------------------------------
+
+
+def test_method_not_allowed_is_405_with_allow_header(agent: Any) -> None:
+    response = agent.client.put("/agents/me", {}, format="json")
+    assert_error_shape(response, 405, "method_not_allowed")
+    assert "GET" in response["Allow"]
+
+
+def test_method_not_allowed_on_a_plain_django_view_is_shaped_too() -> None:
+    response = Client().post("/health/live")
+    assert_error_shape(response, 405, "method_not_allowed")
+    assert response["Allow"] == "GET"
+
+
+def test_unacceptable_accept_header_is_406(agent: Any) -> None:
+    assert_error_shape(agent.client.get("/agents/me", HTTP_ACCEPT="text/html"), 406, "not_acceptable")
+
+
+def test_form_body_is_415(make_agent: Any) -> None:
+    admin = make_agent(admin=True)
+    response = admin.client.post("/agents", "name=x", content_type="application/x-www-form-urlencoded")
+    assert_error_shape(response, 415, "unsupported_media_type")
+
+
+def test_missing_token_is_401_and_bad_token_too() -> None:
+    assert_error_shape(APIClient().get("/agents/me"), 401, "not_authenticated")
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION="Bearer ord_abcdefgh_not-a-real-secret")
+    assert_error_shape(client.get("/agents/me"), 401, "not_authenticated")
+
+
+@pytest.mark.parametrize(
+    "header", ["Bearer ord_\x00\x00\x00\x00\x00\x00\x00\x00_x", "Bearer ord_ÿÿÿÿÿÿÿÿ_x", "Basic abc"]
+)
+def test_strange_authorization_headers_are_401_not_500(header: str) -> None:
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=header)
+    assert_error_shape(client.get("/agents/me"), 401, "not_authenticated")
+
+
+# --- Request bodies -----------------------------------------------------------------------------
+
+
+def post_raw(client: APIClient, body: bytes | str, url: str = "/agents") -> Any:
+    return client.post(url, body, content_type="application/json")
+
+
+@pytest.fixture
+def admin_client(make_agent: Any) -> APIClient:
+    return make_agent(admin=True).client
+
+
+def test_malformed_json_is_400(admin_client: APIClient) -> None:
+    body = assert_error_shape(post_raw(admin_client, b'{"name": '), 400, "validation_error")
+    assert "not valid JSON" in body["error"]["message"]
+
+
+def test_bad_utf8_is_400(admin_client: APIClient) -> None:
+    body = assert_error_shape(post_raw(admin_client, b'{"name": "\xff\xfe"}'), 400, "validation_error")
+    assert "UTF-8" in body["error"]["message"]
+
+
+def test_nan_is_not_json(admin_client: APIClient) -> None:
+    assert_error_shape(post_raw(admin_client, b'{"name": NaN}'), 400, "validation_error")
+
+
+@override_settings(ORDINAUT_MAX_JSON_DEPTH=8)
+def test_json_deeper_than_the_limit_is_400_naming_where(admin_client: APIClient) -> None:
+    deep = {"name": "x", "scopes": [], "contact": "", "extra": [[[[[[[[["too deep"]]]]]]]]]}
+    body = assert_error_shape(post_raw(admin_client, json.dumps(deep)), 400, "validation_error")
+    assert "ORDINAUT_MAX_JSON_DEPTH" in body["error"]["message"]
+    assert list(body["error"]["fields"]) == ["extra.0.0.0.0.0.0.0"]
+
+
+def test_json_deeper_than_python_can_parse_is_400_not_500(admin_client: APIClient) -> None:
+    body = assert_error_shape(post_raw(admin_client, "[" * 100_000 + "]" * 100_000), 400, "validation_error")
+    assert "deeper" in body["error"]["message"]
+
+
+@override_settings(ORDINAUT_MAX_JSON_STRING_CHARS=10)
+def test_long_string_is_400_naming_the_field(admin_client: APIClient) -> None:
+    response = post_raw(admin_client, json.dumps({"name": "x" * 11, "scopes": []}))
+    body = assert_error_shape(response, 400, "validation_error")
+    assert body["error"]["fields"] == {"name": [body["error"]["fields"]["name"][0]]}
+    assert "11 characters" in body["error"]["message"]
+
+
+@override_settings(ORDINAUT_MAX_JSON_ITEMS=3)
+def test_too_many_items_is_400(admin_client: APIClient) -> None:
+    response = post_raw(admin_client, json.dumps({"name": "x", "scopes": ["a", "b", "c", "d"]}))
+    body = assert_error_shape(response, 400, "validation_error")
+    assert "scopes" in body["error"]["fields"]
+
+
+@pytest.mark.parametrize("text", ["nul \\u0000 here", "lone \\ud800 surrogate"])
+def test_strings_postgres_cannot_store_are_400(admin_client: APIClient, text: str) -> None:
+    response = post_raw(admin_client, f'{{"name": "{text}", "scopes": []}}')
+    body = assert_error_shape(response, 400, "validation_error")
+    assert "name" in body["error"]["fields"]
+
+
+def test_nul_in_a_key_is_400(admin_client: APIClient) -> None:
+    assert_error_shape(post_raw(admin_client, '{"na\\u0000me": "x"}'), 400, "validation_error")
+
+
+@override_settings(DATA_UPLOAD_MAX_MEMORY_SIZE=1000)
+def test_body_over_the_limit_is_413(admin_client: APIClient) -> None:
+    response = post_raw(admin_client, json.dumps({"name": "x" * 2000, "scopes": []}))
+    body = assert_error_shape(response, 413, "payload_too_large")
+    assert "1000 bytes" in body["error"]["message"]
+
+
+@override_settings(DATA_UPLOAD_MAX_MEMORY_SIZE=1000)
+def test_parser_refuses_a_body_longer_than_its_content_length() -> None:
+    with pytest.raises(PayloadTooLarge):
+        JSONParser().parse(io.BytesIO(b'"' + b"x" * 2000 + b'"'))
+
+
+def test_nul_in_the_query_string_is_400(agent: Any) -> None:
+    assert_error_shape(agent.client.get("/audit?action=%00"), 400, "validation_error")
+
+
+# --- Django-level errors ------------------------------------------------------------------------
+
+
+def test_disallowed_host_is_400_in_the_shape() -> None:
+    response = Client().get("/agents/me", HTTP_HOST="evil.example")
+    body = assert_error_shape(response, 400, "validation_error")
+    assert "ALLOWED_HOSTS" in body["error"]["message"]
+
+
+def test_request_data_too_big_raised_by_django_is_413() -> None:
+    request = RequestFactory().post("/x")
+    with override_settings(DATA_UPLOAD_MAX_MEMORY_SIZE=10):
+        response = api.json_400(request, RequestDataTooBig("too big"))
+    assert response.status_code == 413
+    assert json.loads(response.content)["error"]["code"] == "payload_too_large"
+
+
+# --- Unexpected exceptions ----------------------------------------------------------------------
+
+
+@pytest.mark.urls("tests.api.test_errors")
+def test_unexpected_exception_in_a_drf_view_is_500_logged_with_request_id(caplog: Any) -> None:
+    caplog.handler.addFilter(ContextFilter())
+    with caplog.at_level(logging.ERROR):
+        response = APIClient().get("/explode/drf", HTTP_X_REQUEST_ID="req-500")
+    body = assert_error_shape(response, 500, "internal_error")
+    assert "boom" not in json.dumps(body), "internals are logged, not shown"
+    logged = [r for r in caplog.records if r.exc_info and "boom in a DRF view" in str(r.exc_info[1])]
+    assert logged
+    assert logged[0].request_id == "req-500"
+
+
+@pytest.mark.urls("tests.api.test_errors")
+def test_unexpected_exception_in_a_plain_view_is_500_in_the_shape(caplog: Any) -> None:
+    caplog.handler.addFilter(ContextFilter())
+    with caplog.at_level(logging.ERROR):
+        response = Client(raise_request_exception=False).get("/explode/django", HTTP_X_REQUEST_ID="req-501")
+    assert_error_shape(response, 500, "internal_error")
+    logged = [r for r in caplog.records if r.exc_info and "boom in a plain Django view" in str(r.exc_info[1])]
+    assert logged
+    assert logged[0].request_id == "req-501"
