@@ -102,3 +102,50 @@ class ToolUnavailable(StepError):
 
     code = "tool_unavailable"
     retryable = True
+
+
+class TemplateFailed(StepError):
+    """A `${...}` template or an `if` condition could not be evaluated (bad syntax, output too big)."""
+
+    code = "template_error"
+
+
+class ToolOutputTooLarge(StepError):
+    code = "output_too_large"
+
+
+class HostNotAllowed(StepError):
+    """orchestrator.http was asked for a host outside ORDINAUT_HTTP_ALLOWED_HOSTS."""
+
+    code = "host_not_allowed"
+
+
+class HttpStatusError(StepError):
+    """An HTTP call answered with an error status; 5xx, 408 and 429 are worth retrying."""
+
+    code = "http_error"
+
+    def __init__(self, message: str, *, status: int) -> None:
+        super().__init__(message, retryable=status >= 500 or status in (408, 429))
+        self.status = status
+
+    def as_dict(self) -> dict[str, object]:
+        return {**super().as_dict(), "status": self.status}
+
+
+class AttemptsExhausted(StepError):
+    """The step's message kept coming back (its worker died each time) past max_attempts."""
+
+    code = "attempts_exhausted"
+
+
+class StepCanceled(StepError):
+    """Recorded on a step that was waiting (approval, parked wait) when its run was canceled."""
+
+    code = "canceled"
+
+
+class ApprovalDeclined(StepError):
+    """An approval step was rejected or expired; the step's on_error decides whether the run goes on."""
+
+    code = "approval_rejected"

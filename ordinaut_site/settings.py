@@ -279,6 +279,34 @@ ORDINAUT_MAX_STEPS = env_int("ORDINAUT_MAX_STEPS", 50)
 ORDINAUT_MAX_PAYLOAD_BYTES = env_int("ORDINAUT_MAX_PAYLOAD_BYTES", 262_144)
 # ORDINAUT_DEFAULT_STEP_TIMEOUT_S: step timeout when neither step nor task sets one.
 ORDINAUT_DEFAULT_STEP_TIMEOUT_S = env_int("ORDINAUT_DEFAULT_STEP_TIMEOUT_S", 300)
+# ORDINAUT_MAX_RENDERED_BYTES: largest rendered step input (templates expanded), as compact JSON.
+ORDINAUT_MAX_RENDERED_BYTES = env_int("ORDINAUT_MAX_RENDERED_BYTES", 1_048_576)
+# ORDINAUT_MAX_STEP_OUTPUT_BYTES: largest tool output stored for a step, as compact JSON.
+ORDINAUT_MAX_STEP_OUTPUT_BYTES = env_int("ORDINAUT_MAX_STEP_OUTPUT_BYTES", 1_048_576)
+# ORDINAUT_TOOL_MODULES: comma-separated Python modules imported on first tool lookup (they register tools).
+ORDINAUT_TOOL_MODULES = env_list("ORDINAUT_TOOL_MODULES", [])
+# ORDINAUT_HTTP_ALLOWED_HOSTS: hosts orchestrator.http may call (`api.example.com`, `*.example.com`,
+# `127.0.0.1:8080`); empty: none.
+ORDINAUT_HTTP_ALLOWED_HOSTS = env_list("ORDINAUT_HTTP_ALLOWED_HOSTS", [])
+# ORDINAUT_HTTP_MAX_RESPONSE_BYTES: largest response body orchestrator.http reads.
+ORDINAUT_HTTP_MAX_RESPONSE_BYTES = env_int("ORDINAUT_HTTP_MAX_RESPONSE_BYTES", 1_048_576)
+# ORDINAUT_APPROVAL_TIMEOUT_S: how long an approval waits when the step sets no timeout_seconds.
+ORDINAUT_APPROVAL_TIMEOUT_S = env_int("ORDINAUT_APPROVAL_TIMEOUT_S", 7 * 86400)
+# ORDINAUT_QUEUED_GRACE_S: how long a queued run may wait for its first step before the sweeper re-sends it.
+ORDINAUT_QUEUED_GRACE_S = env_int("ORDINAUT_QUEUED_GRACE_S", 300)
+# ORDINAUT_RUNNING_GRACE_S: added to a step's timeout (and retry delay) before the sweeper calls it lost.
+ORDINAUT_RUNNING_GRACE_S = env_int("ORDINAUT_RUNNING_GRACE_S", 120)
+# ORDINAUT_SWEEP_INTERVAL_S: how often beat runs the recovery sweeper (stuck runs, parked waits, approvals).
+ORDINAUT_SWEEP_INTERVAL_S = env_int("ORDINAUT_SWEEP_INTERVAL_S", 30)
+# django-celery-beat copies these entries into its tables when beat starts.
+CELERY_BEAT_SCHEDULE = {
+    "ordinaut.sweep_runs": {
+        "task": "runs.sweep",
+        "schedule": float(ORDINAUT_SWEEP_INTERVAL_S),
+        # A sweep that could not start within one interval is superseded by the next one.
+        "options": {"expire_seconds": ORDINAUT_SWEEP_INTERVAL_S},
+    }
+}
 
 # --- REST framework --------------------------------------------------------------------------
 
@@ -328,6 +356,13 @@ SPECTACULAR_SETTINGS = {
     "REDOC_DIST": "SIDECAR",
     "SWAGGER_UI_SETTINGS": {"deepLinking": True, "persistAuthorization": True, "validatorUrl": None},
     "COMPONENT_SPLIT_REQUEST": True,
+    # Several models have a `status` with its own choices: name each enum after its model.
+    "ENUM_NAME_OVERRIDES": {
+        "TaskStatusEnum": "tasks.models.Task.Status",
+        "RunStatusEnum": "runs.models.Run.Status",
+        "StepRunStatusEnum": "runs.models.StepRun.Status",
+        "ApprovalStatusEnum": "runs.models.Approval.Status",
+    },
     "PREPROCESSING_HOOKS": ["ordinaut_site.schema.strip_trailing_slashes"],
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",

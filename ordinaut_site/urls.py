@@ -30,6 +30,7 @@ urlpatterns = [
     path("", include(router.urls)),
     path("", include("tasks.urls")),
     path("", include("runs.urls")),
+    path("", include("pipelines.urls")),
 ]
 
 handler400 = "ordinaut_site.api.json_400"

@@ -3,20 +3,38 @@
 from __future__ import annotations
 
 import enum
+import json
 import logging
+import random
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
+from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
+from django.utils import timezone
 
 from ordinaut_site import logs
-from ordinaut_site.errors import StepError
+from ordinaut_site.errors import (
+    AttemptsExhausted,
+    StepError,
+    ToolInputInvalid,
+    ToolOutputInvalid,
+    ToolOutputTooLarge,
+    ToolTimeout,
+)
 from runs import services as run_services
 from runs.models import Run, StepRun
-from runs.selectors import run_get_for_step
+from runs.selectors import run_get_for_step, step_outputs
 
-from .tools import ToolCall, tool_resolve
+from .templates import Rendering, condition_evaluate, has_templates, render
+from .tools import AwaitApproval, Suspend, ToolCall, schema_errors, tool_resolve
 
 logger = logging.getLogger(__name__)
+
+# Retry delays are spread by +/- this fraction so a burst of failures does not retry in lockstep.
+# Kept below 1/3 so each delay is still longer than the one before (until the cap).
+RETRY_JITTER_RATIO = 0.2
 
 
 class Next(enum.Enum):
@@ -26,12 +44,61 @@ class Next(enum.Enum):
     STOP = "stop"
 
 
-def step_timeout_s(run: Run, step: dict[str, Any]) -> float:
-    value = step.get("timeout_seconds") or run.task.timeout_seconds or settings.ORDINAUT_DEFAULT_STEP_TIMEOUT_S
-    return float(min(value, settings.ORDINAUT_MAX_STEP_TIMEOUT_S))
+@dataclass(frozen=True)
+class RetryIn:
+    """Send this same message again after a countdown (a retry, or a short wait)."""
+
+    countdown_s: float
 
 
-def step_execute(*, run_id: str, index: int, claim_id: str) -> Next:
+Outcome = Next | RetryIn
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    max_attempts: int
+    backoff_s: float
+    backoff_max_s: float
+
+
+def retry_policy(*, task: Any, step: dict[str, Any]) -> RetryPolicy:
+    """The step's `retry`, filled in from the task's defaults (max_retries counts retries)."""
+    retry = step.get("retry") or {}
+    return RetryPolicy(
+        max_attempts=int(retry.get("max_attempts") or task.max_retries + 1),
+        backoff_s=float(retry.get("backoff_seconds", task.retry_backoff_seconds)),
+        backoff_max_s=float(retry.get("backoff_max_seconds", task.retry_backoff_max_seconds)),
+    )
+
+
+def retry_delay_s(policy: RetryPolicy, attempt: int) -> float:
+    """Exponential backoff with jitter after failed attempt number `attempt` (1-based), always
+    below the broker's visibility timeout (ORDINAUT_MAX_COUNTDOWN_S, checked in settings)."""
+    base = min(policy.backoff_s * 2 ** min(attempt - 1, 30), policy.backoff_max_s)
+    delay = base * random.uniform(1 - RETRY_JITTER_RATIO, 1 + RETRY_JITTER_RATIO)
+    return max(0.0, min(delay, float(settings.ORDINAUT_MAX_COUNTDOWN_S)))
+
+
+def template_context(run: Run, index: int, *, with_steps: bool = True) -> dict[str, Any]:
+    """What `${...}` and `if` see: params, steps, event, task, run, now."""
+    context = run.context or {}
+    return {
+        "params": context.get("params") or {},
+        "event": context.get("event"),
+        "now": context.get("now"),
+        "task": {"id": str(run.task_id), "title": run.task.title, "timezone": run.task.timezone},
+        "run": {
+            "id": str(run.pk),
+            "trigger": run.trigger,
+            "trigger_key": run.trigger_key,
+            "scheduled_for": run.scheduled_for.isoformat() if run.scheduled_for else None,
+            "replay_of": str(run.replay_of_id) if run.replay_of_id else None,
+        },
+        "steps": step_outputs(run=run, before_index=index) if with_steps else {},
+    }
+
+
+def step_execute(*, run_id: str, index: int, claim_id: str) -> Outcome:
     """Run step `index` of a run, at most once to success per step (record-level idempotency)."""
     run = run_get_for_step(run_id=run_id)
     if run is None:
@@ -41,9 +108,37 @@ def step_execute(*, run_id: str, index: int, claim_id: str) -> Next:
         return _step_execute(run, index, claim_id)
 
 
-def _step_execute(run: Run, index: int, claim_id: str) -> Next:
-    if run.status == Run.Status.QUEUED:
-        run_services.run_mark_running(run=run)
+class _Attempt:
+    """The attempt history of one claimed step, appended to as this attempt ends."""
+
+    def __init__(self, record: StepRun, started: datetime) -> None:
+        self.record = record
+        self.started = started
+        self.history = list(record.attempt_history or [])
+        # Attempts whose worker died before recording anything show up as "lost".
+        recorded = {entry.get("attempt") for entry in self.history}
+        for number in range(1, record.attempts):
+            if number not in recorded:
+                self.history.append({"attempt": number, "outcome": "lost", "error": None})
+        self.history.sort(key=lambda entry: entry.get("attempt") or 0)
+
+    def end(self, outcome: str, *, error: dict[str, Any] | None = None, retry_in_s: float | None = None) -> list[Any]:
+        now = timezone.now()
+        entry: dict[str, Any] = {
+            "attempt": self.record.attempts,
+            "started_at": self.started.isoformat(),
+            "finished_at": now.isoformat(),
+            "duration_ms": max(0, int((now - self.started).total_seconds() * 1000)),
+            "outcome": outcome,
+            "error": error,
+        }
+        if retry_in_s is not None:
+            entry["retry_in_s"] = round(retry_in_s, 3)
+        return [*self.history, entry]
+
+
+def _step_execute(run: Run, index: int, claim_id: str) -> Outcome:
+    if run.status == Run.Status.QUEUED and not run_services.run_mark_running(run=run):
         run.refresh_from_db(fields=["status", "started_at", "context"])
     if run.status != Run.Status.RUNNING:
         logger.info("run is %s; step %s not started", run.status, index)
@@ -51,48 +146,137 @@ def _step_execute(run: Run, index: int, claim_id: str) -> Next:
     if index >= len(run.pipeline):
         return Next.STOP
     step = run.pipeline[index]
-    timeout_s = step_timeout_s(run, step)
+    timeout_s = run_services.step_timeout_s(task=run.task, step=step)
 
-    record = run_services.step_claim(run=run, index=index, claim_id=claim_id, timeout_s=timeout_s)
-    if record is None:
+    claim = run_services.step_claim(run=run, index=index, claim_id=claim_id, timeout_s=timeout_s)
+    if claim is None:
         return _after_redelivery(run, index)
+    record = claim.step
+    attempt = _Attempt(record, claim.at)
+    policy = retry_policy(task=run.task, step=step)
+    rendered: Any = step.get("with", {})
 
-    rendered = step.get("with", {})
     try:
+        if record.resume_at is None and record.attempts > policy.max_attempts:
+            # Only redeliveries get here: each time the step's worker died mid-call.
+            raise AttemptsExhausted(f"gave up after {record.attempts - 1} attempts whose worker was lost")
+        condition = step.get("if")
+        templated = has_templates(rendered)
+        context: dict[str, Any] | None = None
+        if condition is not None or templated:
+            wants_steps = "steps" in (condition or "") or "steps" in json.dumps(rendered)
+            context = template_context(run, index, with_steps=wants_steps)
+        if condition is not None and context is not None:
+            decision, _ = condition_evaluate(condition, context)
+            if not decision:
+                if run_services.step_skip(step=record):
+                    return _advance(run, index, None)
+                return Next.STOP
+        if templated and context is not None:
+            rendered = render(rendered, context, Rendering())
         tool = tool_resolve(record.uses)
-        output = tool.func(rendered, ToolCall(run_id=str(run.pk), step_id=record.step_id, timeout_s=timeout_s))
+        problems = schema_errors(tool.input_schema, rendered, prefix="with")
+        if problems:
+            raise ToolInputInvalid("; ".join(problems))
+        call = ToolCall(
+            run_id=str(run.pk),
+            step_id=record.step_id,
+            timeout_s=timeout_s,
+            attempt=record.attempts,
+            resume_at=record.resume_at,
+        )
+        output = tool.func(rendered, call)
+        problems = schema_errors(tool.output_schema, output, prefix="output")
+        if problems:
+            raise ToolOutputInvalid("; ".join(problems))
+        _check_output_size(output)
+    except Suspend as suspend:
+        return _suspend(run, record, rendered, suspend.until)
+    except AwaitApproval as ask:
+        run_services.approval_request(
+            run=run, step=record, input=rendered, message=ask.message, data=ask.data, timeout_s=ask.timeout_s
+        )
+        return Next.STOP
     except StepError as exc:
-        return _fail(run, record, rendered, exc.as_dict())
+        return _failed(run, attempt, step, rendered, exc, policy)
+    except SoftTimeLimitExceeded:
+        return _failed(run, attempt, step, rendered, ToolTimeout(f"the step ran past {timeout_s:g}s"), policy)
     except Exception as exc:  # a tool bug is the step's failure, never a lost run
         logger.exception("tool %s raised", record.uses)
-        return _fail(
-            run, record, rendered, {"code": "tool_error", "message": f"{type(exc).__name__}: {exc}", "retryable": False}
+        error = StepError(f"{type(exc).__name__}: {exc}"[:1000], code="tool_error", retryable=False)
+        return _failed(run, attempt, step, rendered, error, policy)
+
+    history = attempt.end("succeeded")
+    if not run_services.step_succeed(step=record, input=rendered, output=output, history=history):
+        return Next.STOP  # someone else finished or reset it meanwhile (or the run was canceled)
+    return _advance(run, index, output)
+
+
+def _check_output_size(output: Any) -> None:
+    try:
+        size = len(json.dumps(output, separators=(",", ":")))
+    except (TypeError, ValueError) as exc:
+        raise ToolOutputInvalid(f"the tool returned something that is not JSON: {exc}") from None
+    if size > settings.ORDINAUT_MAX_STEP_OUTPUT_BYTES:
+        raise ToolOutputTooLarge(
+            f"output is {size} bytes; ORDINAUT_MAX_STEP_OUTPUT_BYTES is {settings.ORDINAUT_MAX_STEP_OUTPUT_BYTES}"
         )
 
-    if not run_services.step_succeed(step=record, input=rendered, output=output):
-        return Next.STOP  # someone else finished or reset it meanwhile
+
+def _advance(run: Run, index: int, output: Any) -> Outcome:
     if index == len(run.pipeline) - 1:
         run_services.run_succeed(run=run, result=output)
         return Next.STOP
     return Next.CONTINUE
 
 
-def _fail(run: Run, record: StepRun, rendered: Any, error: dict[str, Any]) -> Next:
-    run_services.step_fail(step=record, input=rendered, error=error)
+def _suspend(run: Run, record: StepRun, rendered: Any, until: datetime) -> Outcome:
+    remaining = (until - timezone.now()).total_seconds()
+    parked = remaining > settings.ORDINAUT_MAX_COUNTDOWN_S
+    if not run_services.step_suspend(run=run, step=record, input=rendered, until=until, parked=parked):
+        return Next.STOP
+    if parked:
+        # Longer than a broker countdown may be: the sweeper re-dispatches the run after `until`.
+        logger.info("step %s parked until %s", record.step_id, until.isoformat())
+        return Next.STOP
+    return RetryIn(max(0.0, remaining))
+
+
+def _failed(
+    run: Run, attempt: _Attempt, step: dict[str, Any], rendered: Any, exc: StepError, policy: RetryPolicy
+) -> Outcome:
+    record = attempt.record
+    error = exc.as_dict()
+    error["attempt"] = record.attempts
+    if exc.retryable and record.attempts < policy.max_attempts:
+        delay = retry_delay_s(policy, record.attempts)
+        history = attempt.end("retry", error=error, retry_in_s=delay)
+        logger.info("step %s attempt %s failed (%s); retrying in %.1fs", record.step_id, record.attempts, exc, delay)
+        if run_services.step_retry_later(
+            run=run, step=record, input=rendered, error=error, history=history, delay_s=delay
+        ):
+            return RetryIn(delay)
+        return Next.STOP
+    history = attempt.end("failed", error=error)
+    if not run_services.step_fail(step=record, input=rendered, error=error, history=history):
+        return Next.STOP
+    if step.get("on_error") == "continue":
+        return _advance(run, record.index, None)
     run_services.run_fail(
         run=run, error={"code": error["code"], "message": error["message"], "step_id": record.step_id}
     )
     return Next.STOP
 
 
-def _after_redelivery(run: Run, index: int) -> Next:
+def _after_redelivery(run: Run, index: int) -> Outcome:
     """This message found its step owned by another message or already done. Continue the chain
     only when the step is done and the next one was never started: then the original message
     died after finishing but before sending the rest of the chain."""
     current = run_services.step_get(run=run, index=index)
     if current is None or current.status not in StepRun.DONE:
         return Next.STOP
-    if current.status == StepRun.Status.FAILED:
+    continued = run.pipeline[index].get("on_error") == "continue"
+    if current.status == StepRun.Status.FAILED and not continued:
         error = current.error or {}
         run_services.run_fail(
             run=run,

@@ -10,6 +10,8 @@ from django.conf import settings
 
 from ordinaut_site.errors import ValidationFailed
 
+from .templates import EXPR_MAX_LEN, condition_error, template_errors
+
 STEP_KEYS = frozenset({"id", "uses", "with", "save_as", "if", "timeout_seconds", "retry", "on_error", "description"})
 RETRY_KEYS = frozenset({"max_attempts", "backoff_seconds", "backoff_max_seconds"})
 PAYLOAD_KEYS = frozenset({"params", "pipeline"})
@@ -19,14 +21,28 @@ USES_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]*\.[A-Za-z0-9_][A-Za-z0-9_.\-/]
 MAX_USES_LEN = 200
 MAX_DEPTH = 20
 MAX_RETRY_ATTEMPTS = 20
+MAX_DESCRIPTION_LEN = 2000
 
 
-def json_depth(value: Any, depth: int = 0) -> int:
-    if isinstance(value, dict):
-        return max((json_depth(v, depth + 1) for v in value.values()), default=depth + 1)
-    if isinstance(value, list):
-        return max((json_depth(v, depth + 1) for v in value), default=depth + 1)
-    return depth
+def json_depth(value: Any, limit: int = MAX_DEPTH) -> int:
+    """How deeply a JSON value nests (objects and arrays), counting no further than limit + 1.
+    Iterative, so hostile nesting cannot exhaust the Python stack."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        depth += 1
+        deepest = max(deepest, depth)
+        if deepest > limit:
+            return deepest
+        stack.extend((child, depth) for child in children)
+    return deepest
 
 
 def payload_errors(payload: Any) -> dict[str, list[str]]:
@@ -39,12 +55,12 @@ def payload_errors(payload: Any) -> dict[str, list[str]]:
     if not isinstance(payload, dict):
         add("payload", "must be an object with 'pipeline' (and optional 'params')")
         return errors
+    if json_depth(payload) > MAX_DEPTH:
+        add("payload", f"nests deeper than {MAX_DEPTH} levels")
+        return errors
     size = len(json.dumps(payload, separators=(",", ":")))
     if size > settings.ORDINAUT_MAX_PAYLOAD_BYTES:
         add("payload", f"is {size} bytes; the limit is {settings.ORDINAUT_MAX_PAYLOAD_BYTES}")
-        return errors
-    if json_depth(payload) > MAX_DEPTH:
-        add("payload", f"nests deeper than {MAX_DEPTH} levels")
         return errors
     for key in sorted(set(payload) - PAYLOAD_KEYS):
         add(f"payload.{key}", "unknown key; a payload has 'params' and 'pipeline'")
@@ -67,50 +83,71 @@ def payload_errors(payload: Any) -> dict[str, list[str]]:
     for index, step in enumerate(pipeline):
         path = f"payload.pipeline.{index}"
         if not isinstance(step, dict):
-            add(path, "must be an object with at least 'uses'")
+            add(path, f"step {index}: must be an object with at least 'uses'")
             continue
+        step_id = step.get("id", f"step_{index + 1}")
+        label = f"step {step_id!r}" if isinstance(step_id, str) and len(step_id) <= 100 else f"step {index}"
+
+        def add_step(key: str, message: str, *, path: str = path, label: str = label) -> None:
+            add(f"{path}.{key}" if key else path, f"{label}: {message}")
+
         for key in sorted(set(step) - STEP_KEYS):
-            add(f"{path}.{key}", f"unknown step key; known: {', '.join(sorted(STEP_KEYS))}")
+            add_step(key[:100], f"unknown step key; known: {', '.join(sorted(STEP_KEYS))}")
         uses = step.get("uses")
         if not isinstance(uses, str) or not uses:
-            add(f"{path}.uses", "is required: the tool to call, as 'server.tool'")
+            add_step("uses", "is required: the tool to call, as 'server.tool'")
         elif len(uses) > MAX_USES_LEN or not USES_RE.match(uses) or ".." in uses:
-            add(f"{path}.uses", f"{uses[:80]!r} is not a tool name of the form 'server.tool'")
-        step_id = step.get("id", f"step_{index + 1}")
+            add_step("uses", f"{uses[:80]!r} is not a tool name of the form 'server.tool'")
         if not isinstance(step_id, str) or not STEP_ID_RE.match(step_id):
-            add(f"{path}.id", "must start with a letter or _ and hold only letters, digits, _ and - (max 100)")
+            add_step("id", "must start with a letter or _ and hold only letters, digits, _ and - (max 100)")
         elif step_id in ids:
-            add(f"{path}.id", f"duplicate step id {step_id!r} (also step {ids[step_id]})")
+            add_step("id", f"duplicate step id {step_id!r} (also step {ids[step_id]})")
         else:
             ids[step_id] = index
         alias = step.get("save_as")
         if alias is not None:
             if not isinstance(alias, str) or not STEP_ID_RE.match(alias):
-                add(f"{path}.save_as", "must be a name like a step id")
+                add_step("save_as", "must be a name like a step id")
             elif alias in save_as:
-                add(f"{path}.save_as", f"{alias!r} is already used by step {save_as[alias]}")
+                add_step("save_as", f"{alias!r} is already used by step {save_as[alias]}")
             else:
                 save_as[alias] = index
-        if "if" in step and not isinstance(step["if"], str):
-            add(f"{path}.if", "must be a JMESPath expression string")
+        description = step.get("description")
+        if description is not None and (not isinstance(description, str) or len(description) > MAX_DESCRIPTION_LEN):
+            add_step("description", f"must be a string of at most {MAX_DESCRIPTION_LEN} characters")
+        if "if" in step:
+            condition = step["if"]
+            if not isinstance(condition, str):
+                add_step("if", "must be a JMESPath expression string")
+            elif len(condition) > EXPR_MAX_LEN:
+                add_step("if", f"is longer than {EXPR_MAX_LEN} characters")
+            else:
+                problem = condition_error(condition)
+                if problem:
+                    add_step("if", problem)
+        for where, problem in template_errors(step.get("with")).items():
+            add_step(f"with.{where}" if where else "with", problem)
         timeout = step.get("timeout_seconds")
         if timeout is not None and (
             isinstance(timeout, bool)
             or not isinstance(timeout, (int, float))
             or not 0 < timeout <= settings.ORDINAUT_MAX_STEP_TIMEOUT_S
         ):
-            add(f"{path}.timeout_seconds", f"must be a number in (0, {settings.ORDINAUT_MAX_STEP_TIMEOUT_S}]")
+            add_step("timeout_seconds", f"must be a number in (0, {settings.ORDINAUT_MAX_STEP_TIMEOUT_S}]")
         on_error = step.get("on_error", "fail")
         if on_error not in ON_ERROR:
-            add(f"{path}.on_error", "must be 'fail' or 'continue'")
+            add_step("on_error", "must be 'fail' or 'continue'")
         retry = step.get("retry")
         if retry is not None:
-            _retry_errors(retry, f"{path}.retry", add)
+            _retry_errors(retry, f"{path}.retry", lambda where, message, label=label: add(where, f"{label}: {message}"))
 
     for alias, index in save_as.items():
         owner = ids.get(alias)
         if owner is not None and owner != index:
-            add(f"payload.pipeline.{index}.save_as", f"{alias!r} collides with the id of step {owner}")
+            add(
+                f"payload.pipeline.{index}.save_as",
+                f"step {index}: save_as {alias!r} collides with the id of step {owner}",
+            )
     return errors
 
 

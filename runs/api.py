@@ -1,19 +1,25 @@
-"""Run endpoints of the agents' API: serializers and views."""
+"""Run and approval endpoints of the agents' API: serializers and views (logic lives in services)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from rest_framework import serializers, viewsets
+from drf_spectacular.utils import extend_schema
+from rest_framework import serializers, status, viewsets
+from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
 
 from ordinaut_site.api import UUID_LOOKUP
 from ordinaut_site.auth import request_agent
-from ordinaut_site.models import SCOPE_RUNS_READ
+from ordinaut_site.errors import NotFound
+from ordinaut_site.models import SCOPE_RUNS_READ, SCOPE_RUNS_WRITE
+from ordinaut_site.services import Actor
 
-from . import selectors
-from .models import Run, StepRun
+from . import selectors, services
+from .models import Approval, Run, StepRun
+
+MAX_COMMENT_LEN = 2000
 
 
 class StepRunSerializer(serializers.ModelSerializer):
@@ -33,7 +39,10 @@ class StepRunSerializer(serializers.ModelSerializer):
             "started_at",
             "finished_at",
             "duration_ms",
+            "resume_at",
+            "attempt_history",
         ]
+        read_only_fields = fields
 
 
 class RunSerializer(serializers.ModelSerializer):
@@ -65,25 +74,224 @@ class RunSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
-class RunDetailSerializer(RunSerializer):
-    steps = serializers.SerializerMethodField()
+class ApprovalSerializer(serializers.ModelSerializer):
+    run = serializers.UUIDField(source="run_id")
+    task = serializers.UUIDField(source="run.task_id")
 
-    class Meta(RunSerializer.Meta):
-        fields = [*RunSerializer.Meta.fields, "steps"]
+    class Meta:
+        model = Approval
+        fields = [
+            "id",
+            "run",
+            "task",
+            "step_id",
+            "message",
+            "data",
+            "status",
+            "created_at",
+            "expires_at",
+            "decided_at",
+            "decided_by",
+            "comment",
+            "approved_items",
+        ]
         read_only_fields = fields
 
+
+class RunDetailSerializer(RunSerializer):
+    steps = serializers.SerializerMethodField()
+    approvals = serializers.SerializerMethodField()
+
+    class Meta(RunSerializer.Meta):
+        fields = [*RunSerializer.Meta.fields, "steps", "approvals"]
+        read_only_fields = fields
+
+    @extend_schema(responses=StepRunSerializer(many=True))  # type: ignore[misc]
     def get_steps(self, run: Run) -> list[dict[str, Any]]:
         return StepRunSerializer(selectors.run_steps(run=run), many=True).data  # type: ignore[return-value]
+
+    @extend_schema(responses=ApprovalSerializer(many=True))  # type: ignore[misc]
+    def get_approvals(self, run: Run) -> list[dict[str, Any]]:
+        return ApprovalSerializer(run.approvals.order_by("step_index"), many=True).data  # type: ignore[return-value]
+
+
+class CommaChoicesField(serializers.CharField):
+    """`?status=failed,canceled`: one or more of the choices, comma-separated."""
+
+    def __init__(self, *, choices: list[str], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.choices = choices
+
+    def to_internal_value(self, data: Any) -> list[str]:  # type: ignore[override]
+        values = [part.strip() for part in str(super().to_internal_value(data)).split(",") if part.strip()]
+        unknown = [value for value in values if value not in self.choices]
+        if unknown:
+            raise serializers.ValidationError(f"unknown value {unknown[0]!r}; one of: {', '.join(self.choices)}")
+        return values
+
+
+class RunListQuerySerializer(serializers.Serializer):
+    task = serializers.UUIDField(required=False)
+    status = CommaChoicesField(choices=list(Run.Status.values), required=False, max_length=200)
+    trigger = CommaChoicesField(choices=list(Run.Trigger.values), required=False, max_length=200)
+    since = serializers.DateTimeField(required=False, help_text="Runs created at or after this time.")
+    until = serializers.DateTimeField(required=False, help_text="Runs created before this time.")
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        if attrs.get("since") and attrs.get("until") and attrs["since"] >= attrs["until"]:
+            raise serializers.ValidationError({"until": ["must be later than since"]})
+        return attrs
+
+
+class ApprovalListQuerySerializer(serializers.Serializer):
+    status = CommaChoicesField(choices=list(Approval.Status.values), required=False, max_length=200)
+    run = serializers.UUIDField(required=False)
+
+
+class ReplaySerializer(serializers.Serializer):
+    # `from` is a Python keyword: the field is declared through the class namespace.
+    locals()["from"] = serializers.ChoiceField(
+        choices=list(services.REPLAY_FROM),
+        required=False,
+        default="failed_step",
+        help_text="failed_step (earlier outputs reused) or start",
+    )
+
+
+class ApproveSerializer(serializers.Serializer):
+    items = serializers.ListField(
+        child=serializers.JSONField(),
+        required=False,
+        max_length=services.MAX_APPROVAL_ITEMS,
+        help_text="The items approved, picked from the approval's data (default: all of them).",
+    )
+    comment = serializers.CharField(required=False, allow_blank=True, max_length=MAX_COMMENT_LEN, default="")
+
+
+class RejectSerializer(serializers.Serializer):
+    comment = serializers.CharField(required=False, allow_blank=True, max_length=MAX_COMMENT_LEN, default="")
+
+
+def _body(serializer_class: type[serializers.Serializer], request: Request) -> dict[str, Any]:
+    serializer = serializer_class(data=request.data if request.data else {})
+    serializer.is_valid(raise_exception=True)
+    return dict(serializer.validated_data)
 
 
 class RunViewSet(viewsets.GenericViewSet):
     lookup_value_regex = UUID_LOOKUP
     serializer_class = RunDetailSerializer
-    scope_map = {"retrieve": SCOPE_RUNS_READ}
+    scope_map = {
+        "list": SCOPE_RUNS_READ,
+        "retrieve": SCOPE_RUNS_READ,
+        "cancel": SCOPE_RUNS_WRITE,
+        "replay": SCOPE_RUNS_WRITE,
+        "approve": SCOPE_RUNS_WRITE,
+        "reject": SCOPE_RUNS_WRITE,
+    }
 
     def get_queryset(self) -> Any:
         return selectors.run_visible_to(request_agent(self.request))
 
+    def _run(self, request: Request, pk: str) -> Run:
+        return selectors.run_get(agent=request_agent(request), run_id=pk)
+
+    @extend_schema(
+        summary="Runs, newest first (without steps)",
+        parameters=[RunListQuerySerializer],
+        responses=RunSerializer(many=True),
+    )
+    def list(self, request: Request) -> Response:
+        query = RunListQuerySerializer(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        filters = query.validated_data
+        runs = selectors.run_list(
+            agent=request_agent(request),
+            task_id=filters.get("task"),
+            status=filters.get("status"),
+            trigger=filters.get("trigger"),
+            since=filters.get("since"),
+            until=filters.get("until"),
+        )
+        page = self.paginate_queryset(runs)
+        return self.get_paginated_response(RunSerializer(page, many=True).data)
+
+    @extend_schema(summary="A run with its steps and approvals", responses=RunDetailSerializer)
     def retrieve(self, request: Request, pk: str) -> Response:
-        run = selectors.run_get(agent=request_agent(request), run_id=pk)
+        return Response(RunDetailSerializer(self._run(request, pk)).data)
+
+    @extend_schema(summary="Cancel a queued, running or waiting run (409 if it already ended)", request=None)
+    @action(detail=True, methods=["post"])
+    def cancel(self, request: Request, pk: str) -> Response:
+        run = services.run_cancel(run=self._run(request, pk), actor=Actor.of_agent(request_agent(request)))
         return Response(RunDetailSerializer(run).data)
+
+    @extend_schema(
+        summary="Run a failed or canceled run again, from its failed step or from the start",
+        request=ReplaySerializer,
+        responses={202: RunSerializer},
+    )
+    @action(detail=True, methods=["post"])
+    def replay(self, request: Request, pk: str) -> Response:
+        body = _body(ReplaySerializer, request)
+        new_run = services.run_replay(
+            run=self._run(request, pk), from_=body["from"], actor=Actor.of_agent(request_agent(request))
+        )
+        return Response(RunSerializer(new_run).data, status=status.HTTP_202_ACCEPTED)
+
+    @extend_schema(summary="Approve what a waiting run asks (optionally a subset of items)", request=ApproveSerializer)
+    @action(detail=True, methods=["post"])
+    def approve(self, request: Request, pk: str) -> Response:
+        body = _body(ApproveSerializer, request)
+        run = services.approval_decide(
+            run=self._run(request, pk),
+            approve=True,
+            items=body.get("items"),
+            comment=body["comment"],
+            actor=Actor.of_agent(request_agent(request)),
+        )
+        return Response(RunDetailSerializer(run).data)
+
+    @extend_schema(summary="Reject what a waiting run asks", request=RejectSerializer)
+    @action(detail=True, methods=["post"])
+    def reject(self, request: Request, pk: str) -> Response:
+        body = _body(RejectSerializer, request)
+        run = services.approval_decide(
+            run=self._run(request, pk),
+            approve=False,
+            comment=body["comment"],
+            actor=Actor.of_agent(request_agent(request)),
+        )
+        return Response(RunDetailSerializer(run).data)
+
+
+class ApprovalViewSet(viewsets.GenericViewSet):
+    lookup_value_regex = UUID_LOOKUP
+    serializer_class = ApprovalSerializer
+    scope_map = {"list": SCOPE_RUNS_READ, "retrieve": SCOPE_RUNS_READ}
+
+    def get_queryset(self) -> Any:
+        return selectors.approval_visible_to(request_agent(self.request))
+
+    @extend_schema(
+        summary="Approvals, newest first",
+        parameters=[ApprovalListQuerySerializer],
+        responses=ApprovalSerializer(many=True),
+    )
+    def list(self, request: Request) -> Response:
+        query = ApprovalListQuerySerializer(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        approvals = selectors.approval_list(
+            agent=request_agent(request),
+            status=query.validated_data.get("status"),
+            run_id=query.validated_data.get("run"),
+        )
+        page = self.paginate_queryset(approvals)
+        return self.get_paginated_response(ApprovalSerializer(page, many=True).data)
+
+    @extend_schema(summary="One approval", responses=ApprovalSerializer)
+    def retrieve(self, request: Request, pk: str) -> Response:
+        approval = selectors.approval_list(agent=request_agent(request)).filter(pk=pk).first()
+        if approval is None:
+            raise NotFound("Approval not found.")
+        return Response(ApprovalSerializer(approval).data)

@@ -114,6 +114,10 @@ class StepRun(models.Model):
     # Id of the Celery message executing the step; a redelivery of that message may resume it,
     # any other message finding the step running leaves it alone.
     claim_id = models.CharField(max_length=64, blank=True)
+    # One entry per attempt: {attempt, started_at, finished_at, duration_ms, outcome, error, retry_in_s}.
+    attempt_history = models.JSONField(default=list, blank=True)
+    # Set while a step has suspended itself (orchestrator.wait): when to call the tool again.
+    resume_at = models.DateTimeField(null=True, blank=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     duration_ms = models.PositiveIntegerField(null=True, blank=True)
@@ -131,3 +135,42 @@ class StepRun(models.Model):
 
     def __str__(self) -> str:
         return f"{self.run_id}#{self.index} {self.step_id} {self.status}"
+
+
+class Approval(models.Model):
+    """A human decision a run waits for (orchestrator.request_approval); one per approval step."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending"
+        APPROVED = "approved"
+        REJECTED = "rejected"
+        EXPIRED = "expired"
+        CANCELED = "canceled"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="approvals")
+    step_index = models.PositiveSmallIntegerField()
+    step_id = models.CharField(max_length=100)
+    message = models.TextField(max_length=2000)
+    data = models.JSONField(null=True, blank=True, help_text="What is to be approved (a list: items to pick from).")
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    expires_at = models.DateTimeField()
+    decided_at = models.DateTimeField(null=True, blank=True)
+    decided_by = models.JSONField(null=True, blank=True, help_text="{kind, id, name} of who decided.")
+    comment = models.TextField(max_length=2000, blank=True)
+    approved_items = models.JSONField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(fields=["run", "step_index"], name="approval_unique_step"),
+            models.CheckConstraint(
+                condition=Q(status__in=["pending", "approved", "rejected", "expired", "canceled"]),
+                name="approval_status_valid",
+            ),
+        ]
+        indexes = [models.Index(fields=["status", "expires_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.run_id}#{self.step_index} {self.status}"

@@ -1,22 +1,28 @@
-"""Run and step-run services: creation, dispatch, and every status change (conditional updates)."""
+"""Run and step-run services: creation, dispatch, every status change (conditional updates),
+approvals, cancel, replay and the recovery sweeper."""
 
 from __future__ import annotations
 
+import json
 import logging
 import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 from celery import chain, current_app, signature
-from django.db import IntegrityError, transaction
-from django.db.models import F, Q
+from django.conf import settings
+from django.db import IntegrityError, connection, transaction
+from django.db.models import Case, F, Q, Value, When
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from ordinaut_site.errors import Conflict
+from ordinaut_site.errors import ApprovalDeclined, Conflict, StepCanceled, ValidationFailed
 from ordinaut_site.services import SYSTEM, Actor, audit_record
 
-from .models import Run, StepRun
+from .models import Approval, Run, StepRun
 
 if TYPE_CHECKING:
     from tasks.models import Task
@@ -26,10 +32,13 @@ logger = logging.getLogger(__name__)
 # The step job lives in pipelines/jobs.py; runs/ refers to it by its stable Celery name so the
 # dependency points one way (pipelines -> runs), as DESIGN.md section 3 asks.
 STEP_JOB_NAME = "pipelines.run_step"
-# How long a queued run may wait for its first step before the sweeper re-dispatches it.
-QUEUED_GRACE_S = 300
-# Added to a step's timeout before the sweeper considers a running step lost.
-RUNNING_GRACE_S = 120
+# The Celery hard time limit is this much above a step's timeout (the soft limit): the soft limit
+# lets the tool fail cleanly, the hard one kills a tool that ignores it.
+HARD_TIME_LIMIT_GRACE_S = 30
+# Runs the sweeper handles per pass; the next pass takes the rest.
+SWEEP_BATCH = 200
+MAX_APPROVAL_ITEMS = 1000
+MAX_REPLAY_KEY_TRIES = 5
 
 
 class RunAlreadyExists(Conflict):
@@ -37,7 +46,24 @@ class RunAlreadyExists(Conflict):
 
 
 def _logical_now(task: Task, at: datetime) -> str:
-    return at.astimezone(ZoneInfo(task.timezone)).isoformat()
+    return at.astimezone(ZoneInfo(task.timezone)).replace(microsecond=0).isoformat()
+
+
+def step_id_of(step: dict[str, Any], index: int) -> str:
+    return str(step.get("id") or f"step_{index + 1}")
+
+
+def step_timeout_s(*, task: Task, step: dict[str, Any]) -> float:
+    """A step's timeout: its own, else the task's default, else the global default; capped."""
+    value = step.get("timeout_seconds") or task.timeout_seconds or settings.ORDINAUT_DEFAULT_STEP_TIMEOUT_S
+    return float(min(value, settings.ORDINAUT_MAX_STEP_TIMEOUT_S))
+
+
+def _grace(seconds: float) -> timedelta:
+    return timedelta(seconds=seconds)
+
+
+# --- Creation and dispatch ---------------------------------------------------------------------
 
 
 def run_create(
@@ -60,13 +86,43 @@ def run_create(
     """
     if trigger_key is None:
         trigger_key = f"{trigger}:{uuid.uuid4()}"
-    merged_params = {**task.params, **(params or {})}
-    pipeline = task.pipeline
-    context: dict[str, Any] = {"params": merged_params, "event": event, "now": None}
+    context: dict[str, Any] = {"params": {**task.params, **(params or {})}, "event": event, "now": None}
     if scheduled_for is not None:
         context["now"] = _logical_now(task, scheduled_for)
+    return _run_insert(
+        task=task,
+        trigger=trigger,
+        trigger_key=trigger_key,
+        scheduled_for=scheduled_for,
+        context=context,
+        pipeline=task.pipeline,
+        replay_of=replay_of,
+        actor=actor,
+        status=status,
+        skip_reason=skip_reason,
+        jitter_seconds=jitter_seconds,
+    )
+
+
+def _run_insert(
+    *,
+    task: Task,
+    trigger: str,
+    trigger_key: str,
+    scheduled_for: datetime | None,
+    context: dict[str, Any],
+    pipeline: list[dict[str, Any]],
+    replay_of: Run | None,
+    actor: Actor,
+    status: str,
+    skip_reason: str = "",
+    jitter_seconds: float = 0,
+    start_index: int = 0,
+    reused: Sequence[StepRun] = (),
+) -> Run:
     now = timezone.now()
     finished = status == Run.Status.SKIPPED
+    reused_by_index = {step.index: step for step in reused}
     try:
         with transaction.atomic():
             run = Run.objects.create(
@@ -80,27 +136,38 @@ def run_create(
                 pipeline=pipeline,
                 replay_of=replay_of,
                 jitter_seconds=jitter_seconds,
+                current_step=start_index,
                 finished_at=now if finished else None,
-                deadline_at=None if finished else now + timedelta(seconds=QUEUED_GRACE_S + jitter_seconds),
+                deadline_at=None if finished else now + _grace(settings.ORDINAUT_QUEUED_GRACE_S + jitter_seconds),
             )
+            # A skipped run never executes, so it has no step rows.
             StepRun.objects.bulk_create(
-                StepRun(run=run, index=index, step_id=step_id_of(step, index), uses=str(step.get("uses", "")))
-                for index, step in enumerate(pipeline)
+                _reused_step(run, reused_by_index[index])
+                if index in reused_by_index
+                else StepRun(run=run, index=index, step_id=step_id_of(step, index), uses=str(step.get("uses", "")))
+                for index, step in enumerate(() if finished else pipeline)
             )
             if actor.kind != SYSTEM.kind:
                 # Runs the system creates (schedules, events) are their own record; an actor's
                 # request to run something is an action worth auditing.
                 audit_record(
                     actor=actor,
-                    action="run.create",
+                    action="run.replay" if replay_of is not None else "run.create",
                     subject_type="run",
                     subject_id=run.pk,
                     details={"task": str(task.pk), "trigger": trigger, "trigger_key": trigger_key},
                 )
             if not finished:
                 run_id, steps = run.pk, len(pipeline)
+                timeouts = [step_timeout_s(task=task, step=step) for step in pipeline]
                 transaction.on_commit(
-                    lambda: run_dispatch(run_id=run_id, from_index=0, step_count=steps, countdown=jitter_seconds)
+                    lambda: run_dispatch(
+                        run_id=run_id,
+                        from_index=start_index,
+                        step_count=steps,
+                        countdown=jitter_seconds,
+                        timeouts=timeouts,
+                    )
                 )
     except IntegrityError as exc:
         if Run.objects.filter(task=task, trigger_key=trigger_key).exists():
@@ -111,19 +178,51 @@ def run_create(
     return run
 
 
-def step_id_of(step: dict[str, Any], index: int) -> str:
-    return str(step.get("id") or f"step_{index + 1}")
+def _reused_step(run: Run, old: StepRun) -> StepRun:
+    return StepRun(
+        run=run,
+        index=old.index,
+        step_id=old.step_id,
+        uses=old.uses,
+        status=old.status,
+        attempts=0,
+        input=old.input,
+        output=old.output,
+        error=old.error,
+        attempt_history=[{"outcome": "reused", "from_run": str(old.run_id)}],
+        started_at=old.started_at,
+        finished_at=old.finished_at,
+        duration_ms=old.duration_ms,
+    )
 
 
-def run_dispatch(*, run_id: uuid.UUID, from_index: int, step_count: int, countdown: float = 0) -> None:
+def run_dispatch(
+    *,
+    run_id: uuid.UUID,
+    from_index: int,
+    step_count: int,
+    countdown: float = 0,
+    timeouts: Sequence[float] | None = None,
+) -> None:
     """Send the Celery chain for steps from_index..end: immutable (run id, index) signatures,
-    stamped with the run id so the whole chain can be revoked. A run without steps finishes here."""
+    stamped with the run id so the whole chain can be revoked. A run without steps finishes here.
+    Each step carries its timeout as the soft time limit (the tool sees SoftTimeLimitExceeded)."""
     if from_index >= step_count:
         run_finish_empty(run_id=run_id)
         return
+    if timeouts is None:
+        run = Run.objects.select_related("task").only("pipeline", "task__timeout_seconds").get(pk=run_id)
+        timeouts = [step_timeout_s(task=run.task, step=step) for step in run.pipeline]
     Run.objects.filter(pk=run_id).update(dispatch_count=F("dispatch_count") + 1)
     steps = [
-        signature(STEP_JOB_NAME, args=(str(run_id), index), immutable=True, app=current_app)
+        signature(
+            STEP_JOB_NAME,
+            args=(str(run_id), index),
+            immutable=True,
+            app=current_app,
+            soft_time_limit=timeouts[index],
+            time_limit=timeouts[index] + HARD_TIME_LIMIT_GRACE_S,
+        )
         for index in range(from_index, step_count)
     ]
     flow = chain(*steps) if len(steps) > 1 else steps[0]
@@ -134,11 +233,37 @@ def run_dispatch(*, run_id: uuid.UUID, from_index: int, step_count: int, countdo
     flow.apply_async(**options)
 
 
+# --- Run transitions ---------------------------------------------------------------------------
+
+
+def run_on_terminal(*, run: Run) -> None:
+    """Called once after each transition of a run to succeeded, failed or canceled (after commit).
+
+    The scheduling policies hook in here (overlap=queue starts the next queued occurrence). Runs
+    created already skipped do not pass through here. It must not raise into the engine.
+    """
+    return None
+
+
+def _after_terminal(run: Run, status: str) -> None:
+    run.status = status
+
+    def call() -> None:
+        try:
+            run_on_terminal(run=run)
+        except Exception:
+            logger.exception("run_on_terminal failed", extra={"run": str(run.pk)})
+
+    transaction.on_commit(call)
+
+
 def run_finish_empty(*, run_id: uuid.UUID) -> None:
     now = timezone.now()
-    Run.objects.filter(pk=run_id, status__in=[Run.Status.QUEUED, Run.Status.RUNNING]).update(
-        status=Run.Status.SUCCEEDED, started_at=now, finished_at=now, deadline_at=None
+    won = Run.objects.filter(pk=run_id, status__in=[Run.Status.QUEUED, Run.Status.RUNNING]).update(
+        status=Run.Status.SUCCEEDED, started_at=Coalesce(F("started_at"), Value(now)), finished_at=now, deadline_at=None
     )
+    if won:
+        _after_terminal(Run.objects.get(pk=run_id), Run.Status.SUCCEEDED)
 
 
 def run_mark_running(*, run: Run) -> bool:
@@ -157,21 +282,115 @@ def run_mark_running(*, run: Run) -> bool:
     return won
 
 
-def step_claim(*, run: Run, index: int, claim_id: str, timeout_s: float) -> StepRun | None:
+def run_succeed(*, run: Run, result: Any, from_status: str = Run.Status.RUNNING) -> bool:
+    won = bool(
+        Run.objects.filter(pk=run.pk, status=from_status).update(
+            status=Run.Status.SUCCEEDED,
+            result=result,
+            finished_at=timezone.now(),
+            deadline_at=None,
+            current_step=len(run.pipeline),
+        )
+    )
+    if won:
+        run.result = result
+        _after_terminal(run, Run.Status.SUCCEEDED)
+    return won
+
+
+def run_fail(*, run: Run, error: dict[str, Any], from_status: str = Run.Status.RUNNING) -> bool:
+    won = bool(
+        Run.objects.filter(pk=run.pk, status=from_status).update(
+            status=Run.Status.FAILED, error=error, finished_at=timezone.now(), deadline_at=None
+        )
+    )
+    if won:
+        run.error = error
+        _after_terminal(run, Run.Status.FAILED)
+    return won
+
+
+def run_extend_deadline(*, run: Run, seconds: float, current_step: int | None = None) -> None:
+    """The sweeper leaves the run alone until then (the step is alive, waiting or backing off)."""
+    fields: dict[str, Any] = {"deadline_at": timezone.now() + _grace(seconds)}
+    if current_step is not None:
+        fields["current_step"] = current_step
+    Run.objects.filter(pk=run.pk, status=Run.Status.RUNNING).update(**fields)
+
+
+def run_cancel(*, run: Run, actor: Actor) -> Run:
+    """Any active run -> canceled: its chain is revoked, running or waiting steps end as failed
+    (code `canceled`), later steps never start."""
+    now = timezone.now()
+    with transaction.atomic():
+        won = Run.objects.filter(pk=run.pk, status__in=Run.ACTIVE).update(
+            status=Run.Status.CANCELED, finished_at=now, deadline_at=None
+        )
+        if not won:
+            current = Run.objects.filter(pk=run.pk).values_list("status", flat=True).first()
+            raise Conflict(f"the run is {current}; only queued, running or waiting runs can be canceled")
+        Approval.objects.filter(run=run, status=Approval.Status.PENDING).update(
+            status=Approval.Status.CANCELED, decided_at=now, decided_by=_actor_dict(actor)
+        )
+        # A running step may be waiting (approval, wait, retry backoff) with no worker to end it:
+        # end them all here. A tool call in flight completes, but its output is not recorded.
+        StepRun.objects.filter(run=run, status=StepRun.Status.RUNNING).update(
+            status=StepRun.Status.FAILED,
+            error=StepCanceled("the run was canceled while this step was running or waiting").as_dict(),
+            finished_at=now,
+            resume_at=None,
+        )
+        audit_record(actor=actor, action="run.cancel", subject_type="run", subject_id=run.pk, details={})
+        run_id = str(run.pk)
+        transaction.on_commit(lambda: _revoke_chain(run_id))
+        run.refresh_from_db()
+        _after_terminal(run, Run.Status.CANCELED)
+    return run
+
+
+def _revoke_chain(run_id: str) -> None:
+    try:
+        current_app.control.revoke_by_stamped_headers({"run_id": run_id}, terminate=False)
+    except Exception:  # the run is canceled in the database either way; steps check it first
+        logger.exception("could not broadcast the revoke of run %s", run_id)
+
+
+def _actor_dict(actor: Actor) -> dict[str, str]:
+    return {"kind": actor.kind, "id": actor.id, "name": actor.name}
+
+
+# --- Step transitions --------------------------------------------------------------------------
+
+
+@dataclass
+class Claim:
+    """A step this message now owns, and when this attempt began."""
+
+    step: StepRun
+    at: datetime
+
+
+def step_claim(*, run: Run, index: int, claim_id: str, timeout_s: float) -> Claim | None:
     """pending -> running for this message, or resume a step this same message was running
-    (broker redelivery after a lost worker). None when another message owns it or it is done."""
+    (broker redelivery, retry countdown). None when another message owns it or it is done.
+    Resuming a step that suspended itself (a wait) is not a new attempt."""
     now = timezone.now()
     claimed = (
         StepRun.objects.filter(run=run, index=index)
         .filter(Q(status=StepRun.Status.PENDING) | Q(status=StepRun.Status.RUNNING, claim_id=claim_id))
-        .update(status=StepRun.Status.RUNNING, claim_id=claim_id, attempts=F("attempts") + 1, started_at=now)
+        .update(
+            status=StepRun.Status.RUNNING,
+            claim_id=claim_id,
+            attempts=Case(When(resume_at__isnull=False, then=F("attempts")), default=F("attempts") + 1),
+            started_at=Coalesce(F("started_at"), Value(now)),
+        )
     )
     if not claimed:
         return None
     Run.objects.filter(pk=run.pk).update(
-        current_step=index, deadline_at=now + timedelta(seconds=timeout_s + RUNNING_GRACE_S)
+        current_step=index, deadline_at=now + _grace(timeout_s + settings.ORDINAUT_RUNNING_GRACE_S)
     )
-    return StepRun.objects.get(run=run, index=index)
+    return Claim(StepRun.objects.get(run=run, index=index), now)
 
 
 def step_get(*, run: Run, index: int) -> StepRun | None:
@@ -183,41 +402,414 @@ def _finish_fields(step: StepRun) -> dict[str, Any]:
     duration = None
     if step.started_at is not None:
         duration = max(0, int((now - step.started_at).total_seconds() * 1000))
-    return {"finished_at": now, "duration_ms": duration}
+    return {"finished_at": now, "duration_ms": duration, "resume_at": None}
 
 
-def step_succeed(*, step: StepRun, input: Any, output: Any) -> bool:
+def _owned(step: StepRun) -> Any:
+    return StepRun.objects.filter(pk=step.pk, status=StepRun.Status.RUNNING, claim_id=step.claim_id)
+
+
+def step_succeed(*, step: StepRun, input: Any, output: Any, history: list[dict[str, Any]] | None = None) -> bool:
     """running -> succeeded, only for the message that claimed it."""
+    fields = _finish_fields(step)
+    if history is not None:
+        fields["attempt_history"] = history
+    return bool(_owned(step).update(status=StepRun.Status.SUCCEEDED, input=input, output=output, error=None, **fields))
+
+
+def step_fail(
+    *,
+    step: StepRun,
+    input: Any,
+    error: dict[str, Any],
+    history: list[dict[str, Any]] | None = None,
+    output: Any = None,
+) -> bool:
+    fields = _finish_fields(step)
+    if history is not None:
+        fields["attempt_history"] = history
+    return bool(_owned(step).update(status=StepRun.Status.FAILED, input=input, output=output, error=error, **fields))
+
+
+def step_skip(*, step: StepRun) -> bool:
+    """running -> skipped: its `if` was false. No attempt was made; the output is null."""
     return bool(
-        StepRun.objects.filter(pk=step.pk, status=StepRun.Status.RUNNING, claim_id=step.claim_id).update(
-            status=StepRun.Status.SUCCEEDED, input=input, output=output, error=None, **_finish_fields(step)
+        _owned(step).update(
+            status=StepRun.Status.SKIPPED, attempts=0, input=None, output=None, error=None, **_finish_fields(step)
         )
     )
 
 
-def step_fail(*, step: StepRun, input: Any, error: dict[str, Any]) -> bool:
-    return bool(
-        StepRun.objects.filter(pk=step.pk, status=StepRun.Status.RUNNING, claim_id=step.claim_id).update(
-            status=StepRun.Status.FAILED, input=input, error=error, **_finish_fields(step)
+def step_retry_later(
+    *, run: Run, step: StepRun, input: Any, error: dict[str, Any], history: list[dict[str, Any]], delay_s: float
+) -> bool:
+    """The attempt failed transiently: the step stays running under the same claim (the retry
+    message has the same id) and the sweeper waits out the delay before calling it lost."""
+    won = bool(_owned(step).update(input=input, error=error, attempt_history=history))
+    if won:
+        timeout_s = step_timeout_s(task=run.task, step=run.pipeline[step.index])
+        run_extend_deadline(run=run, seconds=delay_s + timeout_s + settings.ORDINAUT_RUNNING_GRACE_S)
+    return won
+
+
+def step_suspend(*, run: Run, step: StepRun, input: Any, until: datetime, parked: bool) -> bool:
+    """The tool asked to be called again at `until` (orchestrator.wait). Short waits come back
+    by countdown; parked ones are re-dispatched by the sweeper once `until` passes."""
+    won = bool(_owned(step).update(input=input, resume_at=until))
+    if won:
+        now = timezone.now()
+        if parked:
+            deadline = until
+        else:
+            timeout_s = step_timeout_s(task=run.task, step=run.pipeline[step.index])
+            deadline = until + _grace(timeout_s + settings.ORDINAUT_RUNNING_GRACE_S)
+        Run.objects.filter(pk=run.pk, status=Run.Status.RUNNING).update(deadline_at=max(deadline, now))
+    return won
+
+
+# --- Approvals ---------------------------------------------------------------------------------
+
+
+def approval_request(
+    *, run: Run, step: StepRun, input: Any, message: str, data: Any, timeout_s: float
+) -> Approval | None:
+    """running -> waiting_approval: the step stays running until a decision or expiry closes it.
+    None when the run stopped running meanwhile (canceled)."""
+    now = timezone.now()
+    with transaction.atomic():
+        approval, _ = Approval.objects.get_or_create(
+            run=run,
+            step_index=step.index,
+            defaults={
+                "step_id": step.step_id,
+                "message": message,
+                "data": data,
+                "expires_at": now + _grace(timeout_s),
+            },
         )
-    )
-
-
-def run_succeed(*, run: Run, result: Any) -> bool:
-    return bool(
-        Run.objects.filter(pk=run.pk, status=Run.Status.RUNNING).update(
-            status=Run.Status.SUCCEEDED,
-            result=result,
-            finished_at=timezone.now(),
-            deadline_at=None,
-            current_step=len(run.pipeline),
+        _owned(step).update(input=input)
+        won = Run.objects.filter(pk=run.pk, status=Run.Status.RUNNING).update(
+            status=Run.Status.WAITING_APPROVAL, deadline_at=None, current_step=step.index
         )
-    )
+        if not won:
+            Approval.objects.filter(pk=approval.pk, status=Approval.Status.PENDING).update(
+                status=Approval.Status.CANCELED, decided_at=now
+            )
+            return None
+    return approval
 
 
-def run_fail(*, run: Run, error: dict[str, Any]) -> bool:
-    return bool(
-        Run.objects.filter(pk=run.pk, status=Run.Status.RUNNING).update(
-            status=Run.Status.FAILED, error=error, finished_at=timezone.now(), deadline_at=None
+def approval_decide(*, run: Run, approve: bool, actor: Actor, items: list[Any] | None = None, comment: str = "") -> Run:
+    """A human decision on the run's pending approval; the rest of the pipeline resumes on a
+    fresh chain (or the run fails: see approval_close)."""
+    with transaction.atomic():
+        # Lock the run row: a concurrent cancel, expiry or second decision waits for this one.
+        locked = Run.objects.select_for_update().select_related("task").filter(pk=run.pk).first()
+        if locked is None or locked.status != Run.Status.WAITING_APPROVAL:
+            status = locked.status if locked else "gone"
+            raise Conflict(f"the run is {status}; only a run waiting for approval can be approved or rejected")
+        approval = Approval.objects.filter(run=locked, status=Approval.Status.PENDING).order_by("-step_index").first()
+        if approval is None:
+            raise Conflict("the run has no pending approval")
+        if approve:
+            approved_items = _approved_items(approval.data, items)
+            status = Approval.Status.APPROVED
+        else:
+            if items:
+                raise ValidationFailed.on("items", "only an approval takes items")
+            approved_items, status = [], Approval.Status.REJECTED
+        approval_close(run=locked, approval=approval, status=status, items=approved_items, comment=comment, actor=actor)
+        audit_record(
+            actor=actor,
+            action="approval.approve" if approve else "approval.reject",
+            subject_type="run",
+            subject_id=locked.pk,
+            details={
+                "approval": str(approval.pk),
+                "step_id": approval.step_id,
+                "approved_items": len(approved_items),
+                "comment": comment[:200],
+            },
         )
+    locked.refresh_from_db()
+    return locked
+
+
+def _approved_items(data: Any, items: list[Any] | None) -> list[Any]:
+    """The items approved: all of `data` when none are named; otherwise each named item must be
+    one of the data's items (approvers pick, they do not edit)."""
+    candidates = data if isinstance(data, list) else ([] if data is None else [data])
+    if items is None:
+        return list(candidates)
+    if len(items) > MAX_APPROVAL_ITEMS:
+        raise ValidationFailed.on("items", f"at most {MAX_APPROVAL_ITEMS} items")
+    keys = {_json_key(candidate) for candidate in candidates}
+    for position, item in enumerate(items):
+        if _json_key(item) not in keys:
+            raise ValidationFailed(
+                f"items.{position}: is not one of the items this approval asked about",
+                fields={f"items.{position}": ["is not one of the items this approval asked about"]},
+            )
+    return list(items)
+
+
+def _json_key(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+def approval_close(
+    *, run: Run, approval: Approval, status: str, items: list[Any], comment: str, actor: Actor | None
+) -> None:
+    """Record the decision on the approval and its step, then move the run on (call with the run
+    row locked). Approved: the pipeline resumes. Rejected or expired: the step fails with the
+    decision as its output, and the step's on_error decides: `fail` (default) fails the run,
+    `continue` resumes it so a later `if` can look at steps.<id>.status."""
+    now = timezone.now()
+    decided_by = _actor_dict(actor) if actor is not None else None
+    Approval.objects.filter(pk=approval.pk).update(
+        status=status, decided_at=now, decided_by=decided_by, comment=comment, approved_items=items
     )
+    output = {"status": status, "approved_items": items, "decided_by": decided_by, "comment": comment}
+    step = StepRun.objects.get(run=run, index=approval.step_index)
+    entry = {
+        "attempt": max(step.attempts, 1),
+        "started_at": approval.created_at.isoformat(),
+        "finished_at": now.isoformat(),
+        "duration_ms": int((now - approval.created_at).total_seconds() * 1000),
+        "outcome": status,
+        "error": None,
+    }
+    history = [*step.attempt_history, entry]
+    step_def = run.pipeline[approval.step_index] if approval.step_index < len(run.pipeline) else {}
+    if status == Approval.Status.APPROVED:
+        step_succeed(step=step, input=step.input, output=output, history=history)
+        go_on = True
+    else:
+        error = ApprovalDeclined(
+            f"approval {status}" + (f" by {decided_by['name']}" if decided_by and decided_by["name"] else ""),
+            code=f"approval_{status}",
+        ).as_dict()
+        step_fail(step=step, input=step.input, error=error, history=history, output=output)
+        go_on = step_def.get("on_error") == "continue"
+        if not go_on:
+            run_fail(
+                run=run,
+                error={"code": error["code"], "message": error["message"], "step_id": approval.step_id},
+                from_status=Run.Status.WAITING_APPROVAL,
+            )
+            return
+    next_index = approval.step_index + 1
+    if next_index >= len(run.pipeline):
+        run_succeed(run=run, result=output, from_status=Run.Status.WAITING_APPROVAL)
+        return
+    Run.objects.filter(pk=run.pk, status=Run.Status.WAITING_APPROVAL).update(
+        status=Run.Status.RUNNING,
+        current_step=next_index,
+        deadline_at=now + _grace(settings.ORDINAUT_QUEUED_GRACE_S),
+    )
+    run_id, steps = run.pk, len(run.pipeline)
+    transaction.on_commit(lambda: run_dispatch(run_id=run_id, from_index=next_index, step_count=steps))
+
+
+def approval_expire(*, run_id: uuid.UUID, now: datetime | None = None) -> bool:
+    """Expire the run's pending approval if its time is up (the sweeper calls this)."""
+    now = now or timezone.now()
+    with transaction.atomic():
+        # SKIP LOCKED: a run another sweeper (or a decision) holds is theirs to finish.
+        run = _locking(Run.objects.select_related("task")).filter(pk=run_id, status=Run.Status.WAITING_APPROVAL).first()
+        if run is None:
+            return False
+        approval = Approval.objects.filter(run=run, status=Approval.Status.PENDING, expires_at__lte=now).first()
+        if approval is None:
+            return False
+        approval_close(run=run, approval=approval, status=Approval.Status.EXPIRED, items=[], comment="", actor=None)
+        audit_record(
+            actor=SYSTEM,
+            action="approval.expire",
+            subject_type="run",
+            subject_id=run.pk,
+            details={"approval": str(approval.pk), "step_id": approval.step_id},
+        )
+    return True
+
+
+def _locking(queryset: Any) -> Any:
+    """select_for_update(skip_locked=True) where the database has it; SQLite serialises writers
+    anyway, and the conditional updates that follow keep two sweepers from both winning."""
+    if not connection.features.has_select_for_update:
+        return queryset
+    return queryset.select_for_update(skip_locked=connection.features.has_select_for_update_skip_locked)
+
+
+# --- Replay ------------------------------------------------------------------------------------
+
+REPLAY_FROM = ("failed_step", "start")
+
+
+def run_replay(*, run: Run, from_: str, actor: Actor) -> Run:
+    """A new run of a failed or canceled run's task, with the same params, event and logical
+    time, linked by replay_of. From the failed step: the steps before it keep their stored
+    outputs (copied, not re-run), provided the task's pipeline still has them unchanged."""
+    if from_ not in REPLAY_FROM:
+        raise ValidationFailed.on("from", f"must be one of {', '.join(REPLAY_FROM)}")
+    if run.status not in (Run.Status.FAILED, Run.Status.CANCELED):
+        raise Conflict(f"the run is {run.status}; only failed or canceled runs can be replayed")
+    task = run.task
+    if task.deleted_at is not None or task.status == task.Status.CANCELED:
+        raise Conflict("the run's task is deleted or canceled; it cannot run again")
+    pipeline = task.pipeline
+    start_index, reused = 0, list[StepRun]()
+    if from_ == "failed_step":
+        start_index, reused = _replay_reuse(run, pipeline)
+    context = {
+        "params": run.context.get("params") or {},
+        "event": run.context.get("event"),
+        "now": run.context.get("now"),
+    }
+    for _ in range(MAX_REPLAY_KEY_TRIES):
+        number = Run.objects.filter(replay_of=run).count() + 1
+        try:
+            return _run_insert(
+                task=task,
+                trigger=Run.Trigger.REPLAY,
+                trigger_key=f"replay:{run.pk}:{number}",
+                scheduled_for=None,
+                context=context,
+                pipeline=pipeline,
+                replay_of=run,
+                actor=actor,
+                status=Run.Status.QUEUED,
+                start_index=start_index,
+                reused=reused,
+            )
+        except RunAlreadyExists:  # a concurrent replay took this number
+            continue
+    raise Conflict("could not allocate a replay number; try again")
+
+
+def _replay_reuse(run: Run, pipeline: list[dict[str, Any]]) -> tuple[int, list[StepRun]]:
+    old_steps = list(StepRun.objects.filter(run=run).order_by("index"))
+    failed_id = (run.error or {}).get("step_id")
+    start = next((s.index for s in old_steps if failed_id and s.step_id == failed_id), None)
+    if start is None:
+        start = next((s.index for s in old_steps if s.status not in StepRun.DONE), len(old_steps))
+    for old in old_steps[:start]:
+        current = pipeline[old.index] if old.index < len(pipeline) else None
+        if current is None or step_id_of(current, old.index) != old.step_id or current.get("uses") != old.uses:
+            raise Conflict(
+                f"the task's pipeline changed before step {old.step_id!r}; replay from start instead",
+                fields={"from": ["the steps before the failed one changed"]},
+            )
+    return start, old_steps[:start]
+
+
+# --- Recovery sweeper --------------------------------------------------------------------------
+
+
+def runs_sweep(*, now: datetime | None = None, limit: int = SWEEP_BATCH) -> dict[str, int]:
+    """One pass of the recovery sweeper: expire due approvals, then re-dispatch runs whose
+    deadline passed (lost publish, dead worker, parked wait now due). Safe on several workers."""
+    now = now or timezone.now()
+    expired = 0
+    due_approvals = (
+        Approval.objects.filter(status=Approval.Status.PENDING, expires_at__lte=now)
+        .order_by("expires_at")
+        .values_list("run_id", flat=True)[:limit]
+    )
+    for run_id in list(due_approvals):
+        expired += approval_expire(run_id=run_id, now=now)
+    recovered = 0
+    stuck = (
+        Run.objects.filter(status__in=[Run.Status.QUEUED, Run.Status.RUNNING], deadline_at__lte=now)
+        .order_by("deadline_at")
+        .values_list("pk", flat=True)[:limit]
+    )
+    for run_id in list(stuck):
+        recovered += run_recover(run_id=run_id, now=now)
+    if expired or recovered:
+        logger.info("sweeper: %s approvals expired, %s runs re-dispatched", expired, recovered)
+    return {"approvals_expired": expired, "runs_recovered": recovered}
+
+
+def run_recover(*, run_id: uuid.UUID, now: datetime | None = None) -> bool:
+    """Re-dispatch a run stuck past its deadline from its first unfinished step. A step left
+    running by a lost message goes back to pending, so the new message can claim it."""
+    now = now or timezone.now()
+    with transaction.atomic():
+        # SKIP LOCKED: two sweepers never handle the same run; the other one moves on.
+        run = (
+            _locking(Run.objects.select_related("task"))
+            .filter(pk=run_id, status__in=[Run.Status.QUEUED, Run.Status.RUNNING], deadline_at__lte=now)
+            .first()
+        )
+        if run is None:
+            return False
+        # The conditional update is the claim where SKIP LOCKED is not available (SQLite).
+        claimed = Run.objects.filter(pk=run.pk, status=run.status, deadline_at=run.deadline_at).update(
+            deadline_at=now + _grace(settings.ORDINAUT_QUEUED_GRACE_S)
+        )
+        if not claimed:
+            return False
+        steps = list(StepRun.objects.filter(run=run).order_by("index"))
+        unfinished = [s for s in steps if s.status in (StepRun.Status.PENDING, StepRun.Status.RUNNING)]
+        if not unfinished:
+            _finish_recovered(run, steps)
+            return True
+        first = unfinished[0]
+        StepRun.objects.filter(run=run, index__gte=first.index, status=StepRun.Status.RUNNING).update(
+            status=StepRun.Status.PENDING, claim_id=""
+        )
+        Run.objects.filter(pk=run.pk).update(current_step=first.index)
+        logger.warning(
+            "re-dispatching run %s from step %s (%s past its deadline)", run.pk, first.index, now - run.deadline_at
+        )
+        run_id_, count = run.pk, len(steps)
+        timeouts = [step_timeout_s(task=run.task, step=step) for step in run.pipeline]
+        transaction.on_commit(
+            lambda: run_dispatch(run_id=run_id_, from_index=first.index, step_count=count, timeouts=timeouts)
+        )
+    return True
+
+
+def _finish_recovered(run: Run, steps: list[StepRun]) -> None:
+    """Every step is done but the run was not closed (the worker died in between): close it."""
+    if run.status == Run.Status.QUEUED:
+        run_mark_running(run=run)
+    for step in steps:
+        on_error = run.pipeline[step.index].get("on_error") if step.index < len(run.pipeline) else None
+        if step.status == StepRun.Status.FAILED and on_error != "continue":
+            error = step.error or {}
+            run_fail(
+                run=run,
+                error={
+                    "code": error.get("code", "step_failed"),
+                    "message": error.get("message", ""),
+                    "step_id": step.step_id,
+                },
+            )
+            return
+    run_succeed(run=run, result=steps[-1].output if steps else None)
+
+
+def runs_record_skipped(*, task: Task, occurrences: list[tuple[str, datetime]], reason: str) -> int:
+    """Bulk-record skipped runs (no steps) for (trigger_key, scheduled_for) pairs; pairs that
+    already have a run are left alone. Returns how many were recorded."""
+    now = timezone.now()
+    rows = [
+        Run(
+            task=task,
+            trigger=Run.Trigger.SCHEDULE,
+            trigger_key=key,
+            scheduled_for=at,
+            status=Run.Status.SKIPPED,
+            skip_reason=reason,
+            finished_at=now,
+            pipeline=task.pipeline,
+            context={"params": task.params, "event": None, "now": _logical_now(task, at)},
+        )
+        for key, at in occurrences
+    ]
+    keys = [key for key, _ in occurrences]
+    before = Run.objects.filter(task=task, trigger_key__in=keys).count()
+    Run.objects.bulk_create(rows, ignore_conflicts=True, batch_size=500)
+    return Run.objects.filter(task=task, trigger_key__in=keys).count() - before

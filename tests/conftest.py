@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,11 +20,21 @@ from ordinaut_site.services import Actor, agent_create, token_issue
 from ordinaut_site.throttling import THROTTLE_KEY_PREFIX
 from tests.support.processes import Worker
 
+TEST_TOOL_SETTINGS = {
+    "ORDINAUT_TOOL_MODULES": ["tests.support.tools"],
+    "ORDINAUT_HTTP_ALLOWED_HOSTS": ["127.0.0.1"],
+}
+
 
 def pytest_configure(config: pytest.Config) -> None:
     # Each test session gets its own queue, so two suites sharing a Redis never eat each
     # other's messages. Set before anything publishes (app.amqp builds queues lazily).
     app.conf.task_default_queue = f"ordinaut-test-{uuid.uuid4().hex[:10]}"
+    # Test doubles of the seed's tools, and orchestrator.http allowed to reach loopback test
+    # servers: in this process (settings) and in worker subprocesses (they inherit os.environ).
+    for name, value in TEST_TOOL_SETTINGS.items():
+        os.environ[name] = ",".join(value)
+        setattr(settings, name, value)
 
 
 @dataclass

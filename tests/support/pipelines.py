@@ -14,3 +14,44 @@ def echo_pipeline(n: int, **extra: Any) -> dict[str, Any]:
 
 def manual_task_body(payload: dict[str, Any], **fields: Any) -> dict[str, Any]:
     return {"title": fields.pop("title", "test task"), "schedule_kind": "manual", "payload": payload, **fields}
+
+
+def make_task(owner: Any, payload: dict[str, Any], **fields: Any) -> Any:
+    """A manual task saved straight through the ORM (payload validated like the API does)."""
+    from pipelines.spec import payload_validate
+    from tasks.models import Task
+
+    return Task.objects.create(
+        owner=owner,
+        title=fields.pop("title", "test task"),
+        schedule_kind="manual",
+        payload=payload_validate(payload),
+        **fields,
+    )
+
+
+def drive(run_id: Any, *, start: int = 0, max_jobs: int = 100) -> list[Any]:
+    """Run a run's steps in this process, as the chain would, without a broker: a retry or a
+    short wait is re-run at once (its countdown is recorded, not waited). Returns the outcomes."""
+    from pipelines.engine import Next, RetryIn, step_execute
+
+    outcomes: list[Any] = []
+    index = start
+    for _ in range(max_jobs):
+        outcome = step_execute(run_id=str(run_id), index=index, claim_id=f"message-{index}")
+        outcomes.append(outcome)
+        if isinstance(outcome, RetryIn):
+            continue
+        if outcome is Next.CONTINUE:
+            index += 1
+            continue
+        break
+    return outcomes
+
+
+def finished(run_id: Any) -> Any:
+    """The run once it is terminal (or waiting for approval), else None: for wait_for()."""
+    from runs.models import Run
+
+    run = Run.objects.get(pk=run_id)
+    return run if run.status in (*Run.TERMINAL, Run.Status.WAITING_APPROVAL) else None

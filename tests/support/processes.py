@@ -62,10 +62,21 @@ def child_env(**extra: str) -> dict[str, str]:
 class Worker:
     """`celery -A ordinaut_site worker` in a subprocess, consuming this test session's queue."""
 
-    def __init__(self, log_dir: Path, *, concurrency: int = 2, name: str | None = None) -> None:
+    def __init__(
+        self,
+        log_dir: Path,
+        *,
+        concurrency: int = 2,
+        name: str | None = None,
+        queue: str | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.name = name or f"test-{uuid.uuid4().hex[:8]}@{os.uname().nodename}"
         self.log_path = log_dir / f"{self.name.split('@')[0]}.log"
         self.concurrency = concurrency
+        # Another queue than the session's keeps this worker's messages away from the shared worker.
+        self.queue = queue or app.conf.task_default_queue
+        self.env = env or {}
         self.proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
 
@@ -85,14 +96,19 @@ class Worker:
             "-n",
             self.name,
             "-Q",
-            app.conf.task_default_queue,
+            self.queue,
             "--without-mingle",
             "--without-gossip",
             "-l",
             "INFO",
         ]
         self.proc = subprocess.Popen(
-            command, env=child_env(), cwd=BASE_DIR, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
+            command,
+            env=child_env(CELERY_QUEUE=self.queue, **self.env),
+            cwd=BASE_DIR,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         wait_for(self.ping, timeout=60, message=f"worker {self.name} to answer ping (log: {self.log_path})")
         return self

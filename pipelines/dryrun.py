@@ -1,0 +1,122 @@
+"""Dry-run of a pipeline: what each step would receive and decide, without calling any tool."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from django.conf import settings
+from django.utils import timezone
+
+from ordinaut_site.errors import TemplateFailed
+from runs.services import step_id_of
+
+from .spec import payload_errors
+from .templates import Rendering, condition_evaluate, render
+from .tools import schema_errors, tool_find
+
+
+def pipeline_dry_run(
+    *,
+    payload: Any,
+    params: dict[str, Any] | None = None,
+    step_outputs: dict[str, Any] | None = None,
+    event: Any = None,
+    timezone_name: str | None = None,
+    now: datetime | None = None,
+) -> dict[str, Any]:
+    """Report structural errors, unknown tools, each step's rendered input (upstream outputs are
+    the fakes given by step id, else null), input-schema violations, template paths that came
+    out null, and each `if` decision. `valid` is false on any error; null paths are warnings."""
+    errors = [
+        {"field": field, "message": message}
+        for field, messages in payload_errors(payload).items()
+        for message in messages
+    ]
+    warnings: list[dict[str, str]] = []
+    steps: list[dict[str, Any]] = []
+    pipeline = payload.get("pipeline") if isinstance(payload, dict) else None
+    if not isinstance(pipeline, list):
+        return {"valid": False, "errors": errors, "warnings": warnings, "steps": steps}
+
+    fakes = step_outputs or {}
+    tz_name = timezone_name or settings.TIME_ZONE
+    base_params = payload.get("params") if isinstance(payload.get("params"), dict) else {}
+    at = (now or timezone.now()).astimezone(ZoneInfo(tz_name)).replace(microsecond=0)
+    context: dict[str, Any] = {
+        "params": {**base_params, **(params or {})},
+        "event": event,
+        "now": at.isoformat(),
+        "task": {"id": None, "title": "(dry run)", "timezone": tz_name},
+        "run": {"id": None, "trigger": "manual", "trigger_key": None, "scheduled_for": None, "replay_of": None},
+        "steps": {},
+    }
+    for index, step in enumerate(pipeline[: settings.ORDINAUT_MAX_STEPS]):
+        if not isinstance(step, dict):
+            continue
+        steps.append(_dry_run_step(index, step, context, fakes, errors, warnings))
+    return {"valid": not errors, "errors": errors, "warnings": warnings, "steps": steps}
+
+
+def _dry_run_step(
+    index: int,
+    step: dict[str, Any],
+    context: dict[str, Any],
+    fakes: dict[str, Any],
+    errors: list[dict[str, str]],
+    warnings: list[dict[str, str]],
+) -> dict[str, Any]:
+    path = f"payload.pipeline.{index}"
+    step_id = step_id_of(step, index)
+    uses = step.get("uses")
+    tool = tool_find(uses) if isinstance(uses, str) and uses else None
+    report: dict[str, Any] = {
+        "index": index,
+        "id": step_id,
+        "uses": uses,
+        "tool_found": tool is not None,
+        "if_result": None,
+        "would_run": True,
+        "rendered_input": None,
+        "input_errors": [],
+        "unresolved_paths": [],
+        "errors": [],
+    }
+    condition = step.get("if")
+    if isinstance(condition, str):
+        try:
+            report["if_result"], _ = condition_evaluate(condition, context)
+            report["would_run"] = report["if_result"]
+        except TemplateFailed as exc:
+            report["errors"].append(f"if: {exc.message}")
+            errors.append({"field": f"{path}.if", "message": f"step {step_id!r}: {exc.message}"})
+    rendering = Rendering()
+    try:
+        report["rendered_input"] = render(step.get("with", {}), context, rendering)
+    except TemplateFailed as exc:
+        report["errors"].append(f"with: {exc.message}")
+        errors.append({"field": f"{path}.with", "message": f"step {step_id!r}: {exc.message}"})
+    report["unresolved_paths"] = sorted(set(rendering.unresolved))
+    for expr in report["unresolved_paths"]:
+        warnings.append({"field": f"{path}.with", "message": f"step {step_id!r}: ${{{expr}}} renders null"})
+
+    if tool is None:
+        if isinstance(uses, str) and uses:
+            errors.append(
+                {"field": f"{path}.uses", "message": f"step {step_id!r}: no tool named {uses!r} is registered"}
+            )
+    elif "with: " not in " ".join(report["errors"]):
+        report["input_errors"] = schema_errors(tool.input_schema, report["rendered_input"], prefix="with")
+        if report["would_run"]:
+            errors.extend(
+                {"field": f"{path}.with", "message": f"step {step_id!r}: {problem}"}
+                for problem in report["input_errors"]
+            )
+
+    output = fakes.get(step_id) if report["would_run"] else None
+    context["steps"][step_id] = output
+    alias = step.get("save_as")
+    if isinstance(alias, str) and alias:
+        context["steps"][alias] = output
+    return report

@@ -1,0 +1,367 @@
+"""Templates and conditions: `${expr}` JMESPath over the run context, `now` shifts, JMESPath truthiness.
+
+A string that is exactly one `${expr}` becomes the JSON value of expr (numbers stay numbers, objects
+stay objects). Inside a longer string each `${expr}` is interpolated: strings as they are, null as
+the empty string, everything else as JSON. `$${` is a literal `${`. `${now+24h}` (units s m h d w)
+is the run's logical time shifted: s/m/h are elapsed time, d/w are calendar days in the task's
+timezone (so `now+1d` keeps the wall-clock time across a DST change). Only JMESPath is evaluated:
+no Python, no attribute access, nothing outside the context dict.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import jmespath
+import jmespath.functions
+from django.conf import settings
+from jmespath.exceptions import JMESPathError
+
+from ordinaut_site.errors import TemplateFailed
+
+EXPR_MAX_LEN = 2000
+# Nesting a JMESPath parser can take before Python's recursion limit becomes the judge.
+EXPR_MAX_NESTING = 50
+NOW_SHIFT_RE = re.compile(r"^\s*now\s*([+-])\s*(\d{1,7})\s*([smhdw])\s*$")
+NOW_RE = re.compile(r"^\s*now\s*$")
+UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+_QUOTES = {"'", '"', "`"}
+_OPENERS = {"{": "}", "[": "]", "(": ")"}
+JMESPATH_FUNCTIONS = frozenset(jmespath.functions.Functions.FUNCTION_TABLE)
+
+
+class TemplateSyntaxError(ValueError):
+    """A template or condition that cannot be parsed; the message says where and why."""
+
+
+@dataclass(frozen=True)
+class Expr:
+    """One `${...}` of a template: its JMESPath text."""
+
+    text: str
+
+
+Piece = str | Expr
+
+
+# --- Parsing ---------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=4096)
+def template_parse(text: str) -> tuple[Piece, ...]:
+    """Split a string into literal text and `${expr}` pieces (cached: pipelines repeat)."""
+    if "${" not in text:
+        return (text,)
+    pieces: list[Piece] = []
+    literal: list[str] = []
+    i, n = 0, len(text)
+    while i < n:
+        if text.startswith("$${", i):
+            literal.append("${")
+            i += 3
+            continue
+        if text.startswith("${", i):
+            end = _expr_end(text, i + 2)
+            inner = text[i + 2 : end].strip()
+            if not inner:
+                raise TemplateSyntaxError(f"empty ${{}} at character {i}")
+            if len(inner) > EXPR_MAX_LEN:
+                raise TemplateSyntaxError(f"expression at character {i} is longer than {EXPR_MAX_LEN} characters")
+            _compile(inner)  # syntax errors surface at parse time, with the expression named
+            if literal:
+                pieces.append("".join(literal))
+                literal = []
+            pieces.append(Expr(inner))
+            i = end + 1
+            continue
+        literal.append(text[i])
+        i += 1
+    if literal:
+        pieces.append("".join(literal))
+    return tuple(pieces)
+
+
+def _expr_end(text: str, start: int) -> int:
+    """Index of the `}` closing a `${` whose expression starts at `start`. JMESPath has its own
+    braces (multi-select hashes) and quoted strings that may hold `}`; both are skipped."""
+    stack: list[str] = []
+    i, n = start, len(text)
+    while i < n:
+        char = text[i]
+        if char in _QUOTES:
+            i = _quote_end(text, i)
+        elif char in _OPENERS:
+            stack.append(_OPENERS[char])
+            if len(stack) > EXPR_MAX_NESTING:
+                raise TemplateSyntaxError(f"expression at character {start - 2} nests too deeply")
+        elif char == "}" and not stack:
+            return i
+        elif char in ")]}" and (not stack or stack.pop() != char):
+            raise TemplateSyntaxError(f"unbalanced {char!r} in expression at character {start - 2}")
+        i += 1
+    raise TemplateSyntaxError(f"unterminated ${{ at character {start - 2} (missing '}}')")
+
+
+def _quote_end(text: str, start: int) -> int:
+    quote = text[start]
+    i = start + 1
+    while i < len(text):
+        if text[i] == "\\":
+            i += 2
+            continue
+        if text[i] == quote:
+            return i
+        i += 1
+    raise TemplateSyntaxError(f"unterminated {quote} quote at character {start}")
+
+
+@functools.lru_cache(maxsize=4096)
+def _compile(expr: str) -> Any:
+    if NOW_SHIFT_RE.match(expr):
+        return None
+    if len(expr) > EXPR_MAX_LEN:
+        raise TemplateSyntaxError(f"expression is longer than {EXPR_MAX_LEN} characters")
+    if _nesting(expr) > EXPR_MAX_NESTING:
+        raise TemplateSyntaxError("expression nests too deeply")
+    try:
+        compiled = jmespath.compile(expr)
+    except JMESPathError as exc:
+        raise TemplateSyntaxError(f"invalid JMESPath {expr[:100]!r}: {_one_line(exc)}") from None
+    except (RecursionError, ValueError, TypeError) as exc:
+        raise TemplateSyntaxError(f"invalid JMESPath {expr[:100]!r}: {type(exc).__name__}") from None
+    unknown = sorted(_function_names(compiled.parsed) - JMESPATH_FUNCTIONS)
+    if unknown:
+        raise TemplateSyntaxError(
+            f"unknown JMESPath function {unknown[0]}() in {expr[:100]!r}; "
+            f"known: {', '.join(sorted(JMESPATH_FUNCTIONS))}"
+        )
+    return compiled
+
+
+def _function_names(node: Any) -> set[str]:
+    names: set[str] = set()
+    stack = [node]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            if item.get("type") == "function_expression":
+                names.add(str(item.get("value")))
+            stack.extend(item.get("children") or [])
+        elif isinstance(item, list):
+            stack.extend(item)
+    return names
+
+
+def _nesting(expr: str) -> int:
+    depth = deepest = 0
+    for char in expr:
+        if char in "([{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in ")]}":
+            depth -= 1
+    return deepest
+
+
+def _one_line(exc: Exception) -> str:
+    return " ".join(str(exc).split())[:300]
+
+
+def strings_in(value: Any, path: str = "") -> Iterator[tuple[str, str]]:
+    """Every string inside a JSON value with its dotted path (`with.query.city`)."""
+    if isinstance(value, str):
+        yield path, value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from strings_in(item, f"{path}.{key}" if path else str(key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from strings_in(item, f"{path}.{index}" if path else str(index))
+
+
+def has_templates(value: Any) -> bool:
+    return any("${" in text for _, text in strings_in(value))
+
+
+def template_errors(value: Any) -> dict[str, str]:
+    """Syntax errors of every template inside a JSON value, by dotted path."""
+    errors: dict[str, str] = {}
+    for path, text in strings_in(value):
+        try:
+            template_parse(text)
+        except TemplateSyntaxError as exc:
+            errors[path] = str(exc)
+    return errors
+
+
+def condition_expr(text: str) -> str:
+    """The JMESPath of an `if`: bare, or wrapped in one `${...}`."""
+    stripped = text.strip()
+    if stripped.startswith("${"):
+        pieces = template_parse(stripped)
+        if len(pieces) == 1 and isinstance(pieces[0], Expr):
+            return pieces[0].text
+        raise TemplateSyntaxError("an `if` is one expression: bare JMESPath or a single ${...}")
+    return stripped
+
+
+def condition_error(text: str) -> str | None:
+    try:
+        expr = condition_expr(text)
+        if not expr:
+            return "is empty"
+        _compile(expr)
+    except TemplateSyntaxError as exc:
+        return str(exc)
+    return None
+
+
+# --- Evaluation ------------------------------------------------------------------------------
+
+
+@dataclass
+class Rendering:
+    """Bookkeeping of one render: the output budget, and expressions that came out null."""
+
+    budget: int = field(default_factory=lambda: settings.ORDINAUT_MAX_RENDERED_BYTES)
+    unresolved: list[str] = field(default_factory=list)
+
+    def spend(self, size: int) -> None:
+        self.budget -= size
+        if self.budget < 0:
+            raise TemplateFailed(
+                f"rendered input is larger than ORDINAUT_MAX_RENDERED_BYTES ({settings.ORDINAUT_MAX_RENDERED_BYTES})"
+            )
+
+
+def expr_evaluate(expr: str, context: Any) -> Any:
+    """The value of one expression over the context (null when a path is missing)."""
+    shift = NOW_SHIFT_RE.match(expr)
+    if shift and isinstance(context, dict):
+        return now_shift(context, sign=shift.group(1), amount=int(shift.group(2)), unit=shift.group(3))
+    try:
+        compiled = _compile(expr)
+    except TemplateSyntaxError as exc:
+        raise TemplateFailed(str(exc)) from None
+    if compiled is None:  # a `now` shift over something that is not a run context
+        return None
+    try:
+        return compiled.search(context)
+    except JMESPathError as exc:
+        raise TemplateFailed(f"${{{expr[:100]}}}: {_one_line(exc)}") from None
+    except (RecursionError, ValueError, TypeError, OverflowError) as exc:
+        raise TemplateFailed(f"${{{expr[:100]}}}: {type(exc).__name__}: {_one_line(exc)}") from None
+
+
+def now_shift(context: dict[str, Any], *, sign: str, amount: int, unit: str) -> str | None:
+    base_text = context.get("now")
+    if not isinstance(base_text, str):
+        return None
+    base = datetime.fromisoformat(base_text)
+    tz = _context_zone(context) or base.tzinfo
+    seconds = amount * UNIT_SECONDS[unit] * (-1 if sign == "-" else 1)
+    try:
+        if unit in "dw" and isinstance(tz, ZoneInfo):
+            # Calendar days: the same wall-clock time N days later, DST or not. A local time
+            # that falls in a gap is read with the offset before it (RFC 5545), then normalised.
+            local = base.astimezone(tz).replace(tzinfo=None) + timedelta(seconds=seconds)
+            shifted = local.replace(tzinfo=tz).astimezone(UTC).astimezone(tz)
+        else:
+            shifted = base + timedelta(seconds=seconds)
+            if tz is not None:
+                shifted = shifted.astimezone(tz)
+    except OverflowError:
+        raise TemplateFailed(f"now{sign}{amount}{unit} is out of range") from None
+    return shifted.isoformat()
+
+
+def _context_zone(context: dict[str, Any]) -> ZoneInfo | None:
+    task = context.get("task")
+    name = task.get("timezone") if isinstance(task, dict) else None
+    if not isinstance(name, str) or not name:
+        return None
+    try:
+        return ZoneInfo(name)
+    except (ValueError, KeyError, OSError):
+        return None
+
+
+def render(value: Any, context: dict[str, Any], rendering: Rendering | None = None) -> Any:
+    """A step's `with`, templates expanded through objects and arrays."""
+    rendering = rendering or Rendering()
+    return _render(value, context, rendering)
+
+
+def _render(value: Any, context: dict[str, Any], rendering: Rendering) -> Any:
+    if isinstance(value, str):
+        return _render_string(value, context, rendering)
+    if isinstance(value, dict):
+        return {key: _render(item, context, rendering) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_render(item, context, rendering) for item in value]
+    return value
+
+
+def _render_string(text: str, context: dict[str, Any], rendering: Rendering) -> Any:
+    try:
+        pieces = template_parse(text)
+    except TemplateSyntaxError as exc:
+        raise TemplateFailed(str(exc)) from None
+    if len(pieces) == 1:
+        piece = pieces[0]
+        if isinstance(piece, str):
+            return piece
+        value = _evaluate_piece(piece, context, rendering)
+        if isinstance(value, (dict, list)):
+            rendering.spend(len(json.dumps(value, ensure_ascii=False)))
+        elif isinstance(value, str):
+            rendering.spend(len(value))
+        return value
+    out: list[str] = []
+    for piece in pieces:
+        part = piece if isinstance(piece, str) else interpolated(_evaluate_piece(piece, context, rendering))
+        rendering.spend(len(part))
+        out.append(part)
+    return "".join(out)
+
+
+def _evaluate_piece(piece: Expr, context: dict[str, Any], rendering: Rendering) -> Any:
+    value = expr_evaluate(piece.text, context)
+    if value is None:
+        rendering.unresolved.append(piece.text)
+    return value
+
+
+def interpolated(value: Any) -> str:
+    """How a value reads inside a longer string: null is empty, strings are themselves, else JSON."""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, ensure_ascii=False)
+
+
+def truthy(value: Any) -> bool:
+    """JMESPath truthiness: false, null, "", [] and {} are false; everything else (0 too) is true."""
+    if value is None or value is False:
+        return False
+    if isinstance(value, (str, list, dict)):
+        return len(value) > 0
+    return True
+
+
+def condition_evaluate(text: str, context: dict[str, Any]) -> tuple[bool, Any]:
+    """(decision, raw value) of an `if` over the context."""
+    try:
+        expr = condition_expr(text)
+    except TemplateSyntaxError as exc:
+        raise TemplateFailed(f"if: {exc}") from None
+    value = expr_evaluate(expr, context)
+    return truthy(value), value
