@@ -37,6 +37,12 @@ class ContextFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         ctx = _context.get(_EMPTY)
+        # Django logs 4xx/5xx responses (logger django.request) after the middleware has unbound
+        # the request id; the record carries the request, which carries the id.
+        if "request_id" not in ctx and not hasattr(record, "request_id"):
+            request_id = getattr(getattr(record, "request", None), "request_id", None)
+            if request_id:
+                record.request_id = request_id
         for field in LOG_FIELDS:
             if not hasattr(record, field):
                 setattr(record, field, ctx.get(field, ""))

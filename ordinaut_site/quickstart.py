@@ -216,6 +216,7 @@ BANNER = """
  Ordinaut is starting: web, worker, beat and Flower (Ctrl-C stops everything)
 
    API          {base}/            (bearer token below)
+   API docs     {base}/docs        (OpenAPI: {base}/openapi.json)
    Health       {base}/health
    Metrics      {base}/metrics
    Admin        {base}/admin/      user admin / {admin_password}

@@ -41,7 +41,7 @@ def env_int(name: str, default: int) -> int:
         raise ImproperlyConfigured(f"{name} must be an integer, got {raw!r}") from None
 
 
-_RATE = re.compile(r"^(off|none|unlimited|0|\d+/\d*(s|sec|second|m|min|minute|h|hour|d|day))$")
+_RATE = re.compile(r"^(off|none|unlimited|0|[1-9]\d*/([1-9]\d*)?(s|sec|second|m|min|minute|h|hour|d|day))$")
 
 
 def env_rate(name: str, default: str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
@@ -253,6 +254,9 @@ def test_unexpected_exception_in_a_drf_view_is_500_logged_with_request_id(caplog
     logged = [r for r in caplog.records if r.exc_info and "boom in a DRF view" in str(r.exc_info[1])]
     assert logged
     assert logged[0].request_id == "req-500"
+    responses_logged = [r for r in caplog.records if r.name == "django.request"]
+    assert responses_logged, "Django logs the 500 response too"
+    assert {r.request_id for r in responses_logged} == {"req-500"}
 
 
 @pytest.mark.urls("tests.api.test_errors")
@@ -264,3 +268,54 @@ def test_unexpected_exception_in_a_plain_view_is_500_in_the_shape(caplog: Any) -
     logged = [r for r in caplog.records if r.exc_info and "boom in a plain Django view" in str(r.exc_info[1])]
     assert logged
     assert logged[0].request_id == "req-501"
+
+
+# --- The ASGI entry point (what uvicorn serves) refuses big bodies before Django spools them ----
+
+
+def asgi_call(headers: list[tuple[bytes, bytes]], chunks: list[bytes], method: str = "POST") -> dict[str, Any]:
+    """Run one HTTP request through ordinaut_site.asgi.application; returns status, headers, body."""
+    from ordinaut_site.asgi import application
+
+    scope = {"type": "http", "method": method, "path": "/agents", "raw_path": b"/agents", "query_string": b"",
+             "headers": headers, "http_version": "1.1", "scheme": "http", "server": ("127.0.0.1", 8000),
+             "client": ("127.0.0.1", 5000), "root_path": "", "asgi": {"version": "3.0"}}  # fmt: skip
+    incoming = [{"type": "http.request", "body": c, "more_body": i < len(chunks) - 1} for i, c in enumerate(chunks)]
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        if incoming:
+            return incoming.pop(0)
+        await asyncio.Event().wait()  # the client stays connected until the response is sent
+        raise AssertionError("unreachable")
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    asyncio.run(application(scope, receive, send))
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return {"status": start["status"], "headers": dict(start["headers"]), "body": json.loads(body)}
+
+
+@override_settings(DATA_UPLOAD_MAX_MEMORY_SIZE=1000)
+def test_asgi_refuses_a_declared_big_body_with_413() -> None:
+    headers = [(b"host", b"testserver"), (b"content-length", b"5000"), (b"x-request-id", b"asgi-1")]
+    result = asgi_call(headers, [b"x" * 5000])
+    assert result["status"] == 413
+    assert result["body"]["error"]["code"] == "payload_too_large"
+    assert result["body"]["request_id"] == "asgi-1"
+    assert result["headers"][b"X-Request-ID"] == b"asgi-1"
+
+
+@override_settings(DATA_UPLOAD_MAX_MEMORY_SIZE=1000)
+def test_asgi_cuts_an_undeclared_body_at_the_limit_with_413() -> None:
+    result = asgi_call([(b"host", b"testserver")], [b"x" * 600, b"x" * 600, b"x" * 600])
+    assert result["status"] == 413
+    assert result["body"]["error"]["code"] == "payload_too_large"
+
+
+def test_asgi_passes_ordinary_requests_to_django() -> None:
+    result = asgi_call([(b"host", b"testserver")], [b""], method="GET")
+    assert result["status"] == 401
+    assert result["body"]["error"]["code"] == "not_authenticated"
