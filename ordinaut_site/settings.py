@@ -267,7 +267,13 @@ CELERY_ENABLE_UTC = True
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_WORKER_SEND_TASK_EVENTS = True
 CELERY_TASK_SEND_SENT_EVENT = True
-CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+# Ordinaut's DatabaseScheduler subclass (tasks/scheduler.py): plain `celery -A ordinaut_site beat` uses it.
+CELERY_BEAT_SCHEDULER = "tasks.scheduler:OrdinautScheduler"
+CELERY_BEAT_MAX_LOOP_INTERVAL = 1
+# ORDINAUT_BEAT_LOCK_TTL_S: beat's Redis leader lock lifetime; a standby beat takes over within it.
+ORDINAUT_BEAT_LOCK_TTL_S = env_int("ORDINAUT_BEAT_LOCK_TTL_S", 10)
+# ORDINAUT_MISSED_GRACE_S: an occurrence this late still runs even if the task's catch-up window is smaller.
+ORDINAUT_MISSED_GRACE_S = env_int("ORDINAUT_MISSED_GRACE_S", 30)
 # WORKER_CONCURRENCY: worker processes per `celery worker` (prefork).
 CELERY_WORKER_CONCURRENCY = env_int("WORKER_CONCURRENCY", 2)
 

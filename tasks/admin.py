@@ -1,41 +1,180 @@
-"""Admin for tasks: schedule, policies and the run-now action."""
+"""Admin for tasks (schedule text, next fire times, run now/pause/resume/snooze) and beat rows."""
 
 from __future__ import annotations
 
+from typing import Any
+
+from django import forms
 from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
+from django.utils import timezone
+from django.utils.html import format_html, format_html_join
+from django_celery_beat.admin import PeriodicTaskAdmin
+from django_celery_beat.models import PeriodicTask
 
-from ordinaut_site.errors import OrdinautError
+from ordinaut_site.errors import OrdinautError, ValidationFailed
 from ordinaut_site.services import Actor
+from pipelines.spec import payload_validate
 
-from . import services
-from .models import Task
+from . import selectors, services
+from .models import RRuleSchedule, Task
+from .schedules import describe, schedule_validate
+
+EDITABLE = [
+    "title",
+    "description",
+    "owner",
+    "schedule_kind",
+    "schedule_expr",
+    "timezone",
+    "payload",
+    "priority",
+    "max_retries",
+    "retry_backoff_seconds",
+    "retry_backoff_max_seconds",
+    "timeout_seconds",
+    "catchup_window_seconds",
+    "overlap",
+    "jitter_seconds",
+    "condition",
+]
+ADMIN_SNOOZE_S = 3600
+
+
+class TaskAdminForm(forms.ModelForm):
+    class Meta:
+        model = Task
+        fields = EDITABLE
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        try:
+            data["payload"] = payload_validate(data.get("payload"))
+            data["schedule_expr"] = schedule_validate(
+                kind=data.get("schedule_kind", ""),
+                expr=data.get("schedule_expr", ""),
+                tz=data.get("timezone", ""),
+                now=timezone.now(),
+            )
+        except ValidationFailed as exc:
+            for field, problems in exc.fields.items():
+                name = field.split(".")[0]
+                self.add_error(name if name in self.fields else None, "; ".join(problems))
+        return data
 
 
 @admin.register(Task)
 class TaskAdmin(admin.ModelAdmin):
-    list_display = [
-        "title",
-        "owner",
-        "status",
-        "schedule_kind",
-        "schedule_expr",
-        "timezone",
-        "next_run_at",
-        "last_run_at",
-    ]
+    form = TaskAdminForm
+    list_display = ["title", "owner", "status", "schedule_kind", "schedule_text", "next_run_at", "last_run_at"]
     list_filter = ["status", "schedule_kind", "overlap"]
     search_fields = ["title", "description", "owner__name"]
-    readonly_fields = ["id", "next_run_at", "last_run_at", "snoozed_until", "created_at", "updated_at", "deleted_at"]
-    actions = ["run_now"]
+    readonly_fields = [
+        "id",
+        "status",
+        "schedule_text",
+        "upcoming",
+        "next_run_at",
+        "last_run_at",
+        "snoozed_until",
+        "created_at",
+        "updated_at",
+        "deleted_at",
+    ]
+    list_select_related = ["owner"]
+    actions = ["run_now", "pause", "resume", "snooze_one_hour"]
 
-    @admin.action(description="Run now")
-    def run_now(self, request: HttpRequest, queryset: QuerySet[Task]) -> None:
+    @admin.display(description="schedule")
+    def schedule_text(self, task: Task) -> str:
+        return describe(task.schedule_kind, task.schedule_expr, task.timezone)
+
+    @admin.display(description="next fire times")
+    def upcoming(self, task: Task) -> str:
+        rows = selectors.task_next_runs(task=task, count=5)
+        if not rows:
+            return "-"
+        return format_html(
+            "<ul>{}</ul>",
+            format_html_join(
+                "",
+                "<li>{} ({}){}</li>",
+                ((row["at"], row["utc"], " skipped: snoozed" if row.get("skipped") else "") for row in rows),
+            ),
+        )
+
+    def save_model(self, request: HttpRequest, obj: Task, form: Any, change: bool) -> None:
+        actor = Actor.of_user(request.user)
+        fields = {name: form.cleaned_data[name] for name in EDITABLE if name in form.cleaned_data}
+        if change:
+            original = Task.objects.get(pk=obj.pk)
+            changed = {name: fields[name] for name in form.changed_data if name in fields and name != "owner"}
+            services.task_update(task=original, actor=actor, fields=changed)
+        else:
+            owner = fields.pop("owner")
+            created = services.task_create(owner=owner, actor=actor, fields=fields)
+            obj.pk = created.pk
+
+    def _each(self, request: HttpRequest, queryset: QuerySet[Task], verb: str, call: Any) -> None:
+        actor = Actor.of_user(request.user)
         for task in queryset:
             try:
-                run = services.task_run_now(task=task, actor=Actor.of_user(request.user))
+                result = call(task, actor)
             except OrdinautError as exc:
                 messages.error(request, f"{task.title}: {exc.message}")
             else:
-                messages.success(request, f"{task.title}: run {run.pk} queued")
+                messages.success(request, f"{task.title}: {verb}" + (f" ({result})" if result else ""))
+
+    @admin.action(description="Run now")
+    def run_now(self, request: HttpRequest, queryset: QuerySet[Task]) -> None:
+        self._each(
+            request, queryset, "run queued", lambda task, actor: services.task_run_now(task=task, actor=actor).pk
+        )
+
+    @admin.action(description="Pause")
+    def pause(self, request: HttpRequest, queryset: QuerySet[Task]) -> None:
+        self._each(request, queryset, "paused", lambda task, actor: services.task_pause(task=task, actor=actor) and "")
+
+    @admin.action(description="Resume")
+    def resume(self, request: HttpRequest, queryset: QuerySet[Task]) -> None:
+        self._each(
+            request, queryset, "resumed", lambda task, actor: services.task_resume(task=task, actor=actor) and ""
+        )
+
+    @admin.action(description="Snooze the next run by one hour")
+    def snooze_one_hour(self, request: HttpRequest, queryset: QuerySet[Task]) -> None:
+        self._each(
+            request,
+            queryset,
+            "snoozed",
+            lambda task, actor: (
+                services.task_snooze(task=task, actor=actor, delay_seconds=ADMIN_SNOOZE_S, reason="admin").snoozed_until
+            ),
+        )
+
+
+class RRuleScheduleInline(admin.StackedInline):
+    model = RRuleSchedule
+    can_delete = False
+    extra = 0
+    readonly_fields = ["rrule", "timezone"]
+
+
+admin.site.unregister(PeriodicTask)
+
+
+@admin.register(PeriodicTask)
+class OrdinautPeriodicTaskAdmin(PeriodicTaskAdmin):
+    """dcb's admin, plus the RRULE of RRULE tasks; rows of Ordinaut tasks are edited on the Task."""
+
+    inlines = [RRuleScheduleInline]
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        if obj is not None and Task.objects.filter(periodic_task=obj).exists():
+            return False
+        return super().has_change_permission(request, obj)
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        if obj is not None and Task.objects.filter(periodic_task=obj).exists():
+            return False
+        return super().has_delete_permission(request, obj)

@@ -5,19 +5,22 @@ from __future__ import annotations
 from typing import Any
 
 from django.conf import settings
-from rest_framework import serializers, status, viewsets
+from drf_spectacular.utils import extend_schema
+from rest_framework import serializers, status, views, viewsets
 from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
 
 from ordinaut_site.api import UUID_LOOKUP
 from ordinaut_site.auth import request_agent
+from ordinaut_site.idempotency import idempotent
 from ordinaut_site.models import SCOPE_TASKS_READ, SCOPE_TASKS_WRITE
 from ordinaut_site.services import Actor
 from runs.api import RunSerializer
 
 from . import selectors, services
 from .models import Task
+from .schedules import PREVIEW_MAX, describe
 
 
 class AgentRefSerializer(serializers.Serializer):
@@ -73,9 +76,7 @@ class TaskSerializer(serializers.ModelSerializer):
         read_only_fields = ["id", "status", "next_run_at", "last_run_at", "snoozed_until", "created_at", "updated_at"]
 
     def get_schedule_description(self, task: Task) -> str:
-        if task.schedule_kind == Task.Kind.MANUAL:
-            return "Runs only when started by hand (run_now)."
-        return f"{task.schedule_kind}: {task.schedule_expr} ({task.timezone})"
+        return describe(task.schedule_kind, task.schedule_expr, task.timezone)
 
     def validate_timeout_seconds(self, value: int | None) -> int | None:
         if value is not None and value > settings.ORDINAUT_MAX_STEP_TIMEOUT_S:
@@ -95,13 +96,61 @@ class RunNowSerializer(serializers.Serializer):
     params = serializers.DictField(required=False, default=dict)
 
 
+class SnoozeSerializer(serializers.Serializer):
+    delay_seconds = serializers.IntegerField(required=False, min_value=1, max_value=services.MAX_SNOOZE_S)
+    until = serializers.DateTimeField(required=False)
+    reason = serializers.CharField(required=False, allow_blank=True, max_length=500, default="")
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        if ("delay_seconds" in attrs) == ("until" in attrs):
+            raise serializers.ValidationError({"delay_seconds": ["give exactly one of delay_seconds or until"]})
+        return attrs
+
+
+class NextRunsQuerySerializer(serializers.Serializer):
+    count = serializers.IntegerField(required=False, min_value=1, max_value=PREVIEW_MAX, default=5)
+
+
+class TaskListQuerySerializer(serializers.Serializer):
+    status = serializers.ChoiceField(choices=Task.Status.choices, required=False)
+    schedule_kind = serializers.ChoiceField(choices=Task.Kind.choices, required=False)
+    search = serializers.CharField(required=False, max_length=200)
+
+
+class SchedulePreviewSerializer(serializers.Serializer):
+    schedule_kind = serializers.ChoiceField(choices=Task.Kind.choices)
+    schedule_expr = serializers.CharField(max_length=2000, required=False, allow_blank=True, default="")
+    timezone = serializers.CharField(max_length=64, required=False, default=settings.TIME_ZONE)
+    count = serializers.IntegerField(min_value=1, max_value=PREVIEW_MAX, required=False, default=5)
+    after = serializers.DateTimeField(required=False)
+
+
+class OccurrenceSerializer(serializers.Serializer):
+    at = serializers.CharField(help_text="Local time in the task's timezone, ISO 8601 with offset.")
+    utc = serializers.CharField(help_text="The same instant in UTC (ISO 8601, Z).")
+    skipped = serializers.CharField(required=False, help_text="Present when a snooze covers it: `snoozed`.")
+
+
+class OccurrencesSerializer(serializers.Serializer):
+    description = serializers.CharField()
+    occurrences = OccurrenceSerializer(many=True)
+
+
 class TaskViewSet(viewsets.GenericViewSet):
     lookup_value_regex = UUID_LOOKUP
     serializer_class = TaskSerializer
     scope_map = {
+        "list": SCOPE_TASKS_READ,
         "create": SCOPE_TASKS_WRITE,
         "retrieve": SCOPE_TASKS_READ,
+        "partial_update": SCOPE_TASKS_WRITE,
+        "destroy": SCOPE_TASKS_WRITE,
         "run_now": SCOPE_TASKS_WRITE,
+        "pause": SCOPE_TASKS_WRITE,
+        "resume": SCOPE_TASKS_WRITE,
+        "cancel": SCOPE_TASKS_WRITE,
+        "snooze": SCOPE_TASKS_WRITE,
+        "next_runs": SCOPE_TASKS_READ,
     }
 
     def get_queryset(self) -> Any:
@@ -110,26 +159,129 @@ class TaskViewSet(viewsets.GenericViewSet):
     def get_object(self) -> Task:
         return selectors.task_get(agent=request_agent(self.request), task_id=self.kwargs["pk"])
 
+    def _actor(self) -> Actor:
+        return Actor.of_agent(request_agent(self.request))
+
+    @extend_schema(
+        summary="Tasks, newest first", parameters=[TaskListQuerySerializer], responses=TaskSerializer(many=True)
+    )
+    def list(self, request: Request) -> Response:
+        query = TaskListQuerySerializer(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        tasks = selectors.task_list(agent=request_agent(request), **query.validated_data)
+        page = self.paginate_queryset(tasks)
+        return self.get_paginated_response(TaskSerializer(page, many=True).data)
+
+    @extend_schema(summary="Create a task", responses={201: TaskSerializer})
+    @idempotent
     def create(self, request: Request) -> Response:
         serializer = TaskSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        task = services.task_create(
-            owner=request_agent(request), actor=Actor.of_agent(request_agent(request)), fields=serializer.validated_data
-        )
+        task = services.task_create(owner=request_agent(request), actor=self._actor(), fields=serializer.validated_data)
         return Response(TaskSerializer(task).data, status=status.HTTP_201_CREATED)
 
+    @extend_schema(summary="One task")
     def retrieve(self, request: Request, pk: str) -> Response:
         return Response(TaskSerializer(self.get_object()).data)
 
+    @extend_schema(summary="Change a task (the merged task is validated; the schedule is re-synced)")
+    def partial_update(self, request: Request, pk: str) -> Response:
+        task = self.get_object()
+        serializer = TaskSerializer(task, data=request.data, partial=True)
+        serializer.is_valid(raise_exception=True)
+        task = services.task_update(task=task, actor=self._actor(), fields=serializer.validated_data)
+        return Response(TaskSerializer(task).data)
+
+    @extend_schema(summary="Delete a task: it stops firing; its runs stay readable", responses={204: None})
+    def destroy(self, request: Request, pk: str) -> Response:
+        services.task_delete(task=self.get_object(), actor=self._actor())
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+    @extend_schema(
+        summary="Run the task now (params merged over the task's)",
+        request=RunNowSerializer,
+        responses={202: RunSerializer},
+    )
     @action(detail=True, methods=["post"], url_path="run_now")
+    @idempotent
     def run_now(self, request: Request, pk: str) -> Response:
         task = self.get_object()
         body = RunNowSerializer(data=request.data if request.data else {})
         body.is_valid(raise_exception=True)
         run = services.task_run_now(
             task=task,
-            actor=Actor.of_agent(request_agent(request)),
+            actor=self._actor(),
             params=body.validated_data.get("params"),
             idempotency_key=request.headers.get("Idempotency-Key") or None,
         )
         return Response(RunSerializer(run).data, status=status.HTTP_202_ACCEPTED)
+
+    @extend_schema(summary="Pause: the task stops firing", request=None, responses=TaskSerializer)
+    @action(detail=True, methods=["post"])
+    def pause(self, request: Request, pk: str) -> Response:
+        return Response(TaskSerializer(services.task_pause(task=self.get_object(), actor=self._actor())).data)
+
+    @extend_schema(summary="Resume at the next occurrence (no backfill)", request=None, responses=TaskSerializer)
+    @action(detail=True, methods=["post"])
+    def resume(self, request: Request, pk: str) -> Response:
+        return Response(TaskSerializer(services.task_resume(task=self.get_object(), actor=self._actor())).data)
+
+    @extend_schema(summary="Cancel for good", request=None, responses=TaskSerializer)
+    @action(detail=True, methods=["post"])
+    def cancel(self, request: Request, pk: str) -> Response:
+        return Response(TaskSerializer(services.task_cancel(task=self.get_object(), actor=self._actor())).data)
+
+    @extend_schema(
+        summary="Postpone the next run (delay_seconds or until); what it covers is skipped",
+        request=SnoozeSerializer,
+        responses=TaskSerializer,
+    )
+    @action(detail=True, methods=["post"])
+    def snooze(self, request: Request, pk: str) -> Response:
+        task = self.get_object()
+        body = SnoozeSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        task = services.task_snooze(task=task, actor=self._actor(), **body.validated_data)
+        return Response(TaskSerializer(task).data)
+
+    @extend_schema(
+        summary="The next occurrences, as beat will dispatch them",
+        parameters=[NextRunsQuerySerializer],
+        responses=OccurrencesSerializer,
+    )
+    @action(detail=True, methods=["get"])
+    def next_runs(self, request: Request, pk: str) -> Response:
+        task = self.get_object()
+        query = NextRunsQuerySerializer(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        return Response(
+            {
+                "description": describe(task.schedule_kind, task.schedule_expr, task.timezone),
+                "occurrences": selectors.task_next_runs(task=task, count=query.validated_data["count"]),
+            }
+        )
+
+
+class SchedulePreviewView(views.APIView):
+    """POST /schedules/preview: the next occurrences of any schedule, as the scheduler computes them."""
+
+    required_scope = SCOPE_TASKS_READ
+
+    @extend_schema(
+        summary="Preview a schedule: description and next occurrences",
+        request=SchedulePreviewSerializer,
+        responses=OccurrencesSerializer,
+    )
+    def post(self, request: Request) -> Response:
+        body = SchedulePreviewSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        data = body.validated_data
+        return Response(
+            selectors.schedule_preview(
+                kind=data["schedule_kind"],
+                expr=data["schedule_expr"],
+                tz=data["timezone"],
+                count=data["count"],
+                after=data.get("after"),
+            )
+        )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 from django.conf import settings
 from django.db import models
@@ -60,9 +61,24 @@ class Task(models.Model):
     jitter_seconds = models.PositiveIntegerField(default=0, help_text="Random delay 0..N added at dispatch.")
     condition = models.TextField(blank=True, default="", help_text="JMESPath evaluated at fire time; empty: none.")
 
-    next_run_at = models.DateTimeField(null=True, blank=True, db_index=True)
+    next_run_at = models.DateTimeField(null=True, blank=True, db_index=True, help_text="Next time it will run.")
     last_run_at = models.DateTimeField(null=True, blank=True)
     snoozed_until = models.DateTimeField(null=True, blank=True)
+    # Beat's durable cursor: every occurrence at or before this instant has been dispatched. Set
+    # to "now" when a schedule starts or changes (nothing before it is owed), advanced by beat.
+    fired_through = models.DateTimeField(null=True, blank=True, editable=False)
+    # Bumped by every change to the schedule or its cursor; beat only advances the cursor of the
+    # version it loaded, so a change made while beat dispatches is never overwritten.
+    schedule_version = models.PositiveIntegerField(default=0, editable=False)
+    periodic_task = models.OneToOneField(
+        "django_celery_beat.PeriodicTask",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="ordinaut_task",
+        editable=False,
+        help_text="The django-celery-beat row that drives this task (one per task, never shared).",
+    )
 
     created_at = models.DateTimeField(default=dj_timezone.now, editable=False)
     updated_at = models.DateTimeField(auto_now=True)
@@ -94,3 +110,33 @@ class Task(models.Model):
     @property
     def pipeline(self) -> list:
         return list((self.payload or {}).get("pipeline") or [])
+
+
+class RRuleSchedule(models.Model):
+    """An RFC 5545 recurrence rule as a beat schedule (django-celery-beat has no RRULE model).
+
+    Like dcb's schedule models, `.schedule` gives the celery schedule object. The PeriodicTask
+    of an RRULE task also points at a far-future one-off ClockedSchedule, so the row stays valid
+    for django-celery-beat (and the stock scheduler, if ever run, never fires it).
+    """
+
+    periodic_task = models.OneToOneField(
+        "django_celery_beat.PeriodicTask", on_delete=models.CASCADE, related_name="rrule_schedule"
+    )
+    rrule = models.TextField(max_length=2000, help_text="DTSTART/RRULE/RDATE/EXDATE lines.")
+    timezone = models.CharField(max_length=64)
+
+    class Meta:
+        verbose_name = "RRULE schedule"
+
+    def __str__(self) -> str:
+        return f"{self.rrule.splitlines()[-1]} ({self.timezone})"
+
+    @property
+    def schedule(self) -> Any:
+        from .beat_schedule import OccurrenceSchedule
+        from .schedules import parse_schedule
+
+        parsed = parse_schedule(Task.Kind.RRULE, self.rrule, self.timezone)
+        assert parsed is not None  # an RRULE always has a schedule
+        return OccurrenceSchedule(parsed)

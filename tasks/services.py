@@ -1,30 +1,88 @@
-"""Task services: create, update and trigger tasks (the only writers of Task rows)."""
+"""Task services: create, change, pause/resume/cancel/snooze/delete, run now, and fire occurrences.
+They are the only writers of Task rows, and call tasks/beat.py so beat rows follow every change."""
 
 from __future__ import annotations
 
+import logging
+import random
+from datetime import UTC, datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
+from django.conf import settings
 from django.db import transaction
+from django.db.models import Q
+from django.utils import timezone as dj_timezone
 
-from ordinaut_site.errors import Conflict
+from ordinaut_site.errors import Conflict, ValidationFailed
 from ordinaut_site.models import Agent
-from ordinaut_site.services import Actor, audit_record
+from ordinaut_site.services import SYSTEM, Actor, audit_record
 from pipelines.spec import payload_validate
+from pipelines.templates import condition_error, condition_evaluate
 from runs.models import Run
-from runs.services import run_create
+from runs.services import RunAlreadyExists, run_create, runs_record_skipped
 
+from .beat import beat_rows_sync
 from .models import Task
-from .schedules import schedule_validate
+from .schedules import SCHEDULED_KINDS, Schedule, parse_schedule, schedule_validate
+
+logger = logging.getLogger(__name__)
+
+UTC = UTC
+MAX_SNOOZE_S = 366 * 86400
+SCHEDULE_FIELDS = ("schedule_kind", "schedule_expr", "timezone")
+
+
+def catchup_window_s(task: Task) -> int:
+    """How late an occurrence may still run. A late beat tick or a busy worker is not downtime,
+    so occurrences within ORDINAUT_MISSED_GRACE_S run even when the task's window is smaller."""
+    return max(task.catchup_window_seconds, settings.ORDINAUT_MISSED_GRACE_S)
+
+
+def schedule_trigger_key(scheduled_for: datetime) -> str:
+    return "schedule:" + scheduled_for.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def task_schedule(task: Task) -> Schedule | None:
+    return parse_schedule(task.schedule_kind, task.schedule_expr, task.timezone)
+
+
+def next_run(task: Task, schedule: Schedule | None) -> datetime | None:
+    """When the task will next run: a pending snooze wake-up, else the next occurrence after
+    beat's cursor. None for paused, finished, event and manual tasks."""
+    if schedule is None or task.status != Task.Status.ACTIVE or task.deleted_at is not None:
+        return None
+    cursor = task.fired_through or dj_timezone.now()
+    if task.snoozed_until is not None and task.snoozed_until > cursor:
+        return task.snoozed_until
+    return schedule.next_after(cursor)
+
+
+def _reset_cursor(task: Task, now: datetime) -> None:
+    """Start the schedule afresh at `now`: nothing before it is owed, nothing after it has fired."""
+    task.fired_through = now
+    task.schedule_version = (task.schedule_version or 0) + 1
+    task.next_run_at = next_run(task, task_schedule(task))
+
+
+def _clean(task: Task, now: datetime) -> None:
+    task.payload = payload_validate(task.payload)
+    task.schedule_expr = schedule_validate(kind=task.schedule_kind, expr=task.schedule_expr, tz=task.timezone, now=now)
+    if task.condition:
+        problem = condition_error(task.condition)
+        if problem:
+            raise ValidationFailed.on("condition", problem)
 
 
 def task_create(*, owner: Agent, actor: Actor, fields: dict[str, Any]) -> Task:
-    """Create a task from validated API fields; the schedule and payload are checked here too."""
-    fields = dict(fields)
-    fields["payload"] = payload_validate(fields.get("payload"))
+    """Create a task from validated API fields; schedule, payload and condition are checked here."""
+    now = dj_timezone.now()
     task = Task(owner=owner, **fields)
-    task.schedule_expr = schedule_validate(kind=task.schedule_kind, expr=task.schedule_expr, tz=task.timezone)
+    _clean(task, now)
+    _reset_cursor(task, now)
     with transaction.atomic():
         task.save()
+        beat_rows_sync(task)
         audit_record(
             actor=actor,
             action="task.create",
@@ -35,11 +93,249 @@ def task_create(*, owner: Agent, actor: Actor, fields: dict[str, Any]) -> Task:
     return task
 
 
+def task_update(*, task: Task, actor: Actor, fields: dict[str, Any]) -> Task:
+    """PATCH: apply the fields, validate the merged task, re-sync the schedule when it changed."""
+    if task.deleted_at is not None:
+        raise Conflict("The task is deleted.")
+    now = dj_timezone.now()
+    before = {name: getattr(task, name) for name in SCHEDULE_FIELDS}
+    for name, value in fields.items():
+        setattr(task, name, value)
+    _clean(task, now)
+    schedule_changed = any(getattr(task, name) != before[name] for name in SCHEDULE_FIELDS)
+    if schedule_changed:
+        task.snoozed_until = None
+        _reset_cursor(task, now)
+    with transaction.atomic():
+        task.save()
+        beat_rows_sync(task)
+        audit_record(
+            actor=actor,
+            action="task.update",
+            subject_type="task",
+            subject_id=task.pk,
+            details={"fields": sorted(fields), "schedule_changed": schedule_changed},
+        )
+    return task
+
+
+_PAST = {"pause": "paused", "resume": "resumed", "cancel": "canceled"}
+
+
+def _transition(task: Task, actor: Actor, action: str, *, to: str, allowed: tuple[str, ...]) -> Task:
+    if task.deleted_at is not None:
+        raise Conflict("The task is deleted.")
+    if task.status not in allowed:
+        raise Conflict(f"A {task.status} task cannot be {_PAST[action]}.", status=task.status)
+    now = dj_timezone.now()
+    with transaction.atomic():
+        updated = Task.objects.filter(pk=task.pk, status=task.status).update(status=to)
+        if not updated:
+            raise Conflict("The task changed meanwhile; read it again.")
+        task.status = to
+        if to == Task.Status.ACTIVE:
+            task.snoozed_until = None
+            _reset_cursor(task, now)  # resume never backfills: the next occurrence after now
+        else:
+            task.next_run_at = None
+        task.save(
+            update_fields=["status", "snoozed_until", "fired_through", "schedule_version", "next_run_at", "updated_at"]
+        )
+        beat_rows_sync(task)
+        audit_record(actor=actor, action=f"task.{action}", subject_type="task", subject_id=task.pk)
+    return task
+
+
+def task_pause(*, task: Task, actor: Actor) -> Task:
+    return _transition(task, actor, "pause", to=Task.Status.PAUSED, allowed=(Task.Status.ACTIVE,))
+
+
+def task_resume(*, task: Task, actor: Actor) -> Task:
+    return _transition(task, actor, "resume", to=Task.Status.ACTIVE, allowed=(Task.Status.PAUSED,))
+
+
+def task_cancel(*, task: Task, actor: Actor) -> Task:
+    return _transition(task, actor, "cancel", to=Task.Status.CANCELED, allowed=(Task.Status.ACTIVE, Task.Status.PAUSED))
+
+
+def task_delete(*, task: Task, actor: Actor) -> None:
+    """The task disappears from the API and stops firing; its runs stay readable."""
+    if task.deleted_at is not None:
+        return
+    with transaction.atomic():
+        task.deleted_at = dj_timezone.now()
+        if task.status in (Task.Status.ACTIVE, Task.Status.PAUSED):
+            task.status = Task.Status.CANCELED
+        task.next_run_at = None
+        task.save(update_fields=["deleted_at", "status", "next_run_at", "updated_at"])
+        beat_rows_sync(task)
+        audit_record(
+            actor=actor, action="task.delete", subject_type="task", subject_id=task.pk, details={"title": task.title}
+        )
+
+
+def task_snooze(
+    *, task: Task, actor: Actor, delay_seconds: int | None = None, until: datetime | None = None, reason: str = ""
+) -> Task:
+    """Postpone the next run: to next_run_at + delay_seconds, or to `until`. The postponed run
+    happens then; occurrences before it are recorded as skipped runs (reason `snoozed`)."""
+    if (delay_seconds is None) == (until is None):
+        raise ValidationFailed(
+            "Give exactly one of delay_seconds or until.", fields={"delay_seconds": ["give delay_seconds or until"]}
+        )
+    if task.deleted_at is not None or task.status != Task.Status.ACTIVE:
+        raise Conflict(f"Only active tasks can be snoozed; this one is {task.status}.")
+    if task.schedule_kind not in SCHEDULED_KINDS:
+        raise Conflict(f"A {task.schedule_kind} task has no schedule to snooze.")
+    base = next_run(task, task_schedule(task))
+    if base is None:
+        raise Conflict("The task has no next run to snooze.")
+    if delay_seconds is not None:
+        if not 1 <= delay_seconds <= MAX_SNOOZE_S:
+            raise ValidationFailed.on("delay_seconds", f"must be 1..{MAX_SNOOZE_S}")
+        target = base + timedelta(seconds=delay_seconds)
+    else:
+        assert until is not None
+        if until.tzinfo is None:
+            raise ValidationFailed.on("until", "needs a UTC offset (e.g. 2026-12-01T09:00:00+02:00)")
+        if until <= base:
+            raise ValidationFailed.on("until", f"must be after the next run ({base.isoformat()})")
+        if until > dj_timezone.now() + timedelta(seconds=MAX_SNOOZE_S):
+            raise ValidationFailed.on("until", "is more than a year away")
+        target = until.astimezone(UTC)
+    with transaction.atomic():
+        task.snoozed_until = target
+        task.next_run_at = target
+        task.schedule_version = (task.schedule_version or 0) + 1
+        task.save(update_fields=["snoozed_until", "next_run_at", "schedule_version", "updated_at"])
+        beat_rows_sync(task)
+        audit_record(
+            actor=actor,
+            action="task.snooze",
+            subject_type="task",
+            subject_id=task.pk,
+            details={"until": target.isoformat(), "reason": reason[:500]},
+        )
+    return task
+
+
 def task_run_now(
     *, task: Task, actor: Actor, params: dict[str, Any] | None = None, idempotency_key: str | None = None
 ) -> Run:
     """A manual run, whatever the schedule; a paused task may still be run by hand."""
+    if task.deleted_at is not None:
+        raise Conflict("The task is deleted.")
     if task.status == Task.Status.CANCELED:
         raise Conflict("The task is canceled; it cannot run.")
     trigger_key = f"manual:{idempotency_key}" if idempotency_key else None
-    return run_create(task=task, trigger=Run.Trigger.MANUAL, trigger_key=trigger_key, params=params, actor=actor)
+    run = run_create(task=task, trigger=Run.Trigger.MANUAL, trigger_key=trigger_key, params=params, actor=actor)
+    _touch_last_run(task.pk, run.created_at)
+    return run
+
+
+def _touch_last_run(task_id: Any, at: datetime) -> None:
+    Task.objects.filter(pk=task_id).filter(Q(last_run_at__lt=at) | Q(last_run_at__isnull=True)).update(last_run_at=at)
+
+
+# --- Firing (called by the tasks.fire job on a worker) ---------------------------------------
+
+
+def _condition_context(task: Task, scheduled_for: datetime) -> dict[str, Any]:
+    row = (
+        Run.objects.filter(task=task)
+        .exclude(status=Run.Status.SKIPPED)
+        .order_by("-created_at")
+        .values("id", "status", "result", "scheduled_for", "finished_at")
+        .first()
+    )
+    last: dict[str, Any] | None = None
+    if row is not None:
+        last = {k: (v.isoformat() if isinstance(v, datetime) else str(v) if k == "id" else v) for k, v in row.items()}
+    return {
+        "task": {"id": str(task.pk), "title": task.title, "params": task.params, "timezone": task.timezone},
+        "event": None,
+        "last_run": last,
+        "now": scheduled_for.astimezone(ZoneInfo(task.timezone)).isoformat(),
+    }
+
+
+def _skip_reason(task: Task, scheduled_for: datetime, now: datetime) -> str:
+    if task.snoozed_until is not None and scheduled_for < task.snoozed_until:
+        return "snoozed"
+    if (now - scheduled_for).total_seconds() > catchup_window_s(task):
+        return "missed"
+    if task.condition:
+        try:
+            holds, _ = condition_evaluate(task.condition, _condition_context(task, scheduled_for))
+        except Exception as exc:  # a condition that cannot be evaluated does not run the task
+            logger.warning("condition of task %s failed: %s", task.pk, exc)
+            return "condition"
+        if not holds:
+            return "condition"
+    return ""
+
+
+def task_fire(*, task_id: Any, scheduled_for: datetime, now: datetime | None = None) -> Run | None:
+    """Create the run for one occurrence (or a skipped run saying why not). A second delivery of
+    the same occurrence creates nothing: the run's trigger key is unique per task."""
+    now = now or dj_timezone.now()
+    with transaction.atomic():
+        # Lock the task row: overlap and completion decisions must see the previous fire's run.
+        task = Task.objects.select_for_update().filter(pk=task_id, deleted_at__isnull=True).first()
+        if task is None or task.status != Task.Status.ACTIVE:
+            return None
+        reason = _skip_reason(task, scheduled_for, now)
+        if not reason and task.overlap != Task.Overlap.ALLOW:
+            active = Run.objects.filter(task=task, status__in=Run.ACTIVE)
+            if task.overlap == Task.Overlap.SKIP and active.exists():
+                reason = "overlap"
+        jitter = random.uniform(0, task.jitter_seconds) if task.jitter_seconds and not reason else 0.0
+        try:
+            run = run_create(
+                task=task,
+                trigger=Run.Trigger.SCHEDULE,
+                trigger_key=schedule_trigger_key(scheduled_for),
+                scheduled_for=scheduled_for,
+                status=Run.Status.SKIPPED if reason else Run.Status.QUEUED,
+                skip_reason=reason,
+                jitter_seconds=round(jitter, 3),
+            )
+        except RunAlreadyExists:
+            logger.info("occurrence %s of task %s already has a run", scheduled_for.isoformat(), task.pk)
+            return None
+        if not reason:
+            _touch_last_run(task.pk, scheduled_for)
+        _complete_if_exhausted(task, scheduled_for)
+    return run
+
+
+def _complete_if_exhausted(task: Task, scheduled_for: datetime) -> None:
+    schedule = task_schedule(task)
+    if schedule is None or schedule.next_after(scheduled_for) is not None:
+        return
+    if task.snoozed_until is not None and task.snoozed_until > scheduled_for:
+        return  # the snooze wake-up is still to come
+    Task.objects.filter(pk=task.pk, status=Task.Status.ACTIVE).update(
+        status=Task.Status.COMPLETED, next_run_at=None, fired_through=scheduled_for
+    )
+    task.status = Task.Status.COMPLETED
+    beat_rows_sync(task)
+    audit_record(
+        actor=SYSTEM,
+        action="task.complete",
+        subject_type="task",
+        subject_id=task.pk,
+        details={"last_occurrence": scheduled_for.isoformat()},
+    )
+
+
+def task_record_missed(*, task_id: Any, occurrences: list[datetime]) -> int:
+    """Skipped runs (reason `missed`) for occurrences older than the catch-up window."""
+    task = Task.objects.filter(pk=task_id).first()
+    if task is None or not occurrences:
+        return 0
+    created = runs_record_skipped(
+        task=task, occurrences=[(schedule_trigger_key(at), at) for at in occurrences], reason="missed"
+    )
+    _complete_if_exhausted(task, max(occurrences))
+    return created

@@ -95,3 +95,27 @@ def worker(django_db_setup: Any, django_db_blocker: Any, worker_logs: Path) -> I
         proc = Worker(worker_logs).start()
     yield proc
     proc.stop()
+
+
+@pytest.fixture
+def make_task(agent: AgentHandle) -> Any:
+    """make_task(kind, expr, tz, **fields) -> Task, created through the service like the API does."""
+    from tasks.models import Task
+    from tasks.services import task_create
+
+    def make(kind: str = "cron", expr: str = "0 9 * * *", tz: str = "UTC", **fields: Any) -> Task:
+        payload = fields.pop("payload", {"pipeline": [{"id": "a", "uses": "orchestrator.echo", "with": {}}]})
+        return task_create(
+            owner=agent.agent,
+            actor=Actor.system("tests"),
+            fields={
+                "title": fields.pop("title", "t"),
+                "schedule_kind": kind,
+                "schedule_expr": expr,
+                "timezone": tz,
+                "payload": payload,
+                **fields,
+            },
+        )
+
+    return make

@@ -24,7 +24,8 @@ def test_prints_a_working_token_on_the_last_line() -> None:
     assert agent.name == "briefing-bot"
     assert agent.scopes == ["tasks:read", "tasks:write"]
     stored = AgentToken.objects.get(agent=agent)
-    assert token not in stored.secret_hash and stored.prefix in token
+    assert token not in stored.secret_hash
+    assert stored.prefix in token
     assert AuditLog.objects.filter(action="agent.create", subject_id=str(agent.pk)).exists()
 
 

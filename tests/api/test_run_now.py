@@ -47,3 +47,18 @@ def test_run_now_on_another_agents_task_is_404(make_agent: Any, task_id: str) ->
 def test_run_now_needs_write_scope(make_agent: Any, agent: Any, task_id: str) -> None:
     reader = make_agent(scopes=["tasks:read"])
     assert reader.client.post(f"/tasks/{task_id}/run_now").status_code == 403
+
+
+def test_idempotency_key_replays_the_first_run(agent: Any, task_id: str) -> None:
+    first = agent.client.post(
+        f"/tasks/{task_id}/run_now", {"params": {"days": 2}}, format="json", HTTP_IDEMPOTENCY_KEY="run-1"
+    )
+    again = agent.client.post(
+        f"/tasks/{task_id}/run_now", {"params": {"days": 2}}, format="json", HTTP_IDEMPOTENCY_KEY="run-1"
+    )
+    other = agent.client.post(
+        f"/tasks/{task_id}/run_now", {"params": {"days": 9}}, format="json", HTTP_IDEMPOTENCY_KEY="run-1"
+    )
+    assert (first.status_code, again.status_code, other.status_code) == (202, 200, 409)
+    assert again.json()["id"] == first.json()["id"]
+    assert Run.objects.count() == 1

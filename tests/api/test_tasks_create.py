@@ -121,3 +121,14 @@ def test_token_without_write_scope_is_403(make_agent: Any) -> None:
     assert response.status_code == 403
     assert response.json()["error"]["code"] == "permission_denied"
     assert "tasks:write" in response.json()["error"]["message"]
+
+
+def test_idempotency_key_replays_the_first_task_and_refuses_another_body(agent: Any) -> None:
+    body = manual_task_body(echo_pipeline(1), title="once only")
+    first = agent.client.post("/tasks", body, format="json", HTTP_IDEMPOTENCY_KEY="create-1")
+    again = agent.client.post("/tasks", body, format="json", HTTP_IDEMPOTENCY_KEY="create-1")
+    other = agent.client.post("/tasks", {**body, "title": "different"}, format="json", HTTP_IDEMPOTENCY_KEY="create-1")
+    assert (first.status_code, again.status_code, other.status_code) == (201, 200, 409)
+    assert again.json()["id"] == first.json()["id"]
+    assert other.json()["error"]["code"] == "conflict"
+    assert Task.objects.filter(title="once only").count() == 1

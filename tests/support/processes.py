@@ -137,3 +137,48 @@ class Worker:
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+class Beat:
+    """`celery -A ordinaut_site beat` in a subprocess (Ordinaut's scheduler, as settings select)."""
+
+    def __init__(self, log_dir: Path, name: str, **env: str) -> None:
+        self.name = name
+        self.log_path = log_dir / f"beat-{name}-{uuid.uuid4().hex[:6]}.log"
+        self.env = env
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+
+    def start(self) -> Beat:
+        self._log = self.log_path.open("ab")
+        command = [sys.executable, "-m", "celery", "-A", "ordinaut_site", "beat", "-l", "INFO", "--pidfile="]
+        self.proc = subprocess.Popen(
+            command,
+            env=child_env(**self.env),
+            cwd=BASE_DIR,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        return self
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        os.killpg(self.proc.pid, sig)
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=timeout)
+        if self._log is not None:
+            self._log.close()
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def is_leader(self) -> bool:
+        return "acquired the leader lock" in self.log_text()

@@ -42,7 +42,16 @@ def test_day_of_week_numbering(dow: str, weekdays: set[str]) -> None:
 def test_0800_weekdays_fires_monday_to_friday_only() -> None:
     fired = _next("0 8 * * 1-5", MONDAY, count=10)
     assert [at.strftime("%a %d") for at in fired] == [
-        "Mon 23", "Tue 24", "Wed 25", "Thu 26", "Fri 27", "Mon 30", "Tue 01", "Wed 02", "Thu 03", "Fri 04",
+        "Mon 23",
+        "Tue 24",
+        "Wed 25",
+        "Thu 26",
+        "Fri 27",
+        "Mon 30",
+        "Tue 01",
+        "Wed 02",
+        "Thu 03",
+        "Fri 04",
     ]
 
 
@@ -50,7 +59,11 @@ def test_day_of_month_and_day_of_week_both_restricted_match_either() -> None:
     # Vixie cron: "0 9 1 * 1" is the 1st of the month OR any Monday.
     fired = _next("0 9 1 * 1", MONDAY, count=5)
     assert [at.strftime("%a %b %d") for at in fired] == [
-        "Mon Nov 23", "Mon Nov 30", "Tue Dec 01", "Mon Dec 07", "Mon Dec 14",
+        "Mon Nov 23",
+        "Mon Nov 30",
+        "Tue Dec 01",
+        "Mon Dec 07",
+        "Mon Dec 14",
     ]
 
 

@@ -66,7 +66,8 @@ def test_ambiguous_time_on_fall_back_day_fires_once_at_its_first_instant(kind: s
     assert len(on_the_day) == 1
     first_instant = datetime.fromisoformat(f"{fall}T{ambiguous}").replace(tzinfo=ZoneInfo(zone), fold=0)
     assert on_the_day[0] == first_instant.isoformat()
-    assert len(fired) == 5 and len(set(fired)) == 5
+    assert len(fired) == 5
+    assert len(set(fired)) == 5
 
 
 @pytest.mark.parametrize("kind", ["cron", "rrule"])

@@ -10,8 +10,9 @@ from ordinaut_site.errors import ValidationFailed
 from tasks.schedules import interval_seconds, occurrences, parse_schedule, schedule_validate
 
 
-@pytest.mark.parametrize(("expr", "seconds"), [("90", 90), ("PT15M", 900), ("PT1H30M", 5400), ("P1D", 86400),
-                                               ("P1W", 604800), ("PT2S", 2)])
+@pytest.mark.parametrize(
+    ("expr", "seconds"), [("90", 90), ("PT15M", 900), ("PT1H30M", 5400), ("P1D", 86400), ("P1W", 604800), ("PT2S", 2)]
+)
 def test_interval_forms(expr: str, seconds: int) -> None:
     assert interval_seconds(expr) == seconds
 
@@ -46,8 +47,12 @@ def test_once_in_the_past_has_no_future_occurrence() -> None:
 
 def test_exhausted_rrule_has_no_future_occurrence() -> None:
     with pytest.raises(ValidationFailed, match="no occurrence in the future"):
-        schedule_validate(kind="rrule", expr="DTSTART:20200101T000000Z\nRRULE:FREQ=DAILY;COUNT=2", tz="UTC",
-                          now=datetime(2026, 1, 1, tzinfo=UTC))
+        schedule_validate(
+            kind="rrule",
+            expr="DTSTART:20200101T000000Z\nRRULE:FREQ=DAILY;COUNT=2",
+            tz="UTC",
+            now=datetime(2026, 1, 1, tzinfo=UTC),
+        )
 
 
 def test_unknown_timezone_names_the_timezone_field() -> None:

@@ -21,7 +21,9 @@ def _next(expr: str, after: datetime = JAN_1, count: int = 5, tz: str = "UTC") -
 def test_first_monday_of_each_month() -> None:
     fired = _next("FREQ=MONTHLY;BYDAY=1MO;BYHOUR=9;BYMINUTE=0", count=3)
     assert [at.strftime("%a %Y-%m-%d %H:%M") for at in fired] == [
-        "Mon 2026-01-05 09:00", "Mon 2026-02-02 09:00", "Mon 2026-03-02 09:00",
+        "Mon 2026-01-05 09:00",
+        "Mon 2026-02-02 09:00",
+        "Mon 2026-03-02 09:00",
     ]
 
 
@@ -67,14 +69,16 @@ def test_rdate_and_exdate() -> None:
 
 
 def test_dtstart_in_another_zone_is_converted() -> None:
-    fired = _next("DTSTART;TZID=America/New_York:20260105T090000\nRRULE:FREQ=DAILY;COUNT=1",
-                  tz="Europe/Chisinau", count=1)
+    fired = _next(
+        "DTSTART;TZID=America/New_York:20260105T090000\nRRULE:FREQ=DAILY;COUNT=1", tz="Europe/Chisinau", count=1
+    )
     assert fired == [datetime(2026, 1, 5, 14, 0, tzinfo=UTC)]
 
 
 def test_rule_without_dtstart_is_stored_with_local_midnight_of_today() -> None:
-    stored = schedule_normalize("rrule", "FREQ=DAILY;BYHOUR=9", "Europe/Chisinau",
-                                now=datetime(2026, 11, 26, 15, 42, 17, tzinfo=UTC))
+    stored = schedule_normalize(
+        "rrule", "FREQ=DAILY;BYHOUR=9", "Europe/Chisinau", now=datetime(2026, 11, 26, 15, 42, 17, tzinfo=UTC)
+    )
     assert stored == "DTSTART;TZID=Europe/Chisinau:20261126T000000\nRRULE:FREQ=DAILY;BYHOUR=9"
     # Minutes and seconds come from DTSTART, never from the moment the rule was written.
     fired = _next(stored, after=datetime(2026, 11, 26, 15, 42, 17, tzinfo=UTC), tz="Europe/Chisinau", count=1)
@@ -82,8 +86,12 @@ def test_rule_without_dtstart_is_stored_with_local_midnight_of_today() -> None:
 
 
 def test_seed_morning_briefing_rule() -> None:
-    fired = _next("FREQ=WEEKLY;BYDAY=MO,TU,WE,TH,FR;BYHOUR=8;BYMINUTE=30",
-                  after=datetime(2026, 11, 27, 12, tzinfo=UTC), tz="Europe/Chisinau", count=2)
+    fired = _next(
+        "FREQ=WEEKLY;BYDAY=MO,TU,WE,TH,FR;BYHOUR=8;BYMINUTE=30",
+        after=datetime(2026, 11, 27, 12, tzinfo=UTC),
+        tz="Europe/Chisinau",
+        count=2,
+    )
     assert fired == [datetime(2026, 11, 30, 6, 30, tzinfo=UTC), datetime(2026, 12, 1, 6, 30, tzinfo=UTC)]
 
 

@@ -1,0 +1,28 @@
+"""Celery jobs of the scheduler: fire one occurrence, record missed occurrences."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+
+from celery import shared_task
+
+from . import services
+from .beat import FIRE_JOB_NAME, RECORD_MISSED_JOB_NAME
+
+logger = logging.getLogger(__name__)
+
+
+@shared_task(name=FIRE_JOB_NAME)
+def fire_job(task_id: str, scheduled_for: str | None = None) -> None:
+    """Beat sends one of these per occurrence, with its nominal time."""
+    if not scheduled_for:
+        # Only django-celery-beat's stock scheduler sends it bare; Ordinaut's always names the occurrence.
+        logger.error("tasks.fire for %s without scheduled_for: run beat with Ordinaut's scheduler", task_id)
+        return
+    services.task_fire(task_id=task_id, scheduled_for=datetime.fromisoformat(scheduled_for))
+
+
+@shared_task(name=RECORD_MISSED_JOB_NAME)
+def record_missed_job(task_id: str, occurrences: list[str]) -> None:
+    services.task_record_missed(task_id=task_id, occurrences=[datetime.fromisoformat(o) for o in occurrences])

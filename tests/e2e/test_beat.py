@@ -1,0 +1,172 @@
+"""Real `celery beat` processes with a real worker: schedules seconds apart, two beats at once,
+leader failover, downtime, pause/resume, snooze and conditions."""
+
+from __future__ import annotations
+
+import itertools
+import signal
+import time
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.utils import timezone
+
+from ordinaut_site.services import Actor
+from runs.models import Run
+from tasks import services
+from tasks.models import Task
+from tasks.scheduler import LEADER_KEY
+from tests.support.processes import Beat, wait_for
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.e2e]
+ACTOR = Actor.system("tests")
+LOCK_TTL_S = 3
+EVERY_S = 2
+
+
+@pytest.fixture
+def beats(worker_logs: Path, redis_client: Any) -> Iterator[Any]:
+    started: list[Beat] = []
+    redis_client.delete(LEADER_KEY)
+
+    def start(name: str = "a", **env: str) -> Beat:
+        beat = Beat(worker_logs, name, ORDINAUT_BEAT_LOCK_TTL_S=str(LOCK_TTL_S), **env).start()
+        started.append(beat)
+        return beat
+
+    yield start
+    for beat in started:
+        beat.stop()
+    redis_client.delete(LEADER_KEY)
+
+
+def when(run: Run) -> datetime:
+    assert run.scheduled_for is not None
+    return run.scheduled_for
+
+
+def schedule_runs(task: Task) -> list[Run]:
+    return list(Run.objects.filter(task=task, trigger="schedule").order_by("scheduled_for"))
+
+
+def assert_one_run_per_occurrence(runs: list[Run]) -> None:
+    times = [when(r) for r in runs]
+    assert len(times) == len(set(times)), "two runs for one occurrence"
+    assert all(t.timestamp() % EVERY_S == 0 for t in times), "scheduled_for is the nominal grid time"
+    gaps = {(b - a).total_seconds() for a, b in itertools.pairwise(times)}
+    assert gaps <= {float(EVERY_S)}, f"occurrences were skipped: gaps {sorted(gaps)}"
+
+
+def test_schedule_seconds_apart_gives_one_run_per_occurrence(make_task: Any, beats: Any, worker: Any) -> None:
+    task = make_task("interval", str(EVERY_S), overlap="allow")
+    beats("solo")
+    runs = wait_for(lambda: (r := schedule_runs(task)) and len(r) >= 4 and r, timeout=60, message="4 runs")
+    assert_one_run_per_occurrence(runs)
+    done = wait_for(lambda: (r := Run.objects.get(pk=runs[0].pk)).status == "succeeded" and r, message="finished")
+    assert done.lateness_seconds is not None
+    assert done.lateness_seconds >= 0
+
+
+def test_two_beats_still_one_run_per_occurrence_and_failover_within_a_ttl(
+    make_task: Any, beats: Any, worker: Any, redis_client: Any
+) -> None:
+    task = make_task("interval", str(EVERY_S), overlap="allow")
+    first, second = beats("one"), beats("two")
+    wait_for(lambda: len(schedule_runs(task)) >= 4, timeout=60, message="runs under two beats")
+    leader, standby = (first, second) if first.is_leader() else (second, first)
+    assert leader.is_leader()
+    assert not standby.is_leader()
+    token = redis_client.get(LEADER_KEY)
+
+    leader.stop(signal.SIGKILL)  # no chance to release the lock
+    killed_at = time.monotonic()
+    wait_for(
+        lambda: redis_client.get(LEADER_KEY) not in (None, token),
+        timeout=LOCK_TTL_S * 4,
+        message="the standby to take the lock",
+    )
+    takeover_s = time.monotonic() - killed_at
+    assert takeover_s <= LOCK_TTL_S + 1.5, f"took {takeover_s:.1f}s"
+    count = len(schedule_runs(task))
+    wait_for(lambda: len(schedule_runs(task)) >= count + 3, timeout=60, message="runs after failover")
+    assert_one_run_per_occurrence(schedule_runs(task))
+
+
+def test_beat_down_then_restarted_catches_up_inside_window_and_records_older_as_missed(
+    make_task: Any, beats: Any, worker: Any
+) -> None:
+    task = make_task("interval", str(EVERY_S), overlap="allow", catchup_window_seconds=3)
+    beat = beats("first", ORDINAUT_MISSED_GRACE_S="0")
+    wait_for(lambda: len(schedule_runs(task)) >= 2, timeout=60, message="first runs")
+    beat.stop()
+    stopped = timezone.now()
+    time.sleep(EVERY_S * 4)  # beat is down for several occurrences
+    beats("second", ORDINAUT_MISSED_GRACE_S="0")
+    restarted = timezone.now()
+    wait_for(
+        lambda: Run.objects.filter(task=task, scheduled_for__gt=restarted + timedelta(seconds=EVERY_S)).exists(),
+        timeout=60,
+        message="runs after the restart",
+    )
+    runs = schedule_runs(task)
+    assert_one_run_per_occurrence(runs)
+    down = [r for r in runs if stopped < when(r) <= restarted]
+    assert down, "occurrences fell in the downtime"
+    missed = [r for r in down if r.skip_reason == "missed"]
+    caught_up = [r for r in runs if when(r) > stopped and r.status != "skipped"]
+    assert missed, "occurrences older than the window are recorded as skipped"
+    assert caught_up, "occurrences inside the window run"
+    # At load time L, occurrences before L - 3 s are missed and those after run: missed ones all
+    # come first, and at most two (a 3 s window, 2 s apart) were still owed when beat came back.
+    assert max(when(r) for r in missed) < min(when(r) for r in caught_up)
+    assert len([r for r in caught_up if when(r) <= restarted]) <= 2
+
+
+def test_pause_stops_firing_and_resume_continues_without_backfill(make_task: Any, beats: Any, worker: Any) -> None:
+    task = make_task("interval", str(EVERY_S), overlap="allow")
+    beats()
+    wait_for(lambda: len(schedule_runs(task)) >= 2, timeout=60, message="first runs")
+    services.task_pause(task=Task.objects.get(pk=task.pk), actor=ACTOR)
+    paused_at = timezone.now()
+    time.sleep(EVERY_S * 3)
+    resumed_at = timezone.now()
+    services.task_resume(task=Task.objects.get(pk=task.pk), actor=ACTOR)
+    wait_for(
+        lambda: Run.objects.filter(task=task, scheduled_for__gt=resumed_at).count() >= 2,
+        timeout=60,
+        message="runs after resume",
+    )
+    during = Run.objects.filter(
+        task=task, scheduled_for__gt=paused_at + timedelta(seconds=1.5), scheduled_for__lte=resumed_at
+    )
+    assert not during.exists(), "nothing fires while paused, and resume does not backfill"
+
+
+def test_snooze_skips_what_it_covers_then_runs(make_task: Any, beats: Any, worker: Any) -> None:
+    task = make_task("interval", str(EVERY_S), overlap="allow")
+    beats()
+    wait_for(lambda: len(schedule_runs(task)) >= 1, timeout=60, message="a first run")
+    snoozed = services.task_snooze(task=Task.objects.get(pk=task.pk), actor=ACTOR, delay_seconds=5)
+    wake = snoozed.snoozed_until
+    assert wake is not None
+    wait_for(lambda: Run.objects.filter(task=task, scheduled_for=wake).exists(), timeout=60, message="wake-up run")
+    skipped = Run.objects.filter(task=task, skip_reason="snoozed")
+    assert skipped.count() >= 2
+    assert all(when(r) < wake for r in skipped)
+    assert Run.objects.get(task=task, scheduled_for=wake).status != "skipped"
+
+
+def test_condition_false_records_skipped_runs(make_task: Any, beats: Any, worker: Any) -> None:
+    task = make_task(
+        "interval",
+        str(EVERY_S),
+        overlap="allow",
+        condition="task.params.go == `true`",
+        payload={"params": {"go": False}, "pipeline": []},
+    )
+    beats()
+    runs = wait_for(lambda: (r := schedule_runs(task)) and len(r) >= 2 and r, timeout=60, message="two runs")
+    assert {(r.status, r.skip_reason) for r in runs} == {("skipped", "condition")}

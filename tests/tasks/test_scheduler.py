@@ -1,0 +1,247 @@
+"""Ordinaut's beat scheduler driven by a controllable clock, dispatching to a real worker.
+
+The clock moves beat through days (DST changes, downtime) in moments; the fire jobs run on the
+session's real worker and create the runs, so each test checks what a user would see: runs.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from functools import partial
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+from django.db.models import F
+from django_celery_beat.models import PeriodicTask
+
+from ordinaut_site.celery import app
+from ordinaut_site.services import Actor
+from runs.models import Run
+from tasks import selectors, services
+from tasks.models import Task
+from tasks.scheduler import LEADER_KEY, OrdinautScheduler, TaskEntry
+from tests.support.processes import wait_for
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.e2e]
+ACTOR = Actor.system("tests")
+
+
+class Clock:
+    def __init__(self, at: datetime) -> None:
+        self.at = at
+
+    def __call__(self) -> float:
+        return self.at.timestamp()
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock(datetime(2027, 1, 1, tzinfo=UTC))
+
+
+@pytest.fixture
+def make_scheduler(redis_client: Any, clock: Clock) -> Iterator[Any]:
+    made: list[OrdinautScheduler] = []
+    redis_client.delete(LEADER_KEY)
+
+    def make() -> OrdinautScheduler:
+        scheduler = OrdinautScheduler(app=app)
+        scheduler.clock = clock
+        made.append(scheduler)
+        return scheduler
+
+    yield make
+    for scheduler in made:
+        scheduler.close()
+    redis_client.delete(LEADER_KEY)
+
+
+def drive(scheduler: OrdinautScheduler, clock: Clock, until: datetime, step: timedelta = timedelta(hours=1)) -> None:
+    """Move the clock to `until` in steps, letting beat send everything that falls due."""
+    while clock.at < until:
+        clock.at = min(clock.at + step, until)
+        for _ in range(10_000):
+            if scheduler.tick() > 0:
+                break
+
+
+def start_at(task: Task, at: datetime) -> None:
+    """Pretend the schedule started at `at` (beat owes every occurrence after it)."""
+    Task.objects.filter(pk=task.pk).update(fired_through=at, schedule_version=F("schedule_version") + 1)
+    PeriodicTask.objects.filter(pk=task.periodic_task_id).update(date_changed=datetime.now(UTC))
+    task.refresh_from_db()
+
+
+def runs_of(task: Task) -> list[Run]:
+    return list(Run.objects.filter(task=task).order_by("scheduled_for"))
+
+
+def when(run: Run) -> datetime:
+    assert run.scheduled_for is not None
+    return run.scheduled_for
+
+
+def runs_since(task: Task, begin: datetime, count: int) -> list[Run] | None:
+    runs = [r for r in runs_of(task) if r.scheduled_for is not None and r.scheduled_for >= begin]
+    return runs if len(runs) >= count else None
+
+
+def _daily(kind: str, hh_mm: str) -> str:
+    hour, minute = (int(x) for x in hh_mm.split(":"))
+    return f"{minute} {hour} * * *" if kind == "cron" else f"FREQ=DAILY;BYHOUR={hour};BYMINUTE={minute}"
+
+
+DST = {
+    "Europe/Chisinau": (("2027-03-28", "2027-10-31"), ("09:00", "02:30", "01:30")),
+    "America/New_York": (("2027-03-14", "2027-11-07"), ("09:00", "02:30", "01:30")),
+}
+
+
+@pytest.mark.parametrize("kind", ["cron", "rrule"])
+@pytest.mark.parametrize("zone", list(DST))
+def test_beat_fires_through_dst_exactly_what_preview_shows(
+    kind: str, zone: str, make_task: Any, make_scheduler: Any, clock: Clock, worker: Any
+) -> None:
+    days, times = DST[zone]
+    tz = ZoneInfo(zone)
+    tasks = [make_task(kind, _daily(kind, hh_mm), zone, overlap="allow", title=hh_mm) for hh_mm in times]
+    for day in days:
+        begin = datetime.fromisoformat(day).replace(tzinfo=tz) - timedelta(days=2)
+        for task in tasks:
+            start_at(task, begin)
+        previews = {task.pk: [o["at"] for o in selectors.task_next_runs(task=task, count=5)] for task in tasks}
+        clock.at = begin
+        scheduler = make_scheduler()
+        drive(scheduler, clock, begin + timedelta(days=5) - timedelta(minutes=1))
+        scheduler.close()
+
+        for task in tasks:
+            expected = previews[task.pk]
+            fired: list[Run] = wait_for(
+                partial(runs_since, task, begin, len(expected)), message=f"{task.title} runs around {day}"
+            )
+            assert [when(r).astimezone(tz).isoformat() for r in fired] == expected
+            assert {r.trigger for r in fired} == {"schedule"}
+        spring_0230 = [r for r in runs_of(tasks[1]) if when(r).astimezone(tz).date().isoformat() == days[0]]
+        if day == days[0]:
+            assert [when(r).astimezone(tz).strftime("%H:%M") for r in spring_0230] == ["03:30"]
+
+
+def test_after_downtime_inside_window_runs_and_older_are_recorded_missed(
+    make_task: Any, make_scheduler: Any, clock: Clock, worker: Any
+) -> None:
+    task = make_task("interval", "PT10M", catchup_window_seconds=15 * 60, overlap="allow")
+    t0 = datetime(2027, 1, 1, tzinfo=UTC)
+    start_at(task, t0)
+    clock.at = t0 + timedelta(hours=1, seconds=1)  # beat was down for an hour
+    make_scheduler().tick()
+
+    def settled() -> list[Run] | None:
+        runs = runs_of(task)
+        return runs if len(runs) == 6 and all(r.status in Run.TERMINAL for r in runs) else None
+
+    runs = wait_for(settled, message="six runs for the hour")
+    assert [(r.scheduled_for - t0, r.status, r.skip_reason) for r in runs] == [
+        (timedelta(minutes=10), "skipped", "missed"),
+        (timedelta(minutes=20), "skipped", "missed"),
+        (timedelta(minutes=30), "skipped", "missed"),
+        (timedelta(minutes=40), "skipped", "missed"),
+        (timedelta(minutes=50), "succeeded", ""),
+        (timedelta(minutes=60), "succeeded", ""),
+    ]
+    task.refresh_from_db()
+    assert task.fired_through == t0 + timedelta(minutes=60)
+    assert task.next_run_at == t0 + timedelta(minutes=70)
+
+
+def test_a_restarted_beat_continues_from_the_durable_cursor(
+    make_task: Any, make_scheduler: Any, clock: Clock, worker: Any
+) -> None:
+    task = make_task("interval", "PT10M", overlap="allow")
+    t0 = datetime(2027, 1, 1, tzinfo=UTC)
+    start_at(task, t0)
+    clock.at = t0
+    first = make_scheduler()
+    drive(first, clock, t0 + timedelta(minutes=30), step=timedelta(minutes=1))
+    first.close()  # beat stops; ten minutes pass
+    clock.at = t0 + timedelta(minutes=40, seconds=5)
+    make_scheduler().tick()
+
+    runs = wait_for(lambda: (r := runs_of(task)) and len(r) >= 4 and r, message="four runs")
+    assert [r.scheduled_for - t0 for r in runs] == [timedelta(minutes=m) for m in (10, 20, 30, 40)]
+    assert [r.status for r in runs].count("skipped") == 0
+
+
+def test_only_the_lock_holder_dispatches(make_task: Any, make_scheduler: Any, clock: Clock, worker: Any) -> None:
+    task = make_task("interval", "PT1M", overlap="allow")
+    t0 = datetime(2027, 1, 1, tzinfo=UTC)
+    start_at(task, t0)
+    clock.at = t0
+    leader, standby = make_scheduler(), make_scheduler()
+    leader.tick()
+    assert leader.is_leader
+    standby.tick()
+    assert not standby.is_leader
+    clock.at = t0 + timedelta(minutes=5, seconds=1)
+    for _ in range(20):
+        standby.tick()
+        leader.tick()
+    runs = wait_for(lambda: (r := runs_of(task)) and len(r) >= 5 and r, message="five runs")
+    time.sleep(0.5)
+    assert len(runs_of(task)) == 5
+    assert [r.scheduled_for - t0 for r in runs] == [timedelta(minutes=m) for m in range(1, 6)]
+
+
+def test_a_schedule_change_reloads_only_that_task(make_task: Any, make_scheduler: Any, clock: Clock) -> None:
+    tasks = [make_task("cron", f"{m} 9 * * *") for m in range(5)]
+    clock.at = datetime.now(UTC)
+    scheduler = make_scheduler()
+    scheduler.tick()
+    before = dict(scheduler._entries)
+    assert len([e for e in before.values() if isinstance(e, TaskEntry)]) == 5
+
+    services.task_update(task=tasks[2], actor=ACTOR, fields={"schedule_expr": "30 10 * * *"})
+    scheduler._last_sync = 0.0  # the next tick looks for changes
+    scheduler.tick()
+
+    after = scheduler._entries
+    changed = tasks[2].periodic_task_id
+    assert after[changed] is not before[changed]
+    assert after[changed].schedule.describe().startswith("At 10:30")
+    assert all(after[pk] is before[pk] for pk in before if pk != changed), "untouched entries were kept"
+
+
+def test_pause_and_delete_leave_beat(make_task: Any, make_scheduler: Any, clock: Clock) -> None:
+    paused, deleted, kept = make_task(), make_task(), make_task()
+    clock.at = datetime.now(UTC)
+    scheduler = make_scheduler()
+    scheduler.tick()
+    services.task_pause(task=paused, actor=ACTOR)
+    services.task_delete(task=deleted, actor=ACTOR)
+    PeriodicTask.objects.filter(pk=kept.periodic_task_id).delete()  # an operator removes a beat row
+    scheduler._last_sync = scheduler._last_reconcile = 0.0
+    scheduler.tick()
+    loaded = {e.task_id for e in scheduler._entries.values() if isinstance(e, TaskEntry)}
+    assert loaded.isdisjoint({paused.pk, deleted.pk, kept.pk})
+
+
+def test_a_change_made_while_beat_dispatches_is_not_overwritten(
+    make_task: Any, make_scheduler: Any, clock: Clock, worker: Any
+) -> None:
+    task = make_task("interval", "PT10M", overlap="allow")
+    t0 = datetime(2027, 1, 1, tzinfo=UTC)
+    start_at(task, t0)
+    clock.at = t0
+    scheduler = make_scheduler()
+    scheduler.tick()
+    services.task_update(task=task, actor=ACTOR, fields={"schedule_expr": "PT1H"})  # beat has not seen it yet
+    task.refresh_from_db()
+    expected = (task.fired_through, task.next_run_at)
+    scheduler._last_sync = time.monotonic() + 3600
+    clock.at = t0 + timedelta(minutes=10, seconds=1)
+    scheduler.tick()  # sends the old schedule's occurrence, then must not move the new cursor
+    task.refresh_from_db()
+    assert (task.fired_through, task.next_run_at) == expected
