@@ -79,8 +79,10 @@ def run_create(
     status: str = Run.Status.QUEUED,
     skip_reason: str = "",
     jitter_seconds: float = 0,
+    hold: bool = False,
 ) -> Run:
-    """Create a run and its pending step rows; a queued run is dispatched after commit.
+    """Create a run and its pending step rows; a queued run is dispatched after commit, unless
+    `hold` (overlap=queue): then it waits, queued without a deadline, until run_release_held.
 
     Raises RunAlreadyExists when the (task, trigger_key) pair is taken (the occurrence exists).
     """
@@ -101,6 +103,7 @@ def run_create(
         status=status,
         skip_reason=skip_reason,
         jitter_seconds=jitter_seconds,
+        hold=hold,
     )
 
 
@@ -119,6 +122,7 @@ def _run_insert(
     jitter_seconds: float = 0,
     start_index: int = 0,
     reused: Sequence[StepRun] = (),
+    hold: bool = False,
 ) -> Run:
     now = timezone.now()
     finished = status == Run.Status.SKIPPED
@@ -138,7 +142,9 @@ def _run_insert(
                 jitter_seconds=jitter_seconds,
                 current_step=start_index,
                 finished_at=now if finished else None,
-                deadline_at=None if finished else now + _grace(settings.ORDINAUT_QUEUED_GRACE_S + jitter_seconds),
+                deadline_at=None
+                if finished or hold
+                else now + _grace(settings.ORDINAUT_QUEUED_GRACE_S + jitter_seconds),
             )
             # A skipped run never executes, so it has no step rows.
             StepRun.objects.bulk_create(
@@ -157,7 +163,7 @@ def _run_insert(
                     subject_id=run.pk,
                     details={"task": str(task.pk), "trigger": trigger, "trigger_key": trigger_key},
                 )
-            if not finished:
+            if not finished and not hold:
                 run_id, steps = run.pk, len(pipeline)
                 timeouts = [step_timeout_s(task=task, step=step) for step in pipeline]
                 transaction.on_commit(
@@ -242,7 +248,36 @@ def run_on_terminal(*, run: Run) -> None:
     The scheduling policies hook in here (overlap=queue starts the next queued occurrence). Runs
     created already skipped do not pass through here. It must not raise into the engine.
     """
-    return None
+    if run.task.overlap == "queue":  # Task.Overlap.QUEUE; other tasks pay nothing here
+        run_release_held(task_id=run.task_id)
+
+
+def _held(queryset: Any) -> Any:
+    """Runs waiting for their turn (overlap=queue): queued, never dispatched, no deadline."""
+    return queryset.filter(status=Run.Status.QUEUED, deadline_at__isnull=True, dispatch_count=0)
+
+
+def run_release_held(*, task_id: Any) -> Run | None:
+    """Start the oldest run waiting for its turn, once no other run of its task is active."""
+    from tasks.models import Task
+
+    with transaction.atomic():
+        # The same lock the fire job takes: a run it holds back is either seen here or sees
+        # that nothing is active any more, so no waiting run is left behind.
+        if not Task.objects.select_for_update().filter(pk=task_id).exists():
+            return None
+        runs = Run.objects.filter(task_id=task_id)
+        held = _held(runs)
+        if runs.filter(status__in=Run.ACTIVE).exclude(pk__in=held.values("pk")).exists():
+            return None
+        run = held.order_by("scheduled_for", "created_at").first()
+        if run is None:
+            return None
+        run.deadline_at = timezone.now() + _grace(settings.ORDINAUT_QUEUED_GRACE_S + run.jitter_seconds)
+        run.save(update_fields=["deadline_at"])
+        run_id, steps, jitter = run.pk, len(run.pipeline), run.jitter_seconds
+        transaction.on_commit(lambda: run_dispatch(run_id=run_id, from_index=0, step_count=steps, countdown=jitter))
+    return run
 
 
 def _after_terminal(run: Run, status: str) -> None:
@@ -726,6 +761,10 @@ def runs_sweep(*, now: datetime | None = None, limit: int = SWEEP_BATCH) -> dict
     )
     for run_id in list(stuck):
         recovered += run_recover(run_id=run_id, now=now)
+    # A waiting run (overlap=queue) whose release was lost with a crashed worker.
+    waiting = _held(Run.objects.order_by()).values_list("task_id", flat=True).distinct()[:limit]
+    for task_id in list(waiting):
+        recovered += run_release_held(task_id=task_id) is not None
     if expired or recovered:
         logger.info("sweeper: %s approvals expired, %s runs re-dispatched", expired, recovered)
     return {"approvals_expired": expired, "runs_recovered": recovered}

@@ -3,6 +3,7 @@ They are the only writers of Task rows, and call tasks/beat.py so beat rows foll
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 from datetime import UTC, datetime, timedelta
@@ -20,7 +21,7 @@ from ordinaut_site.services import SYSTEM, Actor, audit_record
 from pipelines.spec import payload_validate
 from pipelines.templates import condition_error, condition_evaluate
 from runs.models import Run
-from runs.services import RunAlreadyExists, run_create, runs_record_skipped
+from runs.services import RunAlreadyExists, run_cancel, run_create, runs_record_skipped
 
 from .beat import beat_rows_sync
 from .models import Task
@@ -285,10 +286,17 @@ def task_fire(*, task_id: Any, scheduled_for: datetime, now: datetime | None = N
         if task is None or task.status != Task.Status.ACTIVE:
             return None
         reason = _skip_reason(task, scheduled_for, now)
+        hold = False
         if not reason and task.overlap != Task.Overlap.ALLOW:
-            active = Run.objects.filter(task=task, status__in=Run.ACTIVE)
-            if task.overlap == Task.Overlap.SKIP and active.exists():
+            active = list(Run.objects.filter(task=task, status__in=Run.ACTIVE))
+            if active and task.overlap == Task.Overlap.SKIP:
                 reason = "overlap"
+            elif active and task.overlap == Task.Overlap.QUEUE:
+                hold = True  # starts when the runs before it have finished (runs.services.run_release_held)
+            elif active and task.overlap == Task.Overlap.CANCEL_PREVIOUS:
+                for previous in active:
+                    with contextlib.suppress(Conflict):  # it finished meanwhile
+                        run_cancel(run=previous, actor=Actor.system("overlap=cancel_previous"))
         jitter = random.uniform(0, task.jitter_seconds) if task.jitter_seconds and not reason else 0.0
         try:
             run = run_create(
@@ -299,6 +307,7 @@ def task_fire(*, task_id: Any, scheduled_for: datetime, now: datetime | None = N
                 status=Run.Status.SKIPPED if reason else Run.Status.QUEUED,
                 skip_reason=reason,
                 jitter_seconds=round(jitter, 3),
+                hold=hold,
             )
         except RunAlreadyExists:
             logger.info("occurrence %s of task %s already has a run", scheduled_for.isoformat(), task.pk)

@@ -11,6 +11,7 @@ from django.utils import timezone
 from ordinaut_site.models import AuditLog
 from ordinaut_site.services import Actor
 from runs.models import Run
+from runs.services import run_fail, run_on_terminal
 from tasks import services
 from tasks.models import Task
 
@@ -154,3 +155,41 @@ def test_record_missed_is_bulk_and_idempotent(make_task: Any) -> None:
     assert services.task_record_missed(task_id=task.pk, occurrences=occurrences) == 50
     assert services.task_record_missed(task_id=task.pk, occurrences=occurrences) == 0
     assert Run.objects.filter(task=task, status="skipped", skip_reason="missed").count() == 50
+
+
+def test_overlap_queue_holds_the_run_until_the_previous_one_ends(
+    make_task: Any, django_capture_on_commit_callbacks: Any
+) -> None:
+    task = make_task("cron", "*/5 * * * *", overlap="queue")
+    first_at = _occurrence(task)
+    first = fired(task, first_at)
+    second = fired(task, first_at + timedelta(minutes=5))
+    third = fired(task, first_at + timedelta(minutes=10))
+    assert (second.status, second.deadline_at) == ("queued", None), "held: queued, not dispatched"
+    with django_capture_on_commit_callbacks(execute=True) as callbacks:
+        run_fail(run=Run.objects.get(pk=first.pk), error={"code": "x", "message": "y"}, from_status="queued")
+        run_on_terminal(run=first)
+    assert callbacks, "the next run was dispatched after commit"
+    second.refresh_from_db()
+    third.refresh_from_db()
+    assert second.deadline_at is not None, "the oldest waiting run was released"
+    assert third.deadline_at is None, "one at a time"
+
+
+def test_overlap_cancel_previous_cancels_the_running_one(make_task: Any) -> None:
+    task = make_task("cron", "*/5 * * * *", overlap="cancel_previous")
+    first_at = _occurrence(task)
+    first = fired(task, first_at)
+    second = fired(task, first_at + timedelta(minutes=5))
+    first.refresh_from_db()
+    assert first.status == "canceled"
+    assert second.status == "queued"
+    assert second.deadline_at is not None
+
+
+def test_jitter_is_recorded_on_the_run(make_task: Any) -> None:
+    task = make_task("cron", "*/5 * * * *", jitter_seconds=30, overlap="allow")
+    at = _occurrence(task)
+    jitters = {fired(task, at + timedelta(minutes=5 * i)).jitter_seconds for i in range(6)}
+    assert all(0 <= j <= 30 for j in jitters)
+    assert len(jitters) > 1, "a random delay, not a constant"
