@@ -55,3 +55,54 @@ def finished(run_id: Any) -> Any:
 
     run = Run.objects.get(pk=run_id)
     return run if run.status in (*Run.TERMINAL, Run.Status.WAITING_APPROVAL) else None
+
+
+DRAFTS = [{"thread": "t1", "text": "hi"}, {"thread": "t2", "text": "hello"}, {"thread": "t3", "text": "hey"}]
+
+
+def approval_payload(*, on_error: str = "fail", timeout_seconds: float | None = None) -> dict[str, Any]:
+    """draft -> ask a human -> send what was approved (only if approved), like the seed's follow-ups."""
+    ask: dict[str, Any] = {
+        "message": "Send ${length(steps.draft.messages)} follow-ups?",
+        "data": "${steps.draft.messages}",
+    }
+    if timeout_seconds is not None:
+        ask["timeout_seconds"] = timeout_seconds
+    return {
+        "params": {"drafts": DRAFTS},
+        "pipeline": [
+            {"id": "draft", "uses": "orchestrator.echo", "with": {"messages": "${params.drafts}"}},
+            {
+                "id": "ask",
+                "uses": "orchestrator.request_approval",
+                "with": ask,
+                "save_as": "approval",
+                "on_error": on_error,
+            },
+            {
+                "id": "send",
+                "uses": "orchestrator.echo",
+                "with": {"sent": "${steps.approval.approved_items}", "by": "${steps.approval.decided_by.name}"},
+                "if": "${steps.approval.status == 'approved'}",
+            },
+        ],
+    }
+
+
+def run_in_process(owner: Any, payload: dict[str, Any], **task_fields: Any) -> Any:
+    """A manual run of a new task, driven in this process until it stops (no broker)."""
+    from runs.models import Run
+    from runs.services import run_create
+
+    run = run_create(task=make_task(owner, payload, **task_fields), trigger="manual")
+    drive(run.pk)
+    return Run.objects.get(pk=run.pk)
+
+
+def start_manual_run(client: Any, payload: dict[str, Any], **fields: Any) -> str:
+    """Through the API, as an agent would: create a manual task, run it now; the run's id."""
+    created = client.post("/tasks", manual_task_body(payload, **fields), format="json")
+    assert created.status_code == 201, created.json()
+    started = client.post(f"/tasks/{created.json()['id']}/run_now", format="json")
+    assert started.status_code == 202, started.json()
+    return str(started.json()["id"])
