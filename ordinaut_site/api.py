@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 from django.core.exceptions import DisallowedHost, RequestDataTooBig, SuspiciousOperation
@@ -138,9 +139,39 @@ class Router(routers.SimpleRouter):
         self.trailing_slash = "/?"
 
 
+_WHOLE_NUMBER = re.compile(r"^[0-9]{1,9}$")
+MAX_OFFSET = 999_999_999
+
+
 class LimitOffsetPagination(pagination.LimitOffsetPagination):
+    """`?limit=&offset=` (API.md). Out of range or not a whole number is a 400, never silently ignored."""
+
     default_limit = 50
     max_limit = 500
+
+    def _whole_number(self, request: Any, name: str, default: int, minimum: int, maximum: int) -> int:
+        values = request.query_params.getlist(name)
+        if not values:
+            return default
+        if len(values) > 1 or not _WHOLE_NUMBER.match(values[0]) or not minimum <= int(values[0]) <= maximum:
+            raise ValidationFailed.on(name, f"must be one whole number from {minimum} to {maximum}")
+        return int(values[0])
+
+    def get_limit(self, request: Any) -> int:
+        return self._whole_number(request, self.limit_query_param, self.default_limit, 1, self.max_limit)
+
+    def get_offset(self, request: Any) -> int:
+        return self._whole_number(request, self.offset_query_param, 0, 0, MAX_OFFSET)
+
+    def get_schema_operation_parameters(self, view: Any) -> list[dict[str, Any]]:
+        parameters: list[dict[str, Any]] = super().get_schema_operation_parameters(view)
+        bounds = {
+            self.limit_query_param: {"minimum": 1, "maximum": self.max_limit, "default": self.default_limit},
+            self.offset_query_param: {"minimum": 0, "maximum": MAX_OFFSET, "default": 0},
+        }
+        for parameter in parameters:
+            parameter["schema"].update(bounds.get(parameter["name"], {}))
+        return parameters
 
 
 def is_admin_page(request: HttpRequest) -> bool:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
+from django import forms
 from django.db.models import Q, QuerySet
+from django_filters import fields as filter_fields
 from django_filters import rest_framework as filters
 from drf_spectacular.utils import extend_schema
 from rest_framework import mixins, serializers, viewsets
@@ -28,6 +31,23 @@ class AuditLogSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
+class UtcIsoDateTimeField(filter_fields.IsoDateTimeField):
+    """ISO 8601 in, UTC out: PostgreSQL refuses offsets past +-15:59 that Python parses happily."""
+
+    def to_python(self, value: Any) -> datetime | None:
+        parsed = super().to_python(value)
+        if parsed is None:
+            return None
+        try:
+            return parsed.astimezone(UTC)
+        except OverflowError:
+            raise forms.ValidationError("Datetime value out of range.", code="invalid") from None
+
+
+class UtcIsoDateTimeFilter(filters.IsoDateTimeFilter):
+    field_class = UtcIsoDateTimeField
+
+
 class AuditFilter(filters.FilterSet):
     action = filters.CharFilter(
         method="filter_action", help_text='Exact action ("task.create"), or a prefix ending in "*" ("token.*").'
@@ -40,8 +60,8 @@ class AuditFilter(filters.FilterSet):
     actor = filters.CharFilter(method="filter_actor", help_text="The actor's id or name.")
     actor_kind = filters.ChoiceFilter(field_name="actor_kind", choices=AuditLog.ACTOR_KINDS)
     request_id = filters.CharFilter(field_name="request_id")
-    since = filters.IsoDateTimeFilter(field_name="at", lookup_expr="gte", help_text="At or after (ISO 8601).")
-    until = filters.IsoDateTimeFilter(field_name="at", lookup_expr="lt", help_text="Before (ISO 8601).")
+    since = UtcIsoDateTimeFilter(field_name="at", lookup_expr="gte", help_text="At or after (ISO 8601).")
+    until = UtcIsoDateTimeFilter(field_name="at", lookup_expr="lt", help_text="Before (ISO 8601).")
 
     class Meta:
         model = AuditLog

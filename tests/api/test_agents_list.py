@@ -48,3 +48,10 @@ def test_list_and_get_need_agents_admin(make_agent: Any) -> None:
 
 def test_list_without_token_is_401(client: Any) -> None:
     assert client.get("/agents").status_code == 401
+
+
+@pytest.mark.parametrize("query", ["limit=0", "limit=501", "limit=abc", "offset=-1", "offset=null", "limit=1&limit=2"])
+def test_bad_pagination_is_400_naming_the_parameter(make_agent: Any, query: str) -> None:
+    response = make_agent(admin=True).client.get(f"/agents?{query}")
+    assert response.status_code == 400
+    assert set(response.json()["error"]["fields"]) == {query.split("=")[0]}

@@ -97,7 +97,15 @@ def test_filter_by_time(admin: Any) -> None:
     assert count(since=at - second, until=at + second) == 1
 
 
-@pytest.mark.parametrize("query", ["?since=yesterday", "?until=2024-13-45T00:00:00Z", "?actor_kind=robot"])
+def test_offsets_postgres_cannot_store_are_accepted_as_instants(admin: Any) -> None:
+    audit_record(actor=Actor.system("tests"), action="test.offset")
+    assert len(results(admin.client, "?action=test.offset&until=9999-01-01T00%3A00%3A00-22%3A18")) == 1
+    assert results(admin.client, "?action=test.offset&until=0273-04-30T15%3A45%3A06-22%3A18") == []
+
+
+@pytest.mark.parametrize(
+    "query", ["?since=yesterday", "?until=2024-13-45T00:00:00Z", "?actor_kind=robot", "?since=0001-01-01T00:00%2B05:00"]
+)
 def test_bad_filter_is_400_naming_it(admin: Any, query: str) -> None:
     response = admin.client.get(f"/audit{query}")
     assert response.status_code == 400
