@@ -311,7 +311,9 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": float(ORDINAUT_SWEEP_INTERVAL_S),
         # A sweep that could not start within one interval is superseded by the next one.
         "options": {"expire_seconds": ORDINAUT_SWEEP_INTERVAL_S},
-    }
+    },
+    # Expired Idempotency-Key records (ORDINAUT_IDEMPOTENCY_TTL_S); manage.py purge_idempotency_keys does the same.
+    "ordinaut.purge_idempotency_keys": {"task": "ordinaut.purge_idempotency_keys", "schedule": 3600.0},
 }
 
 # --- REST framework --------------------------------------------------------------------------

@@ -180,6 +180,19 @@ def test_purge_command_deletes_only_expired_records(agent: Any) -> None:
     assert list(IdempotencyRecord.objects.values_list("key", flat=True)) == ["fresh"]
 
 
+def test_beat_purges_expired_records_hourly(agent: Any) -> None:
+    from django.conf import settings
+
+    from ordinaut_site.jobs import purge_idempotency_keys_job
+
+    entry = settings.CELERY_BEAT_SCHEDULE["ordinaut.purge_idempotency_keys"]
+    assert entry["task"] == purge_idempotency_keys_job.name
+    post(agent, {"name": "x"}, key="old")
+    IdempotencyRecord.objects.update(expires_at=timezone.now() - timedelta(seconds=1))
+    assert purge_idempotency_keys_job() == 1
+    assert IdempotencyRecord.objects.count() == 0
+
+
 @pytest.mark.django_db(transaction=True)
 def test_two_racing_requests_with_one_key_execute_once(agent: Any) -> None:
     """The second request waits on the first one's uncommitted key, then replays its response."""
