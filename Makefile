@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/ordinaut
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/15
 
-.PHONY: run test check lint format requirements bench clean
+.PHONY: run test check lint format requirements bench-b3 clean
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Ordinaut needs Python 3.11 or newer; found " + sys.version.split()[0])'
@@ -44,6 +44,10 @@ format: $(VENV)/.dev
 requirements: $(VENV)/.dev
 	$(BIN)/pip-compile --quiet --strip-extras --no-header --no-emit-index-url --no-emit-find-links requirements/base.in -o requirements/base.txt
 	$(BIN)/pip-compile --quiet --strip-extras --no-header --no-emit-index-url --no-emit-find-links requirements/dev.in -o requirements/dev.txt
+
+## bench-b3: B3 scheduler benchmark (QUICK=1 for the one-minute-scale variant); see BENCHMARKS.md
+bench-b3: $(VENV)/.dev
+	$(BIN)/python tests/perf/bench_scheduler.py $(if $(QUICK),--quick,)
 
 clean:
 	rm -rf $(VENV) var

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from dateutil import rrule as du
+from dateutil.relativedelta import relativedelta
 
 MAX_LINES = 20
 _DATE_TIME = re.compile(r"^(\d{8})(T(\d{6})(Z?))?$")
@@ -58,16 +59,56 @@ class RRuleError(ValueError):
     """A recurrence rule is malformed or names a different timezone."""
 
 
+FIXED_PERIODS = {"SECONDLY": 1, "MINUTELY": 60, "HOURLY": 3600, "DAILY": 86400, "WEEKLY": 604800}
+
+
+def _anchored(rule: du.rrule, params: dict[str, str], start: datetime) -> du.rrule:
+    """The same rule with DTSTART moved forward by whole periods to just before `start`.
+
+    dateutil iterates from DTSTART, so a year-old hourly rule would walk 8,760 occurrences for
+    every lookup. Moving DTSTART by whole periods (INTERVAL x FREQ) keeps every occurrence from
+    there on, and what DTSTART supplies as defaults (time of day, weekday, day of month). Rules
+    with COUNT count from their real DTSTART and are left alone; so are month/year rules whose
+    DTSTART falls on a day some months lack."""
+    dtstart = rule._dtstart
+    if "COUNT" in params or start <= dtstart:
+        return rule
+    interval = int(params.get("INTERVAL", "1") or 1)
+    freq = params["FREQ"]
+    if freq in FIXED_PERIODS:
+        period = timedelta(seconds=FIXED_PERIODS[freq] * interval)
+        periods = (start - dtstart) // period - 1
+        return rule.replace(dtstart=dtstart + periods * period) if periods > 0 else rule
+    months = (start.year - dtstart.year) * 12 + (start.month - dtstart.month)
+    step = interval * (12 if freq == "YEARLY" else 1)
+    periods = months // step - 1
+    if periods <= 0 or dtstart.day > 28:
+        return rule
+    return rule.replace(dtstart=dtstart + relativedelta(months=periods * step))
+
+
 @dataclass
 class RRuleSpec:
-    ruleset: du.rruleset
+    rules: list[tuple[du.rrule, dict[str, str]]]
+    rdates: list[datetime]
+    exdates: list[datetime]
     dtstart: datetime  # naive local
     has_dtstart: bool
-    params: list[dict[str, str]] = field(default_factory=list)
+
+    @property
+    def params(self) -> list[dict[str, str]]:
+        return [params for _, params in self.rules]
 
     def local_candidates(self, start: datetime) -> Iterator[datetime]:
         """Naive local times of the rule from `start` (inclusive), in order."""
-        return self.ruleset.xafter(start, inc=True)
+        ruleset = du.rruleset()
+        for rule, params in self.rules:
+            ruleset.rrule(_anchored(rule, params, start))
+        for added in self.rdates:
+            ruleset.rdate(added)
+        for removed in self.exdates:
+            ruleset.exdate(removed)
+        return ruleset.xafter(start, inc=True)
 
 
 def _parse_value(value: str, params: dict[str, str], tz: ZoneInfo, what: str) -> datetime:
@@ -151,8 +192,7 @@ def parse_rrule(expr: str, tz: ZoneInfo, default_dtstart: datetime) -> RRuleSpec
     if not rules and not rdates:
         raise RRuleError("needs an RRULE line (e.g. FREQ=DAILY;BYHOUR=9;BYMINUTE=0) or RDATE")
     start = (dtstart or default_dtstart).replace(microsecond=0)
-    ruleset = du.rruleset()
-    params_list = []
+    parsed_rules: list[tuple[du.rrule, dict[str, str]]] = []
     for rule in rules:
         params = _rule_params(rule)
         if "FREQ" not in params:
@@ -166,13 +206,8 @@ def parse_rrule(expr: str, tz: ZoneInfo, default_dtstart: datetime) -> RRuleSpec
         except (ValueError, TypeError) as exc:
             raise RRuleError(f"rule {rule!r}: {exc}") from None
         assert isinstance(parsed, du.rrule)  # one RRULE value parses to one rule
-        ruleset.rrule(parsed)
-        params_list.append(params)
-    for added in rdates:
-        ruleset.rdate(added)
-    for removed in exdates:
-        ruleset.exdate(removed)
-    return RRuleSpec(ruleset=ruleset, dtstart=start, has_dtstart=dtstart is not None, params=params_list)
+        parsed_rules.append((parsed, params))
+    return RRuleSpec(rules=parsed_rules, rdates=rdates, exdates=exdates, dtstart=start, has_dtstart=dtstart is not None)
 
 
 def with_dtstart(expr: str, spec: RRuleSpec, tz: ZoneInfo) -> str:

@@ -78,7 +78,7 @@ class WallClockSchedule:
     kind: str
     tz: ZoneInfo
     candidates: Callable[[datetime], Iterator[datetime]]
-    description: str
+    describer: Callable[[], str]  # lazy: beat and the fire job never need the sentence
 
     def next_after(self, after: datetime) -> datetime | None:
         after_local = after.astimezone(self.tz).replace(tzinfo=None)
@@ -98,7 +98,7 @@ class WallClockSchedule:
         return best
 
     def describe(self) -> str:
-        return f"{self.description} ({self.tz.key})"
+        return f"{self.describer()} ({self.tz.key})"
 
 
 @dataclass
@@ -204,10 +204,10 @@ def parse_schedule(kind: str, expr: str, tz_name: str, *, now: datetime | None =
             spec = parse_cron(text)
         except CronError as exc:
             raise ValidationFailed.on("schedule_expr", str(exc)) from None
-        return WallClockSchedule(kind, tz, spec.local_candidates, _describe_cron(text, spec))
+        return WallClockSchedule(kind, tz, spec.local_candidates, lambda: _describe_cron(text, spec))
     if kind == Task.Kind.RRULE:
         rule = _parse_rrule(text, tz, now)
-        return WallClockSchedule(kind, tz, rule.local_candidates, describe_rrule(rule))
+        return WallClockSchedule(kind, tz, rule.local_candidates, lambda: describe_rrule(rule))
     if kind == Task.Kind.INTERVAL:
         return IntervalSchedule(interval_seconds(text), tz)
     if kind == Task.Kind.ONCE:

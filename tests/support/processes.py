@@ -70,6 +70,7 @@ class Worker:
         name: str | None = None,
         queue: str | None = None,
         env: dict[str, str] | None = None,
+        extra_args: tuple[str, ...] = (),
     ) -> None:
         self.name = name or f"test-{uuid.uuid4().hex[:8]}@{os.uname().nodename}"
         self.log_path = log_dir / f"{self.name.split('@')[0]}.log"
@@ -77,6 +78,7 @@ class Worker:
         # Another queue than the session's keeps this worker's messages away from the shared worker.
         self.queue = queue or app.conf.task_default_queue
         self.env = env or {}
+        self.extra_args = extra_args
         self.proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
 
@@ -101,6 +103,7 @@ class Worker:
             "--without-gossip",
             "-l",
             "INFO",
+            *self.extra_args,
         ]
         self.proc = subprocess.Popen(
             command,
@@ -142,8 +145,9 @@ class Worker:
 class Beat:
     """`celery -A ordinaut_site beat` in a subprocess (Ordinaut's scheduler, as settings select)."""
 
-    def __init__(self, log_dir: Path, name: str, **env: str) -> None:
+    def __init__(self, log_dir: Path, name: str, *, args: tuple[str, ...] = (), **env: str) -> None:
         self.name = name
+        self.args = args
         self.log_path = log_dir / f"beat-{name}-{uuid.uuid4().hex[:6]}.log"
         self.env = env
         self.proc: subprocess.Popen[bytes] | None = None
@@ -151,7 +155,18 @@ class Beat:
 
     def start(self) -> Beat:
         self._log = self.log_path.open("ab")
-        command = [sys.executable, "-m", "celery", "-A", "ordinaut_site", "beat", "-l", "INFO", "--pidfile="]
+        command = [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "ordinaut_site",
+            "beat",
+            "-l",
+            "INFO",
+            "--pidfile=",
+            *self.args,
+        ]
         self.proc = subprocess.Popen(
             command,
             env=child_env(**self.env),

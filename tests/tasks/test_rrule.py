@@ -112,3 +112,28 @@ def test_malformed_rrule_is_a_clear_error_on_schedule_expr(expr: str, fragment: 
         parse_schedule("rrule", expr, "UTC")
     assert "schedule_expr" in caught.value.fields
     assert fragment in caught.value.message
+
+
+@pytest.mark.parametrize(
+    "rule",
+    [
+        "FREQ=HOURLY;INTERVAL=5;BYMINUTE=7",
+        "FREQ=DAILY;INTERVAL=3;BYHOUR=9",
+        "FREQ=WEEKLY;INTERVAL=2;BYDAY=MO,FR;BYHOUR=8",
+        "FREQ=MONTHLY;INTERVAL=5;BYDAY=-1FR",
+        "FREQ=MONTHLY;BYSETPOS=2;BYDAY=TU,TH",
+        "FREQ=YEARLY;INTERVAL=3;BYMONTH=2;BYMONTHDAY=29",
+        "FREQ=MINUTELY;INTERVAL=7",
+        "FREQ=DAILY;UNTIL=20400101T000000",
+    ],
+)
+def test_lookups_years_after_dtstart_match_a_full_walk(rule: str) -> None:
+    """Lookups jump DTSTART ahead by whole periods (so old rules stay fast); the occurrences
+    must be exactly those of walking the rule from its real DTSTART."""
+    from dateutil.rrule import rrulestr
+
+    expr = f"DTSTART:20210105T061500\nRRULE:{rule}"
+    after = datetime(2031, 7, 19, 13, 0, tzinfo=UTC)
+    fired = _next(expr, after=after, count=6)
+    walked = rrulestr(rule, dtstart=datetime(2021, 1, 5, 6, 15)).xafter(datetime(2031, 7, 19, 13, 0), count=6)
+    assert [at.replace(tzinfo=None) for at in fired] == list(walked)
