@@ -19,6 +19,7 @@ from .models import RRuleSchedule, Task
 from .schedules import SCHEDULED_KINDS, describe, interval_seconds, once_instant, timezone_validate
 
 FIRE_JOB_NAME = "tasks.fire"
+FIRE_BATCH_JOB_NAME = "tasks.fire_batch"
 RECORD_MISSED_JOB_NAME = "tasks.record_missed"
 PERIODIC_TASK_PREFIX = "ordinaut:task:"
 # RRULE rows need a dcb schedule to be valid; a one-off clock that never comes is harmless.

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime
+from typing import Any
 
 from celery import shared_task
 
 from . import services
-from .beat import FIRE_JOB_NAME, RECORD_MISSED_JOB_NAME
+from .beat import FIRE_BATCH_JOB_NAME, FIRE_JOB_NAME, RECORD_MISSED_JOB_NAME
 
 logger = logging.getLogger(__name__)
+FIRE_RETRIES = 20
+FIRE_RETRY_COUNTDOWN_S = 5
 
 
 @shared_task(name=FIRE_JOB_NAME)
@@ -21,6 +24,19 @@ def fire_job(task_id: str, scheduled_for: str | None = None) -> None:
         logger.error("tasks.fire for %s without scheduled_for: run beat with Ordinaut's scheduler", task_id)
         return
     services.task_fire(task_id=task_id, scheduled_for=datetime.fromisoformat(scheduled_for))
+
+
+@shared_task(bind=True, name=FIRE_BATCH_JOB_NAME, max_retries=FIRE_RETRIES)
+def fire_batch_job(self: Any, occurrences: list[list[str]]) -> None:
+    """Several occurrences, [task_id, scheduled_for] each: beat groups what falls due together,
+    so a burst costs a few messages instead of one per occurrence."""
+    again = services.task_fire_batch(occurrences=[(task_id, datetime.fromisoformat(at)) for task_id, at in occurrences])
+    if again:
+        # The database was away (restart, failover): try those again; the catch-up window decides
+        # whether they still run or are recorded as missed.
+        raise self.retry(
+            kwargs={"occurrences": [[str(t), at.isoformat()] for t, at in again]}, countdown=FIRE_RETRY_COUNTDOWN_S
+        )
 
 
 @shared_task(name=RECORD_MISSED_JOB_NAME)

@@ -62,7 +62,7 @@ class RRuleError(ValueError):
 FIXED_PERIODS = {"SECONDLY": 1, "MINUTELY": 60, "HOURLY": 3600, "DAILY": 86400, "WEEKLY": 604800}
 
 
-def _anchored(rule: du.rrule, params: dict[str, str], start: datetime) -> du.rrule:
+def _anchored(rule: du.rrule, params: dict[str, str], dtstart: datetime, start: datetime) -> du.rrule:
     """The same rule with DTSTART moved forward by whole periods to just before `start`.
 
     dateutil iterates from DTSTART, so a year-old hourly rule would walk 8,760 occurrences for
@@ -70,7 +70,6 @@ def _anchored(rule: du.rrule, params: dict[str, str], start: datetime) -> du.rru
     there on, and what DTSTART supplies as defaults (time of day, weekday, day of month). Rules
     with COUNT count from their real DTSTART and are left alone; so are month/year rules whose
     DTSTART falls on a day some months lack."""
-    dtstart = rule._dtstart
     if "COUNT" in params or start <= dtstart:
         return rule
     interval = int(params.get("INTERVAL", "1") or 1)
@@ -103,7 +102,7 @@ class RRuleSpec:
         """Naive local times of the rule from `start` (inclusive), in order."""
         ruleset = du.rruleset()
         for rule, params in self.rules:
-            ruleset.rrule(_anchored(rule, params, start))
+            ruleset.rrule(_anchored(rule, params, self.dtstart, start))
         for added in self.rdates:
             ruleset.rdate(added)
         for removed in self.exdates:

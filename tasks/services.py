@@ -11,7 +11,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from django.conf import settings
-from django.db import transaction
+from django.db import InterfaceError, OperationalError, transaction
 from django.db.models import Q
 from django.utils import timezone as dj_timezone
 
@@ -316,6 +316,23 @@ def task_fire(*, task_id: Any, scheduled_for: datetime, now: datetime | None = N
             _touch_last_run(task.pk, scheduled_for)
         _complete_if_exhausted(task, scheduled_for)
     return run
+
+
+def task_fire_batch(*, occurrences: list[tuple[Any, datetime]]) -> list[tuple[Any, datetime]]:
+    """Fire several occurrences, each in its own transaction so one bad task cannot take the others
+    down with it. Returns the occurrences to try again later: those the database could not take
+    (firing is idempotent, so a retry cannot duplicate a run)."""
+    again: list[tuple[Any, datetime]] = []
+    for task_id, scheduled_for in sorted(occurrences, key=lambda item: item[1]):
+        try:
+            task_fire(task_id=task_id, scheduled_for=scheduled_for)
+        except (OperationalError, InterfaceError) as exc:
+            logger.warning("firing %s of task %s: database unavailable (%s)", scheduled_for.isoformat(), task_id, exc)
+            again.append((task_id, scheduled_for))
+        except Exception:
+            # A bug with this one task: logged with the occurrence, and the others still fire.
+            logger.exception("firing %s of task %s failed", scheduled_for.isoformat(), task_id)
+    return again
 
 
 def _complete_if_exhausted(task: Task, scheduled_for: datetime) -> None:

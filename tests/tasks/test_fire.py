@@ -193,3 +193,13 @@ def test_jitter_is_recorded_on_the_run(make_task: Any) -> None:
     jitters = {fired(task, at + timedelta(minutes=5 * i)).jitter_seconds for i in range(6)}
     assert all(0 <= j <= 30 for j in jitters)
     assert len(jitters) > 1, "a random delay, not a constant"
+
+
+def test_a_batch_fires_each_occurrence_and_a_bad_one_does_not_stop_the_others(make_task: Any) -> None:
+    first, second = make_task("cron", "*/5 * * * *"), make_task("cron", "*/5 * * * *")
+    at = _occurrence(first)
+    again = services.task_fire_batch(occurrences=[(first.pk, at), ("not-a-task-id", at), (second.pk, at)])
+    assert again == []
+    assert Run.objects.filter(task__in=[first, second], scheduled_for=at).count() == 2
+    assert services.task_fire_batch(occurrences=[(first.pk, at)]) == []
+    assert Run.objects.filter(task=first).count() == 1, "a redelivered batch creates nothing new"
