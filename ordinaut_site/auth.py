@@ -67,6 +67,10 @@ class HasScope(permissions.BasePermission):
         agent = request.user
         if not isinstance(agent, Agent):
             raise exceptions.NotAuthenticated("Authentication credentials were not provided.")
+        if request.method == "OPTIONS":
+            # DRF would answer OPTIONS with metadata (serializer fields) after this check alone, for
+            # any token whatever the route's scope. The API is described by /openapi.json instead.
+            raise exceptions.MethodNotAllowed(request.method)
         scope = required_scope(view, request)
         if scope is None:
             return True
