@@ -304,6 +304,10 @@ ORDINAUT_QUEUED_GRACE_S = env_int("ORDINAUT_QUEUED_GRACE_S", 300)
 ORDINAUT_RUNNING_GRACE_S = env_int("ORDINAUT_RUNNING_GRACE_S", 120)
 # ORDINAUT_SWEEP_INTERVAL_S: how often beat runs the recovery sweeper (stuck runs, parked waits, approvals).
 ORDINAUT_SWEEP_INTERVAL_S = env_int("ORDINAUT_SWEEP_INTERVAL_S", 30)
+# Celery's Django fixup closes the database connection around every job unless this is set;
+# reconnecting costs more than a short job. Jobs run Django's close_old_connections() instead
+# (pipelines/jobs.py), which honours DB_CONN_MAX_AGE and drops broken connections.
+CELERY_DB_REUSE_MAX = env_int("CELERY_DB_REUSE_MAX", 1000)
 # django-celery-beat copies these entries into its tables when beat starts.
 CELERY_BEAT_SCHEDULE = {
     "ordinaut.sweep_runs": {

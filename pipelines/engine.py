@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import json
 import logging
@@ -12,6 +13,7 @@ from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
+from django.db import InterfaceError, OperationalError, transaction
 from django.utils import timezone
 
 from ordinaut_site import logs
@@ -199,6 +201,8 @@ def _step_execute(run: Run, index: int, claim_id: str) -> Outcome:
         return Next.STOP
     except StepError as exc:
         return _failed(run, attempt, step, rendered, exc, policy)
+    except (OperationalError, InterfaceError):
+        raise  # the database, not the tool: the job retries (pipelines/jobs.py)
     except SoftTimeLimitExceeded:
         return _failed(run, attempt, step, rendered, ToolTimeout(f"the step ran past {timeout_s:g}s"), policy)
     except Exception as exc:  # a tool bug is the step's failure, never a lost run
@@ -207,9 +211,16 @@ def _step_execute(run: Run, index: int, claim_id: str) -> Outcome:
         return _failed(run, attempt, step, rendered, error, policy)
 
     history = attempt.end("succeeded")
-    if not run_services.step_succeed(step=record, input=rendered, output=output, history=history):
-        return Next.STOP  # someone else finished or reset it meanwhile (or the run was canceled)
-    return _advance(run, index, output)
+    with _one_commit(last=index == len(run.pipeline) - 1):
+        if not run_services.step_succeed(step=record, input=rendered, output=output, history=history):
+            return Next.STOP  # someone else finished or reset it meanwhile (or the run was canceled)
+        return _advance(run, index, output)
+
+
+def _one_commit(*, last: bool) -> Any:
+    """The last step's record and its run's are written in one transaction (one commit); any
+    other step's record is a single statement that needs none."""
+    return transaction.atomic() if last else contextlib.nullcontext()
 
 
 def _check_output_size(output: Any) -> None:
@@ -258,13 +269,14 @@ def _failed(
             return RetryIn(delay)
         return Next.STOP
     history = attempt.end("failed", error=error)
-    if not run_services.step_fail(step=record, input=rendered, error=error, history=history):
-        return Next.STOP
-    if step.get("on_error") == "continue":
-        return _advance(run, record.index, None)
-    run_services.run_fail(
-        run=run, error={"code": error["code"], "message": error["message"], "step_id": record.step_id}
-    )
+    with transaction.atomic():
+        if not run_services.step_fail(step=record, input=rendered, error=error, history=history):
+            return Next.STOP
+        if step.get("on_error") == "continue":
+            return _advance(run, record.index, None)
+        run_services.run_fail(
+            run=run, error={"code": error["code"], "message": error["message"], "step_id": record.step_id}
+        )
     return Next.STOP
 
 

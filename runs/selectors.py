@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import datetime
 from typing import Any
 
+from django.db import connection
 from django.db.models import QuerySet
 
 from ordinaut_site.errors import NotFound
@@ -13,10 +15,70 @@ from ordinaut_site.models import Agent
 
 from .models import Approval, Run, StepRun
 
+# What a step job reads of its run and task. Any other field still loads, lazily, if touched.
+STEP_RUN_FIELDS = (
+    "id",
+    "task_id",
+    "trigger",
+    "trigger_key",
+    "scheduled_for",
+    "status",
+    "started_at",
+    "context",
+    "pipeline",
+    "replay_of_id",
+    "current_step",
+    "deadline_at",
+)
+STEP_TASK_FIELDS = (
+    "id",
+    "title",
+    "timezone",
+    "timeout_seconds",
+    "max_retries",
+    "retry_backoff_seconds",
+    "retry_backoff_max_seconds",
+    "overlap",
+)
+_STEP_JSON_FIELDS = ("context", "pipeline")
+# Every step job starts with this query; on PostgreSQL it skips the ORM's query building and
+# model machinery, which cost five times the query itself (measured: 0.57 ms of CPU vs 0.09).
+_STEP_RUN_SQL = """
+SELECT r.id, r.task_id, r.trigger, r.trigger_key, r.scheduled_for, r.status, r.started_at, r.context,
+       r.pipeline, r.replay_of_id, r.current_step, r.deadline_at,
+       t.id, t.title, t.timezone, t.timeout_seconds, t.max_retries, t.retry_backoff_seconds,
+       t.retry_backoff_max_seconds, t.overlap
+  FROM runs_run r JOIN tasks_task t ON t.id = r.task_id
+ WHERE r.id = %s
+"""
+
 
 def run_get_for_step(*, run_id: str) -> Run | None:
     """The run a step job works on, with its task (None if it was deleted meanwhile)."""
-    return Run.objects.select_related("task").filter(pk=run_id).first()
+    if connection.vendor != "postgresql":
+        fields = (*STEP_RUN_FIELDS, *(f"task__{name}" for name in STEP_TASK_FIELDS))
+        found = list(Run.objects.select_related("task").only(*fields).filter(pk=run_id).order_by()[:1])
+        return found[0] if found else None
+    with connection.cursor() as cursor:
+        cursor.execute(_STEP_RUN_SQL, [run_id])
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    values = dict(zip(STEP_RUN_FIELDS, row[: len(STEP_RUN_FIELDS)], strict=True))
+    for name in _STEP_JSON_FIELDS:  # jsonb arrives as text, as for the ORM's JSONField
+        if isinstance(values[name], str):
+            values[name] = json.loads(values[name])
+    run = model_from_columns(Run, values)
+    task_model: Any = Run._meta.get_field("task").related_model  # tasks.Task, without importing tasks/
+    run.task = model_from_columns(task_model, dict(zip(STEP_TASK_FIELDS, row[len(STEP_RUN_FIELDS) :], strict=True)))
+    return run
+
+
+def model_from_columns(model: Any, values: dict[str, Any]) -> Any:
+    """A model instance from some of its columns (the others deferred), as the ORM builds one:
+    Model.from_db wants the values in the model's field order."""
+    names = [f.attname for f in model._meta.concrete_fields if f.attname in values]
+    return model.from_db(connection.alias, names, [values[name] for name in names])
 
 
 def run_visible_to(agent: Agent) -> QuerySet[Run]:
