@@ -20,6 +20,9 @@ from ordinaut_site.services import Actor, agent_create, token_issue
 from ordinaut_site.throttling import THROTTLE_KEY_PREFIX
 from tests.support.processes import Worker
 
+# Fixtures of engine tests that start workers of their own (session_worker_paused, workers).
+pytest_plugins = ["tests.support.engine_fixtures"]
+
 TEST_TOOL_SETTINGS = {
     "ORDINAUT_TOOL_MODULES": ["tests.support.tools"],
     "ORDINAUT_HTTP_ALLOWED_HOSTS": ["127.0.0.1"],

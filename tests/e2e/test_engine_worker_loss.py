@@ -11,7 +11,6 @@ from typing import Any
 
 import pytest
 
-from ordinaut_site.celery import app
 from runs.models import StepRun
 from runs.services import runs_sweep
 from tests.support.pipelines import finished, start_manual_run
@@ -32,25 +31,6 @@ REDELIVERY_ENV = {
 def server() -> Iterator[LoopbackServer]:
     with loopback_server() as srv:
         yield srv
-
-
-@pytest.fixture
-def session_worker_paused(worker: Worker) -> Iterator[None]:
-    """The shared worker stops consuming the session queue, so only this test's workers run steps."""
-    queue = app.conf.task_default_queue
-    app.control.cancel_consumer(queue, destination=[worker.name], reply=True)
-    try:
-        yield
-    finally:
-        app.control.add_consumer(queue, destination=[worker.name], reply=True)
-
-
-@pytest.fixture
-def workers(worker_logs: Path) -> Iterator[list[Worker]]:
-    started: list[Worker] = []
-    yield started
-    for proc in started:
-        proc.stop()
 
 
 def _payload(server: LoopbackServer) -> dict[str, Any]:
