@@ -101,3 +101,27 @@ def test_email_followup_waits_for_approval_and_sends_the_approved_subset(agent: 
     run = wait_for(lambda: finished(run_id), message="the rest of the pipeline")
     assert run.status == "succeeded", run.error
     assert run.result == {"sent": 1, "threads": ["t1"]}
+
+
+def test_a_tool_that_ignores_its_timeout_is_stopped_by_the_time_limit(agent: Any, worker: Any) -> None:
+    payload = {
+        "pipeline": [
+            {
+                "id": "hang",
+                "uses": "testing.sleep",
+                "with": {"seconds": 30},
+                "timeout_seconds": 1,
+                "retry": {"max_attempts": 1},
+            },
+            {"id": "never", "uses": "orchestrator.echo"},
+        ]
+    }
+    run_id = start_manual_run(agent.client, payload)
+
+    run = wait_for(lambda: finished(run_id), message="the run to fail on the time limit")
+
+    assert run.status == "failed"
+    assert (run.error or {})["code"] == "timeout"
+    hang = StepRun.objects.get(run=run, step_id="hang")
+    assert hang.duration_ms is not None
+    assert hang.duration_ms < 30_000

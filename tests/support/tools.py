@@ -6,6 +6,7 @@ answer deterministically from their input, with input and output schemas like th
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from pipelines.tools import ToolCall, tool_register
@@ -95,3 +96,13 @@ def send_followups(payload: dict[str, Any], call: ToolCall) -> dict[str, Any]:
 @tool_register("testing.bug", description="A tool with a bug: raises a plain Python exception.")
 def bug(payload: Any, call: ToolCall) -> Any:
     raise KeyError("oops")
+
+
+@tool_register(
+    "testing.sleep",
+    description="A tool that hangs, ignoring its timeout (only the worker's time limit stops it).",
+    input_schema=_object({"seconds": {"type": "number"}}, ["seconds"]),
+)
+def sleep(payload: dict[str, Any], call: ToolCall) -> Any:
+    time.sleep(payload["seconds"])
+    return {"slept": payload["seconds"]}

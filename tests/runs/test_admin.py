@@ -1,0 +1,71 @@
+"""Admin actions on runs and approvals call the same services as the API, audited as the operator."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from django.contrib.auth.models import User
+from django.test import Client
+
+from ordinaut_site.models import AuditLog
+from runs.models import Approval, Run, StepRun
+from runs.services import run_create
+from tests.support.pipelines import DRAFTS, approval_payload, echo_pipeline, make_task, run_in_process
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def operator() -> Client:
+    user = User.objects.create_superuser("operator", "op@example.com", "pw-not-used")
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+def test_approve_action_resumes_the_run_with_all_items(agent: Any, operator: Client) -> None:
+    run = run_in_process(agent.agent, approval_payload())
+    approval = Approval.objects.get(run=run)
+
+    response = operator.post(
+        "/admin/runs/approval/", {"action": "approve_all_items", "_selected_action": [str(approval.pk)]}
+    )
+
+    assert response.status_code == 302
+    assert Run.objects.get(pk=run.pk).status == "running"
+    output = StepRun.objects.get(run=run, step_id="ask").output or {}
+    assert output["approved_items"] == DRAFTS
+    assert output["decided_by"]["kind"] == "user"
+    assert AuditLog.objects.filter(action="approval.approve", actor_kind="user", actor_name="operator").exists()
+
+
+def test_reject_action_fails_the_run(agent: Any, operator: Client) -> None:
+    run = run_in_process(agent.agent, approval_payload())
+    approval = Approval.objects.get(run=run)
+
+    operator.post("/admin/runs/approval/", {"action": "reject", "_selected_action": [str(approval.pk)]})
+
+    assert Run.objects.get(pk=run.pk).status == "failed"
+
+
+def test_cancel_action_cancels_active_runs_and_reports_finished_ones(agent: Any, operator: Client) -> None:
+    active = run_create(task=make_task(agent.agent, echo_pipeline(1)), trigger="manual")
+    done = run_in_process(agent.agent, echo_pipeline(1))
+
+    response = operator.post(
+        "/admin/runs/run/",
+        {"action": "cancel_runs", "_selected_action": [str(active.pk), str(done.pk)]},
+        follow=True,
+    )
+
+    assert Run.objects.get(pk=active.pk).status == "canceled"
+    assert Run.objects.get(pk=done.pk).status == "succeeded"
+    assert "succeeded" in response.content.decode()
+
+
+def test_run_page_shows_the_step_timeline(agent: Any, operator: Client) -> None:
+    run = run_in_process(agent.agent, approval_payload())
+    page = operator.get(f"/admin/runs/run/{run.pk}/change/")
+    assert page.status_code == 200
+    assert "request_approval" in page.content.decode()
