@@ -151,12 +151,7 @@ def _run_insert(
                 else now + _grace(settings.ORDINAUT_QUEUED_GRACE_S + jitter_seconds),
             )
             # A skipped run never executes, so it has no step rows.
-            StepRun.objects.bulk_create(
-                _reused_step(run, reused_by_index[index])
-                if index in reused_by_index
-                else StepRun(run=run, index=index, step_id=step_id_of(step, index), uses=str(step.get("uses", "")))
-                for index, step in enumerate(() if finished else pipeline)
-            )
+            StepRun.objects.bulk_create(() if finished else _new_steps(run, reused_by_index))
             if actor.kind != SYSTEM.kind:
                 # Runs the system creates (schedules, events) are their own record; an actor's
                 # request to run something is an action worth auditing.
@@ -168,18 +163,7 @@ def _run_insert(
                     details={"task": str(task.pk), "trigger": trigger, "trigger_key": trigger_key},
                 )
             if not finished and not hold:
-                run_id, steps = run.pk, len(pipeline)
-                timeouts = [step_timeout_s(task=task, step=step) for step in pipeline]
-                transaction.on_commit(
-                    lambda: run_dispatch(
-                        run_id=run_id,
-                        from_index=start_index,
-                        step_count=steps,
-                        countdown=jitter_seconds,
-                        timeouts=timeouts,
-                        counted=dispatching,
-                    )
-                )
+                _dispatch_on_commit(run, task, start_index=start_index, counted=dispatching)
     except IntegrityError as exc:
         if Run.objects.filter(task=task, trigger_key=trigger_key).exists():
             raise RunAlreadyExists(
@@ -187,6 +171,86 @@ def _run_insert(
             ) from exc
         raise
     return run
+
+
+def _new_steps(run: Run, reused_by_index: dict[int, StepRun] | None = None) -> list[StepRun]:
+    reused_by_index = reused_by_index or {}
+    return [
+        _reused_step(run, reused_by_index[index])
+        if index in reused_by_index
+        else StepRun(run=run, index=index, step_id=step_id_of(step, index), uses=str(step.get("uses", "")))
+        for index, step in enumerate(run.pipeline)
+    ]
+
+
+def _dispatch_on_commit(run: Run, task: Task, *, start_index: int = 0, counted: bool = True) -> None:
+    run_id, steps, jitter = run.pk, len(run.pipeline), run.jitter_seconds
+    timeouts = [step_timeout_s(task=task, step=step) for step in run.pipeline]
+    transaction.on_commit(
+        lambda: run_dispatch(
+            run_id=run_id,
+            from_index=start_index,
+            step_count=steps,
+            countdown=jitter,
+            timeouts=timeouts,
+            counted=counted,
+        )
+    )
+
+
+@dataclass(frozen=True)
+class ScheduledRun:
+    """One occurrence the scheduler decided on: a run to create, queued, held or skipped."""
+
+    task: Task
+    scheduled_for: datetime
+    trigger_key: str
+    skip_reason: str = ""
+    jitter_seconds: float = 0
+    hold: bool = False
+
+
+def runs_create_scheduled(items: Sequence[ScheduledRun]) -> list[Run]:
+    """Create the runs of many occurrences with a few statements (a burst of occurrences at one
+    instant is the scheduler's hardest moment). Occurrences that already have a run are left
+    alone: the unique (task, trigger_key) decides, as for a single run. Returns the created runs;
+    queued ones are dispatched after commit. Call inside a transaction."""
+    now = timezone.now()
+    rows = []
+    for item in items:
+        skipped = bool(item.skip_reason)
+        dispatching = not skipped and not item.hold and bool(item.task.pipeline)
+        rows.append(
+            Run(
+                id=uuid.uuid4(),
+                task=item.task,
+                trigger=Run.Trigger.SCHEDULE,
+                trigger_key=item.trigger_key,
+                scheduled_for=item.scheduled_for,
+                status=Run.Status.SKIPPED if skipped else Run.Status.QUEUED,
+                skip_reason=item.skip_reason,
+                context={"params": item.task.params, "event": None, "now": _logical_now(item.task, item.scheduled_for)},
+                pipeline=item.task.pipeline,
+                jitter_seconds=item.jitter_seconds,
+                dispatch_count=1 if dispatching else 0,
+                finished_at=now if skipped else None,
+                deadline_at=None
+                if skipped or item.hold
+                else now + _grace(settings.ORDINAUT_QUEUED_GRACE_S + item.jitter_seconds),
+            )
+        )
+    if not rows:
+        return []
+    Run.objects.bulk_create(rows, ignore_conflicts=True)
+    inserted = set(Run.objects.filter(pk__in=[row.pk for row in rows]).values_list("pk", flat=True))
+    created = [(row, item) for row, item in zip(rows, items, strict=True) if row.pk in inserted]
+    StepRun.objects.bulk_create(
+        [step for row, _ in created if row.status == Run.Status.QUEUED for step in _new_steps(row)], batch_size=1000
+    )
+    for row, item in created:
+        if row.status == Run.Status.QUEUED and not item.hold:
+            _dispatch_on_commit(row, item.task, counted=row.dispatch_count == 1)
+    return [row for row, _ in created]
 
 
 def _reused_step(run: Run, old: StepRun) -> StepRun:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
+import uuid
+from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -21,7 +23,7 @@ from ordinaut_site.services import SYSTEM, Actor, audit_record
 from pipelines.spec import payload_validate
 from pipelines.templates import condition_error, condition_evaluate
 from runs.models import Run
-from runs.services import RunAlreadyExists, run_cancel, run_create, runs_record_skipped
+from runs.services import ScheduledRun, run_cancel, run_create, runs_create_scheduled, runs_record_skipped
 
 from .beat import beat_rows_sync
 from .models import Task
@@ -279,60 +281,111 @@ def _skip_reason(task: Task, scheduled_for: datetime, now: datetime) -> str:
 def task_fire(*, task_id: Any, scheduled_for: datetime, now: datetime | None = None) -> Run | None:
     """Create the run for one occurrence (or a skipped run saying why not). A second delivery of
     the same occurrence creates nothing: the run's trigger key is unique per task."""
-    now = now or dj_timezone.now()
     with transaction.atomic():
-        # Lock the task row: overlap and completion decisions must see the previous fire's run.
-        task = Task.objects.select_for_update().filter(pk=task_id, deleted_at__isnull=True).first()
-        if task is None or task.status != Task.Status.ACTIVE:
-            return None
-        reason = _skip_reason(task, scheduled_for, now)
-        hold = False
-        if not reason and task.overlap != Task.Overlap.ALLOW:
-            active = list(Run.objects.filter(task=task, status__in=Run.ACTIVE))
-            if active and task.overlap == Task.Overlap.SKIP:
-                reason = "overlap"
-            elif active and task.overlap == Task.Overlap.QUEUE:
-                hold = True  # starts when the runs before it have finished (runs.services.run_release_held)
-            elif active and task.overlap == Task.Overlap.CANCEL_PREVIOUS:
-                for previous in active:
-                    with contextlib.suppress(Conflict):  # it finished meanwhile
-                        run_cancel(run=previous, actor=Actor.system("overlap=cancel_previous"))
-        jitter = random.uniform(0, task.jitter_seconds) if task.jitter_seconds and not reason else 0.0
-        try:
-            run = run_create(
-                task=task,
-                trigger=Run.Trigger.SCHEDULE,
-                trigger_key=schedule_trigger_key(scheduled_for),
-                scheduled_for=scheduled_for,
-                status=Run.Status.SKIPPED if reason else Run.Status.QUEUED,
-                skip_reason=reason,
-                jitter_seconds=round(jitter, 3),
-                hold=hold,
-            )
-        except RunAlreadyExists:
-            logger.info("occurrence %s of task %s already has a run", scheduled_for.isoformat(), task.pk)
-            return None
-        if not reason:
-            _touch_last_run(task.pk, scheduled_for)
-        _complete_if_exhausted(task, scheduled_for)
-    return run
+        created = _fire([(task_id, scheduled_for)], now or dj_timezone.now())
+    return created[0] if created else None
 
 
-def task_fire_batch(*, occurrences: list[tuple[Any, datetime]]) -> list[tuple[Any, datetime]]:
-    """Fire several occurrences, each in its own transaction so one bad task cannot take the others
-    down with it. Returns the occurrences to try again later: those the database could not take
-    (firing is idempotent, so a retry cannot duplicate a run)."""
+def task_fire_batch(
+    *, occurrences: list[tuple[Any, datetime]], now: datetime | None = None
+) -> list[tuple[Any, datetime]]:
+    """Fire several occurrences with a few statements. Returns the occurrences to try again
+    later: those the database could not take (firing is idempotent, a retry duplicates nothing)."""
+    try:
+        with transaction.atomic():
+            _fire(occurrences, now or dj_timezone.now())
+        return []
+    except (OperationalError, InterfaceError) as exc:
+        logger.warning("firing %d occurrence(s): database unavailable (%s)", len(occurrences), exc)
+        return list(occurrences)
+    except Exception:
+        logger.exception("firing a batch failed; firing its occurrences one by one")
     again: list[tuple[Any, datetime]] = []
-    for task_id, scheduled_for in sorted(occurrences, key=lambda item: item[1]):
+    for task_id, scheduled_for in occurrences:  # so one bad task cannot take the others with it
         try:
-            task_fire(task_id=task_id, scheduled_for=scheduled_for)
-        except (OperationalError, InterfaceError) as exc:
-            logger.warning("firing %s of task %s: database unavailable (%s)", scheduled_for.isoformat(), task_id, exc)
+            task_fire(task_id=task_id, scheduled_for=scheduled_for, now=now)
+        except (OperationalError, InterfaceError):
             again.append((task_id, scheduled_for))
         except Exception:
-            # A bug with this one task: logged with the occurrence, and the others still fire.
             logger.exception("firing %s of task %s failed", scheduled_for.isoformat(), task_id)
     return again
+
+
+def _uuid_or_none(value: Any) -> str | None:
+    try:
+        return str(uuid.UUID(str(value)))
+    except ValueError:
+        logger.error("fire for %r: not a task id", value)
+        return None
+
+
+def _fire(occurrences: list[tuple[Any, datetime]], now: datetime) -> list[Run]:
+    """Decide each occurrence (run, hold, or skip with a reason) and create the runs in bulk.
+    Call inside a transaction."""
+    wanted = [(key, at) for key, at in ((_uuid_or_none(t), at) for t, at in occurrences) if key]
+    # Lock the tasks (in id order, so two batches never deadlock): overlap, snooze and completion
+    # decisions must see the runs of earlier fires of the same task.
+    tasks = {
+        str(task.pk): task
+        for task in Task.objects.select_for_update()
+        .filter(pk__in={key for key, _ in wanted}, deleted_at__isnull=True, status=Task.Status.ACTIVE)
+        .order_by("pk")
+    }
+    active: dict[str, list[Run | None]] = defaultdict(list)
+    with_overlap = [key for key, task in tasks.items() if task.overlap != Task.Overlap.ALLOW]
+    for run in Run.objects.filter(task_id__in=with_overlap, status__in=Run.ACTIVE):
+        active[str(run.task_id)].append(run)
+
+    items: list[ScheduledRun] = []
+    for key, at in sorted(wanted, key=lambda pair: pair[1]):
+        task = tasks.get(key)
+        if task is None:
+            continue  # deleted, paused, canceled or completed since beat sent it
+        reason = _skip_reason(task, at, now)
+        hold = False
+        if not reason and task.overlap != Task.Overlap.ALLOW and active[key]:
+            if task.overlap == Task.Overlap.SKIP:
+                reason = "overlap"
+            elif task.overlap == Task.Overlap.QUEUE:
+                hold = True  # starts when the runs before it have finished (runs.services.run_release_held)
+            else:  # cancel_previous
+                for previous in active[key]:
+                    if previous is not None:
+                        with contextlib.suppress(Conflict):  # it finished meanwhile
+                            run_cancel(run=previous, actor=Actor.system("overlap=cancel_previous"))
+                active[key] = []
+        jitter = round(random.uniform(0, task.jitter_seconds), 3) if task.jitter_seconds and not reason else 0.0
+        items.append(
+            ScheduledRun(
+                task=task,
+                scheduled_for=at,
+                trigger_key=schedule_trigger_key(at),
+                skip_reason=reason,
+                jitter_seconds=jitter,
+                hold=hold,
+            )
+        )
+        if not reason:
+            active[key].append(None)  # a later occurrence of this task in the batch sees it active
+
+    created = runs_create_scheduled(items)
+    latest: dict[str, datetime] = {}
+    touched: dict[str, Task] = {}
+    for run in created:
+        assert run.scheduled_for is not None
+        key, at = str(run.task_id), run.scheduled_for
+        latest[key] = max(latest.get(key, at), at)
+        task = tasks[key]
+        if run.status != Run.Status.SKIPPED and (task.last_run_at is None or at > task.last_run_at):
+            task.last_run_at = at
+            touched[key] = task
+    if touched:
+        Task.objects.bulk_update(touched.values(), ["last_run_at"])  # rows locked above: no lost update
+    for key, at in latest.items():
+        _complete_if_exhausted(tasks[key], at)
+    if len(created) < len(items):
+        logger.info("%d occurrence(s) already had a run", len(items) - len(created))
+    return created
 
 
 def _complete_if_exhausted(task: Task, scheduled_for: datetime) -> None:

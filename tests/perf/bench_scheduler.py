@@ -230,6 +230,7 @@ def phase_baseline(tasks: list[Task], due: list[Task], workers: int) -> dict[str
         for i in range(workers)
     ]
     beat = Beat(LOG_DIR, "baseline", args=("-S", "django_celery_beat.schedulers:DatabaseScheduler")).start()
+    say(f"baseline: processes up, {(moment - datetime.now(UTC)).total_seconds():.0f}s before the due minute")
     editor = Editor(others, edit)
     editor.start()
     try:
@@ -253,7 +254,13 @@ def phase_baseline(tasks: list[Task], due: list[Task], workers: int) -> dict[str
 
 def phase_ordinaut(tasks: list[Task], due: list[Task], workers: int) -> dict[str, Any]:
     say("ordinaut: Ordinaut's scheduler, real fire jobs and runs")
-    moment = next_minute(60)
+    for task in tasks:  # the baseline's crontab stand-ins go; each task's own rows come back
+        if task.schedule_kind == "rrule":
+            fresh = Task.objects.get(pk=task.pk)
+            PeriodicTask.objects.filter(pk=fresh.periodic_task_id).update(crontab=None)
+            beat_rows_sync(fresh)
+    # Far enough ahead for the edits below and beat's start (it loads every row first).
+    moment = next_minute(30 + len(due) * 0.03)
     due_at: dict[str, datetime] = {}
     for i, task in enumerate(due):
         hour, minute = local_parts(moment, task.timezone)
@@ -267,11 +274,6 @@ def phase_ordinaut(tasks: list[Task], due: list[Task], workers: int) -> dict[str
             )
         services.task_update(task=Task.objects.get(pk=task.pk), actor=ACTOR, fields={"schedule_expr": expr})
         due_at[str(task.pk)] = at
-    for task in tasks:  # the baseline's crontab stand-ins go; each task's own rows come back
-        if task.schedule_kind == "rrule":
-            fresh = Task.objects.get(pk=task.pk)
-            PeriodicTask.objects.filter(pk=fresh.periodic_task_id).update(crontab=None)
-            beat_rows_sync(fresh)
     due_ids = set(due_at)
     others = [t for t in tasks if str(t.pk) not in due_ids]
 
@@ -287,6 +289,7 @@ def phase_ordinaut(tasks: list[Task], due: list[Task], workers: int) -> dict[str
 
     procs = [Worker(LOG_DIR, concurrency=2, name=f"b3-ord-{i}@bench").start() for i in range(workers)]
     beat = Beat(LOG_DIR, "ordinaut").start()
+    say(f"ordinaut: processes up, {(moment - datetime.now(UTC)).total_seconds():.0f}s before the due minute")
     editor = Editor(others, edit)
     editor.start()
     try:
