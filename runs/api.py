@@ -10,7 +10,7 @@ from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from ordinaut_site.api import UUID_LOOKUP
+from ordinaut_site.api import UUID_LOOKUP, error_responses
 from ordinaut_site.auth import request_agent
 from ordinaut_site.errors import NotFound
 from ordinaut_site.models import SCOPE_RUNS_READ, SCOPE_RUNS_WRITE
@@ -132,8 +132,8 @@ class CommaChoicesField(serializers.CharField):
 
 class RunListQuerySerializer(serializers.Serializer):
     task = serializers.UUIDField(required=False)
-    status = CommaChoicesField(choices=list(Run.Status.values), required=False, max_length=200)
-    trigger = CommaChoicesField(choices=list(Run.Trigger.values), required=False, max_length=200)
+    status = CommaChoicesField(choices=list(Run.Status.values), required=False, allow_blank=True, max_length=200)
+    trigger = CommaChoicesField(choices=list(Run.Trigger.values), required=False, allow_blank=True, max_length=200)
     since = serializers.DateTimeField(required=False, help_text="Runs created at or after this time.")
     until = serializers.DateTimeField(required=False, help_text="Runs created before this time.")
 
@@ -144,7 +144,7 @@ class RunListQuerySerializer(serializers.Serializer):
 
 
 class ApprovalListQuerySerializer(serializers.Serializer):
-    status = CommaChoicesField(choices=list(Approval.Status.values), required=False, max_length=200)
+    status = CommaChoicesField(choices=list(Approval.Status.values), required=False, allow_blank=True, max_length=200)
     run = serializers.UUIDField(required=False)
 
 
@@ -173,7 +173,8 @@ class RejectSerializer(serializers.Serializer):
 
 
 def _body(serializer_class: type[serializers.Serializer], request: Request) -> dict[str, Any]:
-    serializer = serializer_class(data=request.data if request.data else {})
+    # An empty body reads as {}; any other JSON that is not an object (false, [], null) is a 400.
+    serializer = serializer_class(data=request.data)
     serializer.is_valid(raise_exception=True)
     return dict(serializer.validated_data)
 
@@ -220,7 +221,11 @@ class RunViewSet(viewsets.GenericViewSet):
     def retrieve(self, request: Request, pk: str) -> Response:
         return Response(RunDetailSerializer(self._run(request, pk)).data)
 
-    @extend_schema(summary="Cancel a queued, running or waiting run (409 if it already ended)", request=None)
+    @extend_schema(
+        summary="Cancel a queued, running or waiting run (409 if it already ended)",
+        request=None,
+        responses={200: RunDetailSerializer, **error_responses(409)},
+    )
     @action(detail=True, methods=["post"])
     def cancel(self, request: Request, pk: str) -> Response:
         run = services.run_cancel(run=self._run(request, pk), actor=Actor.of_agent(request_agent(request)))
@@ -229,7 +234,7 @@ class RunViewSet(viewsets.GenericViewSet):
     @extend_schema(
         summary="Run a failed or canceled run again, from its failed step or from the start",
         request=ReplaySerializer,
-        responses={202: RunSerializer},
+        responses={202: RunSerializer, **error_responses(409)},
     )
     @action(detail=True, methods=["post"])
     def replay(self, request: Request, pk: str) -> Response:
@@ -239,7 +244,11 @@ class RunViewSet(viewsets.GenericViewSet):
         )
         return Response(RunSerializer(new_run).data, status=status.HTTP_202_ACCEPTED)
 
-    @extend_schema(summary="Approve what a waiting run asks (optionally a subset of items)", request=ApproveSerializer)
+    @extend_schema(
+        summary="Approve what a waiting run asks, optionally a subset of items (409 unless waiting_approval)",
+        request=ApproveSerializer,
+        responses={200: RunDetailSerializer, **error_responses(409)},
+    )
     @action(detail=True, methods=["post"])
     def approve(self, request: Request, pk: str) -> Response:
         body = _body(ApproveSerializer, request)
@@ -252,7 +261,11 @@ class RunViewSet(viewsets.GenericViewSet):
         )
         return Response(RunDetailSerializer(run).data)
 
-    @extend_schema(summary="Reject what a waiting run asks", request=RejectSerializer)
+    @extend_schema(
+        summary="Reject what a waiting run asks (409 unless waiting_approval)",
+        request=RejectSerializer,
+        responses={200: RunDetailSerializer, **error_responses(409)},
+    )
     @action(detail=True, methods=["post"])
     def reject(self, request: Request, pk: str) -> Response:
         body = _body(RejectSerializer, request)

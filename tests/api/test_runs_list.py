@@ -53,6 +53,7 @@ def test_lists_own_runs_newest_first_without_steps(agent: Any, runs: list[Run]) 
         ("status=queued,failed", [2, 1, 0]),
         ("trigger=schedule", [1]),
         ("trigger=manual&status=queued", [2, 0]),
+        ("status=&trigger=", [2, 1, 0]),
     ],
 )
 def test_filters(agent: Any, runs: list[Run], query: str, expected: list[int]) -> None:
