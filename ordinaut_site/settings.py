@@ -266,7 +266,9 @@ CELERY_TIMEZONE = "UTC"
 CELERY_ENABLE_UTC = True
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_WORKER_SEND_TASK_EVENTS = True
-CELERY_TASK_SEND_SENT_EVENT = True
+# Workers report received/started/succeeded to Flower; a "sent" event per published job would
+# double the cost of every publish (each run publishes its chain) for a state Flower can skip.
+CELERY_TASK_SEND_SENT_EVENT = False
 # Ordinaut's DatabaseScheduler subclass (tasks/scheduler.py): plain `celery -A ordinaut_site beat` uses it.
 CELERY_BEAT_SCHEDULER = "tasks.scheduler:OrdinautScheduler"
 CELERY_BEAT_MAX_LOOP_INTERVAL = 1
@@ -379,6 +381,7 @@ SPECTACULAR_SETTINGS = {
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
         "ordinaut_site.schema.shared_headers",
+        "ordinaut_site.schema.empty_query_values",
     ],
 }
 

@@ -379,8 +379,13 @@ def _fire(occurrences: list[tuple[Any, datetime]], now: datetime) -> list[Run]:
         if run.status != Run.Status.SKIPPED and (task.last_run_at is None or at > task.last_run_at):
             task.last_run_at = at
             touched[key] = task
-    if touched:
-        Task.objects.bulk_update(touched.values(), ["last_run_at"])  # rows locked above: no lost update
+    # Rows are locked above, so no update is lost; a batch usually holds one or two instants.
+    by_time: dict[datetime, list[str]] = defaultdict(list)
+    for key, task in touched.items():
+        assert task.last_run_at is not None
+        by_time[task.last_run_at].append(key)
+    for at, keys in by_time.items():
+        Task.objects.filter(pk__in=keys).update(last_run_at=at)
     for key, at in latest.items():
         _complete_if_exhausted(tasks[key], at)
     if len(created) < len(items):
