@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, tzinfo
 from zoneinfo import ZoneInfo
 
 from dateutil import rrule as du
@@ -120,16 +120,19 @@ def _parse_value(value: str, params: dict[str, str], tz: ZoneInfo, what: str) ->
         parsed = datetime.strptime(day + (clock or "000000"), "%Y%m%d%H%M%S")
     except ValueError:
         raise RRuleError(f"{what}: {value!r} is not a valid date") from None
-    if utc:
-        return parsed.replace(tzinfo=UTC).astimezone(tz).replace(tzinfo=None)
+    source: tzinfo | None = UTC if utc else None
     named = params.get("TZID")
-    if named and named != tz.key:
+    if not utc and named and named != tz.key:
         try:
-            other = ZoneInfo(named)
+            source = ZoneInfo(named)
         except (ValueError, KeyError, OSError):
             raise RRuleError(f"{what}: unknown TZID {named!r}") from None
-        return parsed.replace(tzinfo=other).astimezone(tz).replace(tzinfo=None)
-    return parsed
+    if source is None:
+        return parsed
+    try:
+        return parsed.replace(tzinfo=source).astimezone(tz).replace(tzinfo=None)
+    except OverflowError:  # e.g. 99991231T230000Z seen from a zone east of UTC: past year 9999
+        raise RRuleError(f"{what}: {value!r} is outside the calendar in {tz.key}") from None
 
 
 def _split(line: str) -> tuple[str, dict[str, str], str]:

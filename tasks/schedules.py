@@ -32,6 +32,11 @@ TRANSITION_MARGIN = timedelta(hours=3)
 MIN_INTERVAL_S = 1
 MAX_INTERVAL_S = 366 * 86400
 PREVIEW_MAX = 100
+# Instants a schedule may produce or be asked about: a day inside Python's calendar, so that any
+# UTC offset (all are under 24 h) still gives a representable local time. Beyond: no occurrence.
+EARLIEST = datetime(1, 1, 2, tzinfo=UTC)
+LATEST = datetime(9999, 12, 30, tzinfo=UTC)
+SUPPORTED_RANGE = f"{EARLIEST.date().isoformat()} to {LATEST.date().isoformat()} UTC"
 _DURATION = re.compile(r"^P(?:(\d+)W)?(?:(\d+)D)?(?:T(?:(\d+)H)?(?:(\d+)M)?(?:(\d+(?:\.\d+)?)S)?)?$", re.IGNORECASE)
 SCHEDULED_KINDS = (Task.Kind.CRON, Task.Kind.RRULE, Task.Kind.ONCE, Task.Kind.INTERVAL)
 
@@ -65,6 +70,10 @@ def _to_utc(local: datetime, tz: ZoneInfo) -> datetime:
     return local.replace(tzinfo=tz).astimezone(UTC)
 
 
+def _representable(instant: datetime | None) -> datetime | None:
+    return instant if instant is not None and EARLIEST <= instant <= LATEST else None
+
+
 def _near_transition(local: datetime, tz: ZoneInfo) -> bool:
     before = (local - TRANSITION_MARGIN).replace(tzinfo=tz).utcoffset()
     after = (local + TRANSITION_MARGIN).replace(tzinfo=tz).utcoffset()
@@ -81,6 +90,12 @@ class WallClockSchedule:
     describer: Callable[[], str]  # lazy: beat and the fire job never need the sentence
 
     def next_after(self, after: datetime) -> datetime | None:
+        try:
+            return _representable(self._next_after(after))
+        except OverflowError:  # the rule runs off the calendar (year 9999): no further occurrence
+            return None
+
+    def _next_after(self, after: datetime) -> datetime | None:
         after_local = after.astimezone(self.tz).replace(tzinfo=None)
         near = _near_transition(after_local, self.tz)
         start = after_local - TRANSITION_MARGIN if near else after_local.replace(microsecond=0)
@@ -112,7 +127,10 @@ class IntervalSchedule:
     def next_after(self, after: datetime) -> datetime | None:
         elapsed = (after - EPOCH).total_seconds()
         steps = int(elapsed // self.seconds) + 1
-        return EPOCH + timedelta(seconds=steps * self.seconds)
+        try:
+            return _representable(EPOCH + timedelta(seconds=steps * self.seconds))
+        except OverflowError:
+            return None
 
     def describe(self) -> str:
         return f"Every {_duration_words(self.seconds)}"
@@ -173,9 +191,15 @@ def once_instant(expr: str, tz: ZoneInfo) -> datetime:
         raise ValidationFailed.on(
             "schedule_expr", f"{expr!r} is not an ISO 8601 timestamp (e.g. 2026-12-01T09:00:00+02:00)"
         ) from None
-    if parsed.tzinfo is None:  # naive means the task's timezone
-        return _to_utc(parsed, tz)
-    return parsed.astimezone(UTC)
+    try:
+        # Naive means the task's timezone.
+        instant = _to_utc(parsed, tz) if parsed.tzinfo is None else parsed.astimezone(UTC)
+    except OverflowError:
+        instant = None
+    if _representable(instant) is None:
+        raise ValidationFailed.on("schedule_expr", f"{expr!r} is outside the supported range ({SUPPORTED_RANGE})")
+    assert instant is not None
+    return instant
 
 
 def _describe_cron(expr: str, spec: CronSpec) -> str:
@@ -216,7 +240,7 @@ def parse_schedule(kind: str, expr: str, tz_name: str, *, now: datetime | None =
 
 
 def _parse_rrule(text: str, tz: ZoneInfo, now: datetime | None) -> RRuleSpec:
-    local_now = (now or datetime.now(UTC)).astimezone(tz).replace(tzinfo=None)
+    local_now = moment_validate(now or datetime.now(UTC)).astimezone(tz).replace(tzinfo=None)
     try:
         return parse_rrule(text, tz, dtstart_default(local_now))
     except RRuleError as exc:
@@ -233,6 +257,13 @@ def schedule_normalize(kind: str, expr: str, tz_name: str, *, now: datetime) -> 
         tz = timezone_validate(tz_name)
         return with_dtstart(text, _parse_rrule(text, tz, now), tz)
     return text
+
+
+def moment_validate(moment: datetime, *, field: str = "after") -> datetime:
+    """An instant schedules are asked about (a preview's `after`) must be inside EARLIEST..LATEST."""
+    if _representable(moment) is None:
+        raise ValidationFailed.on(field, f"is outside the supported range ({SUPPORTED_RANGE})")
+    return moment
 
 
 def schedule_validate(*, kind: str, expr: str, tz: str, now: datetime | None = None) -> str:

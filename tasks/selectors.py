@@ -13,7 +13,15 @@ from ordinaut_site.errors import NotFound, ValidationFailed
 from ordinaut_site.models import Agent
 
 from .models import Task
-from .schedules import PREVIEW_MAX, next_due, occurrence_json, occurrences, parse_schedule, schedule_validate
+from .schedules import (
+    PREVIEW_MAX,
+    moment_validate,
+    next_due,
+    occurrence_json,
+    occurrences,
+    parse_schedule,
+    schedule_validate,
+)
 
 
 def task_visible_to(agent: Agent) -> QuerySet[Task]:
@@ -67,7 +75,7 @@ def task_next_runs(*, task: Task, count: int) -> list[dict[str, Any]]:
 
 
 def schedule_preview(*, kind: str, expr: str, tz: str, count: int, after: datetime | None = None) -> dict[str, Any]:
-    start = after or timezone.now()
+    start = moment_validate(after) if after is not None else timezone.now()
     # The checks task creation makes, including "has an occurrence after `after`".
     expr = schedule_validate(kind=kind, expr=expr, tz=tz, now=start)
     schedule = parse_schedule(kind, expr, tz, now=start)
