@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import enum
 import json
 import logging
@@ -140,9 +139,7 @@ class _Attempt:
 
 
 def _step_execute(run: Run, index: int, claim_id: str) -> Outcome:
-    if run.status == Run.Status.QUEUED and not run_services.run_mark_running(run=run):
-        run.refresh_from_db(fields=["status", "started_at", "context"])
-    if run.status != Run.Status.RUNNING:
+    if run.status not in (Run.Status.QUEUED, Run.Status.RUNNING):
         logger.info("run is %s; step %s not started", run.status, index)
         return Next.STOP
     if index >= len(run.pipeline):
@@ -150,6 +147,7 @@ def _step_execute(run: Run, index: int, claim_id: str) -> Outcome:
     step = run.pipeline[index]
     timeout_s = run_services.step_timeout_s(task=run.task, step=step)
 
+    # The claim also starts a queued run (queued -> running), in the same transaction.
     claim = run_services.step_claim(run=run, index=index, claim_id=claim_id, timeout_s=timeout_s)
     if claim is None:
         return _after_redelivery(run, index)
@@ -211,16 +209,12 @@ def _step_execute(run: Run, index: int, claim_id: str) -> Outcome:
         return _failed(run, attempt, step, rendered, error, policy)
 
     history = attempt.end("succeeded")
-    with _one_commit(last=index == len(run.pipeline) - 1):
-        if not run_services.step_succeed(step=record, input=rendered, output=output, history=history):
-            return Next.STOP  # someone else finished or reset it meanwhile (or the run was canceled)
-        return _advance(run, index, output)
-
-
-def _one_commit(*, last: bool) -> Any:
-    """The last step's record and its run's are written in one transaction (one commit); any
-    other step's record is a single statement that needs none."""
-    return transaction.atomic() if last else contextlib.nullcontext()
+    last = index == len(run.pipeline) - 1
+    if not run_services.step_succeed(
+        step=record, input=rendered, output=output, history=history, finish_run=run if last else None
+    ):
+        return Next.STOP  # someone else finished or reset it meanwhile (or the run was canceled)
+    return Next.STOP if last else Next.CONTINUE
 
 
 def _check_output_size(output: Any) -> None:

@@ -479,9 +479,11 @@ class Claim:
 
 def step_claim(*, run: Run, index: int, claim_id: str, timeout_s: float) -> Claim | None:
     """pending -> running for this message, or resume a step this same message was running
-    (broker redelivery, retry countdown). None when another message owns it or it is done.
-    Resuming a step that suspended itself (a wait) is not a new attempt. The run's progress
-    (current step, deadline) is written in the same transaction."""
+    (broker redelivery, retry countdown). None when another message owns it, it is done, or the
+    run is no longer queued or running. Resuming a step that suspended itself (a wait) is not a
+    new attempt. In the same transaction the run records its progress (current step, deadline)
+    and, if it was queued, starts (queued -> running, with its logical `now` when it had none);
+    the in-memory run follows."""
     now = timezone.now()
     deadline = now + _grace(timeout_s + settings.ORDINAUT_RUNNING_GRACE_S)
     if connection.vendor == "postgresql":
@@ -491,9 +493,9 @@ def step_claim(*, run: Run, index: int, claim_id: str, timeout_s: float) -> Clai
     return None if step is None else Claim(step, now)
 
 
-# On PostgreSQL the claim is one statement: both conditional UPDATEs in data-modifying CTEs, the
-# claimed row returned. One round trip and one commit instead of five and one: the claim is the
-# largest part of what each step pays the database.
+# On PostgreSQL the claim is one statement: the conditional UPDATEs of the step and of the run in
+# data-modifying CTEs, the claimed row returned. One round trip and one commit instead of six and
+# two: the claim is the largest part of what each step pays the database.
 _CLAIM_SQL = """
 WITH claimed AS (
     UPDATE runs_steprun
@@ -503,13 +505,22 @@ WITH claimed AS (
            started_at = COALESCE(started_at, %(now)s)
      WHERE run_id = %(run_id)s AND index = %(index)s
        AND (status = 'pending' OR (status = 'running' AND claim_id = %(claim_id)s))
+       AND EXISTS (SELECT 1 FROM runs_run WHERE id = %(run_id)s AND status IN ('queued', 'running'))
  RETURNING id, run_id, index, step_id, uses, status, attempts, input, claim_id, attempt_history,
            resume_at, started_at
 ), progressed AS (
-    UPDATE runs_run SET current_step = %(index)s, deadline_at = %(deadline)s
-     WHERE id = %(run_id)s AND EXISTS (SELECT 1 FROM claimed)
+    UPDATE runs_run
+       SET current_step = %(index)s,
+           deadline_at = %(deadline)s,
+           status = 'running',
+           started_at = COALESCE(started_at, %(now)s),
+           context = CASE WHEN context->>'now' IS NULL
+                          THEN jsonb_set(context, '{now}', to_jsonb(%(now_local)s::text))
+                          ELSE context END
+     WHERE id = %(run_id)s AND status IN ('queued', 'running') AND EXISTS (SELECT 1 FROM claimed)
+ RETURNING status, started_at, context
 )
-SELECT * FROM claimed
+SELECT claimed.*, progressed.* FROM claimed LEFT JOIN progressed ON true
 """
 _CLAIM_COLUMNS = (
     "id",
@@ -530,21 +541,36 @@ _CLAIM_COLUMNS = (
 def _step_claim_one_statement(
     *, run: Run, index: int, claim_id: str, now: datetime, deadline: datetime
 ) -> StepRun | None:
-    params: dict[str, Any] = {"claim_id": claim_id, "now": now, "run_id": run.pk, "index": index, "deadline": deadline}
+    params: dict[str, Any] = {
+        "claim_id": claim_id,
+        "now": now,
+        "run_id": run.pk,
+        "index": index,
+        "deadline": deadline,
+        "now_local": _logical_now(run.task, now),
+    }
     with connection.cursor() as cursor:
         cursor.execute(_CLAIM_SQL, params)
         row = cursor.fetchone()
     if row is None:
         return None
-    values = dict(zip(_CLAIM_COLUMNS, row, strict=True))
+    values = dict(zip(_CLAIM_COLUMNS, row[: len(_CLAIM_COLUMNS)], strict=True))
     for name in ("input", "attempt_history"):  # jsonb arrives as text, as for the ORM's JSONField
         if isinstance(values[name], str):
             values[name] = json.loads(values[name])
+    run_status, run_started_at, run_context = row[len(_CLAIM_COLUMNS) :]
+    if run_status is not None:
+        run.status, run.started_at = run_status, run_started_at
+        run.context = json.loads(run_context) if isinstance(run_context, str) else run_context
     return model_from_columns(StepRun, values)  # type: ignore[no-any-return]
 
 
 def _step_claim_orm(*, run: Run, index: int, claim_id: str, now: datetime, deadline: datetime) -> StepRun | None:
     with transaction.atomic():
+        if run.status == Run.Status.QUEUED and not run_mark_running(run=run):
+            run.refresh_from_db(fields=["status", "started_at", "context"])
+        if run.status != Run.Status.RUNNING:
+            return None
         # Row lock where the database has one (SQLite's IMMEDIATE transactions lock it all).
         found = list(StepRun.objects.select_for_update().filter(run_id=run.pk, index=index).order_by()[:1])
         if not found:
@@ -594,12 +620,42 @@ def _jsonb(value: Any) -> str | None:
     return None if value is None else json.dumps(value)
 
 
-def step_succeed(*, step: StepRun, input: Any, output: Any, history: list[dict[str, Any]] | None = None) -> bool:
-    """running -> succeeded, only for the message that claimed it."""
+# The last step of a run: the step and its run succeed in one statement.
+_SUCCEED_LAST_SQL = """
+WITH done AS (
+    UPDATE runs_steprun
+       SET status = 'succeeded', input = %(input)s::jsonb, output = %(output)s::jsonb, error = NULL,
+           attempt_history = %(history)s::jsonb, finished_at = %(now)s, duration_ms = %(duration)s,
+           resume_at = NULL
+     WHERE id = %(step_id)s AND status = 'running' AND claim_id = %(claim_id)s
+ RETURNING id
+), finished AS (
+    UPDATE runs_run
+       SET status = 'succeeded', result = %(output)s::jsonb, finished_at = %(now)s, deadline_at = NULL,
+           current_step = %(steps)s
+     WHERE id = %(run_id)s AND status = 'running' AND EXISTS (SELECT 1 FROM done)
+ RETURNING id
+)
+SELECT (SELECT count(*) FROM done), (SELECT count(*) FROM finished)
+"""
+
+
+def step_succeed(
+    *,
+    step: StepRun,
+    input: Any,
+    output: Any,
+    history: list[dict[str, Any]] | None = None,
+    finish_run: Run | None = None,
+) -> bool:
+    """running -> succeeded, only for the message that claimed it. With `finish_run` (the last
+    step), its run succeeds too, with the output as its result, in the same transaction."""
     fields = _finish_fields(step)
     if history is not None:
         fields["attempt_history"] = history
     if connection.vendor == "postgresql" and history is not None:
+        if finish_run is not None:
+            return _step_and_run_succeed(step, finish_run, input, output, history, fields)
         params = [
             _jsonb(input),
             _jsonb(output),
@@ -612,7 +668,36 @@ def step_succeed(*, step: StepRun, input: Any, output: Any, history: list[dict[s
         with connection.cursor() as cursor:
             cursor.execute(_SUCCEED_SQL, params)
             return bool(cursor.rowcount)
-    return bool(_owned(step).update(status=StepRun.Status.SUCCEEDED, input=input, output=output, error=None, **fields))
+    with transaction.atomic():
+        won = bool(
+            _owned(step).update(status=StepRun.Status.SUCCEEDED, input=input, output=output, error=None, **fields)
+        )
+        if won and finish_run is not None:
+            run_succeed(run=finish_run, result=output)
+    return won
+
+
+def _step_and_run_succeed(
+    step: StepRun, run: Run, input: Any, output: Any, history: list[dict[str, Any]], fields: dict[str, Any]
+) -> bool:
+    params: dict[str, Any] = {
+        "input": _jsonb(input),
+        "output": _jsonb(output),
+        "history": json.dumps(history),
+        "now": fields["finished_at"],
+        "duration": fields["duration_ms"],
+        "step_id": step.pk,
+        "claim_id": step.claim_id,
+        "run_id": run.pk,
+        "steps": len(run.pipeline),
+    }
+    with connection.cursor() as cursor:
+        cursor.execute(_SUCCEED_LAST_SQL, params)
+        step_done, run_done = cursor.fetchone()
+    if run_done:
+        run.result = output
+        _after_terminal(run, Run.Status.SUCCEEDED)
+    return bool(step_done)
 
 
 def step_fail(
