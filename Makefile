@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/ordinaut
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/15
 
-.PHONY: run test check lint format requirements bench-b3 clean
+.PHONY: run test check lint format requirements bench-b3 reliability-r4 clean
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Ordinaut needs Python 3.11 or newer; found " + sys.version.split()[0])'
@@ -48,6 +48,15 @@ requirements: $(VENV)/.dev
 ## bench-b3: B3 scheduler benchmark (QUICK=1 for the one-minute-scale variant); see BENCHMARKS.md
 bench-b3: $(VENV)/.dev
 	$(BIN)/python tests/perf/bench_scheduler.py $(if $(QUICK),--quick,)
+
+## reliability-r4: R4 schemathesis long profile, >= 1,000 generated requests (EXAMPLES=N per operation and mode,
+## default 50; QUICK=1 for 20; R4_SEED=N replays a run); report in var/reliability-r4.json. See BENCHMARKS.md
+reliability-r4: $(VENV)/.dev
+	DATABASE_URL="$(TEST_DATABASE_URL)" REDIS_URL="$(TEST_REDIS_URL)" \
+	SECRET_KEY="test-only-secret-key-not-for-production" \
+	R4_EXAMPLES="$(if $(QUICK),20,$(EXAMPLES))" R4_SEED="$(R4_SEED)" \
+	$(BIN)/python -m pytest -o addopts="-ra --strict-markers -p no:cacheprovider" -s -q \
+	tests/reliability/test_r4_schemathesis.py
 
 clean:
 	rm -rf $(VENV) var

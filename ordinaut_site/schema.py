@@ -139,3 +139,22 @@ def shared_headers(result: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
                     if shared[component] == header:
                         response["headers"][name] = {"$ref": f"#/components/headers/{component}"}
     return result
+
+
+# Query parameters that refuse an empty value: the pagination bounds (a bad limit/offset is a 400).
+NON_EMPTY_QUERY_PARAMETERS = {"limit", "offset"}
+
+
+def empty_query_values(result: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+    """Postprocessing hook: `?status=` means no status filter (DRF query serializers and django-filter
+    both read an empty optional value as absent), so optional query parameters say allowEmptyValue."""
+    for path_item in result.get("paths", {}).values():
+        for operation in path_item.values():
+            for parameter in operation.get("parameters", []):
+                if (
+                    parameter.get("in") == "query"
+                    and not parameter.get("required")
+                    and parameter.get("name") not in NON_EMPTY_QUERY_PARAMETERS
+                ):
+                    parameter["allowEmptyValue"] = True
+    return result

@@ -381,6 +381,7 @@ SPECTACULAR_SETTINGS = {
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
         "ordinaut_site.schema.shared_headers",
+        "ordinaut_site.schema.empty_query_values",
     ],
 }
 

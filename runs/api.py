@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
+from drf_spectacular.drainage import set_override
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status, viewsets
 from rest_framework.decorators import action
@@ -121,6 +123,10 @@ class CommaChoicesField(serializers.CharField):
     def __init__(self, *, choices: list[str], **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.choices = choices
+        # OpenAPI: the comma-separated list as a pattern, so clients (and schemathesis) know the values.
+        one = "(" + "|".join(re.escape(choice) for choice in choices) + ")"
+        pattern = rf"^[\s,]*({one}(\s*,[\s,]*{one})*)?[\s,]*$"
+        set_override(self, "field", {"type": "string", "pattern": pattern})
 
     def to_internal_value(self, data: Any) -> list[str]:  # type: ignore[override]
         values = [part.strip() for part in str(super().to_internal_value(data)).split(",") if part.strip()]

@@ -11,7 +11,7 @@ from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from ordinaut_site.api import UUID_LOOKUP
+from ordinaut_site.api import UUID_LOOKUP, error_responses
 from ordinaut_site.auth import request_agent
 from ordinaut_site.idempotency import idempotent
 from ordinaut_site.models import SCOPE_TASKS_READ, SCOPE_TASKS_WRITE
@@ -206,7 +206,7 @@ class TaskViewSet(viewsets.GenericViewSet):
     @idempotent
     def run_now(self, request: Request, pk: str) -> Response:
         task = self.get_object()
-        body = RunNowSerializer(data=request.data if request.data else {})
+        body = RunNowSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         run = services.task_run_now(
             task=task,
@@ -216,17 +216,29 @@ class TaskViewSet(viewsets.GenericViewSet):
         )
         return Response(RunSerializer(run).data, status=status.HTTP_202_ACCEPTED)
 
-    @extend_schema(summary="Pause: the task stops firing", request=None, responses=TaskSerializer)
+    @extend_schema(
+        summary="Pause: the task stops firing (409 unless active)",
+        request=None,
+        responses={200: TaskSerializer, **error_responses(409)},
+    )
     @action(detail=True, methods=["post"])
     def pause(self, request: Request, pk: str) -> Response:
         return Response(TaskSerializer(services.task_pause(task=self.get_object(), actor=self._actor())).data)
 
-    @extend_schema(summary="Resume at the next occurrence (no backfill)", request=None, responses=TaskSerializer)
+    @extend_schema(
+        summary="Resume at the next occurrence, no backfill (409 unless paused)",
+        request=None,
+        responses={200: TaskSerializer, **error_responses(409)},
+    )
     @action(detail=True, methods=["post"])
     def resume(self, request: Request, pk: str) -> Response:
         return Response(TaskSerializer(services.task_resume(task=self.get_object(), actor=self._actor())).data)
 
-    @extend_schema(summary="Cancel for good", request=None, responses=TaskSerializer)
+    @extend_schema(
+        summary="Cancel for good (409 if already canceled or completed)",
+        request=None,
+        responses={200: TaskSerializer, **error_responses(409)},
+    )
     @action(detail=True, methods=["post"])
     def cancel(self, request: Request, pk: str) -> Response:
         return Response(TaskSerializer(services.task_cancel(task=self.get_object(), actor=self._actor())).data)
@@ -234,7 +246,7 @@ class TaskViewSet(viewsets.GenericViewSet):
     @extend_schema(
         summary="Postpone the next run (delay_seconds or until); what it covers is skipped",
         request=SnoozeSerializer,
-        responses=TaskSerializer,
+        responses={200: TaskSerializer, **error_responses(409)},
     )
     @action(detail=True, methods=["post"])
     def snooze(self, request: Request, pk: str) -> Response:
