@@ -12,6 +12,8 @@ from pathlib import Path
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
+from ordinaut_site.queues import queue_config
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(os.environ.get("ORDINAUT_VAR_DIR", BASE_DIR / "var"))
 
@@ -249,8 +251,18 @@ if CELERY_VISIBILITY_TIMEOUT_S <= ORDINAUT_MAX_STEP_TIMEOUT_S + ORDINAUT_MAX_COU
 
 CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", REDIS_URL)
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
-CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": CELERY_VISIBILITY_TIMEOUT_S}
-CELERY_TASK_DEFAULT_QUEUE = os.environ.get("CELERY_QUEUE", "ordinaut")
+# queue_order_strategy=priority: workers read the queues in the order of CELERY_TASK_QUEUES.
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    "visibility_timeout": CELERY_VISIBILITY_TIMEOUT_S,
+    "queue_order_strategy": "priority",
+}
+# CELERY_QUEUE: the default queue; the scheduler's jobs use "<CELERY_QUEUE>.schedule", read first.
+_queues = queue_config(os.environ.get("CELERY_QUEUE", "ordinaut"))
+CELERY_TASK_DEFAULT_QUEUE = _queues["task_default_queue"]
+CELERY_TASK_DEFAULT_EXCHANGE = _queues["task_default_exchange"]
+CELERY_TASK_DEFAULT_ROUTING_KEY = _queues["task_default_routing_key"]
+CELERY_TASK_QUEUES = _queues["task_queues"]
+CELERY_TASK_ROUTES = _queues["task_routes"]
 # At-least-once: acknowledge after the job ran, take one message at a time, and put a message
 # back when the worker process running it dies. Steps are idempotent at the record level.
 CELERY_TASK_ACKS_LATE = True

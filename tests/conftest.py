@@ -16,6 +16,7 @@ from rest_framework.test import APIClient
 
 from ordinaut_site.celery import app
 from ordinaut_site.models import ALL_SCOPES, Agent
+from ordinaut_site.queues import queue_config
 from ordinaut_site.services import Actor, agent_create, token_issue
 from ordinaut_site.throttling import THROTTLE_KEY_PREFIX
 from tests.support.processes import Worker
@@ -32,7 +33,8 @@ TEST_TOOL_SETTINGS = {
 def pytest_configure(config: pytest.Config) -> None:
     # Each test session gets its own queue, so two suites sharing a Redis never eat each
     # other's messages. Set before anything publishes (app.amqp builds queues lazily).
-    app.conf.task_default_queue = f"ordinaut-test-{uuid.uuid4().hex[:10]}"
+    for name, value in queue_config(f"ordinaut-test-{uuid.uuid4().hex[:10]}").items():
+        setattr(app.conf, name, value)
     # Test doubles of the seed's tools, and orchestrator.http allowed to reach loopback test
     # servers: in this process (settings) and in worker subprocesses (they inherit os.environ).
     for name, value in TEST_TOOL_SETTINGS.items():

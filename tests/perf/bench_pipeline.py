@@ -57,13 +57,15 @@ from django.core.management import call_command  # noqa: E402
 from django.db import connection  # noqa: E402
 
 from ordinaut_site.celery import app  # noqa: E402
+from ordinaut_site.queues import queue_config  # noqa: E402
 from ordinaut_site.services import Actor, agent_create  # noqa: E402
 from runs.models import Run  # noqa: E402
 from runs.services import run_create  # noqa: E402
 from tests.support.pipelines import echo_pipeline, make_task  # noqa: E402
 from tests.support.processes import Worker  # noqa: E402
 
-app.conf.task_default_queue = os.environ["CELERY_QUEUE"]
+for _name, _value in queue_config(os.environ["CELERY_QUEUE"]).items():
+    setattr(app.conf, _name, _value)
 STEPS = 5
 LOG_DIR = BASE_DIR / "var" / "bench-logs"
 # Polling only decides when the next sample starts (times come from the records), so it can be

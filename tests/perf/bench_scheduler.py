@@ -53,6 +53,7 @@ from django.db import connection  # noqa: E402
 from django_celery_beat.models import CrontabSchedule, PeriodicTask, PeriodicTasks  # noqa: E402
 
 from ordinaut_site.celery import app  # noqa: E402
+from ordinaut_site.queues import queue_config  # noqa: E402
 from ordinaut_site.services import Actor, agent_create  # noqa: E402
 from runs.models import Run  # noqa: E402
 from tasks import services  # noqa: E402
@@ -60,7 +61,8 @@ from tasks.beat import FIRE_JOB_NAME, beat_rows_sync  # noqa: E402
 from tasks.models import Task  # noqa: E402
 from tests.support.processes import Beat, Worker  # noqa: E402
 
-app.conf.task_default_queue = os.environ["CELERY_QUEUE"]
+for _name, _value in queue_config(os.environ["CELERY_QUEUE"]).items():
+    setattr(app.conf, _name, _value)
 ZONES = [
     "UTC",
     "Europe/Chisinau",

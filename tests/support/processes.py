@@ -16,6 +16,7 @@ from urllib.parse import quote
 from django.db import connection
 
 from ordinaut_site.celery import app
+from ordinaut_site.queues import worker_queues
 
 BASE_DIR = Path(__file__).resolve().parents[2]
 POLL_S = 0.05
@@ -98,7 +99,7 @@ class Worker:
             "-n",
             self.name,
             "-Q",
-            self.queue,
+            worker_queues(self.queue),
             "--without-mingle",
             "--without-gossip",
             "-l",
