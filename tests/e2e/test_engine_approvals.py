@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from django.utils import timezone
 
 from ordinaut_site.celery import app
 from runs.models import Approval, Run, StepRun
@@ -61,14 +62,16 @@ def test_reject_with_on_error_continue_skips_the_guarded_step(agent: Any, worker
 def test_expired_approval_is_swept_and_fails_the_run(agent: Any, worker: Any) -> None:
     run_id = start_manual_run(agent.client, approval_payload(timeout_seconds=0.5))
     _wait_for_approval(run_id)
+    expires_at = Approval.objects.get(run_id=run_id).expires_at
+    wait_for(lambda: timezone.now() > expires_at, message="the approval to expire")
 
-    def swept() -> Run | None:
-        # What beat does every ORDINAUT_SWEEP_INTERVAL_S: the sweeper job, on the worker.
-        app.send_task("runs.sweep")
-        run = Run.objects.get(pk=run_id)
-        return run if run.status != "waiting_approval" else None
+    # What beat does every ORDINAUT_SWEEP_INTERVAL_S: the sweeper job, on the worker.
+    app.send_task("runs.sweep")
 
-    run = wait_for(swept, message="the sweeper to expire the approval")
+    run = wait_for(
+        lambda: Run.objects.filter(pk=run_id).exclude(status="waiting_approval").first(),
+        message="the sweeper to expire the approval",
+    )
     assert run.status == "failed"
     assert (run.error or {})["code"] == "approval_expired"
     assert Approval.objects.get(run=run).status == "expired"
