@@ -28,12 +28,12 @@ EVERY_S = 2
 
 
 @pytest.fixture
-def beats(worker_logs: Path, redis_client: Any) -> Iterator[Any]:
+def beats(worker_logs: Path, redis_client: Any, worker: Any) -> Iterator[Any]:
     started: list[Beat] = []
     redis_client.delete(LEADER_KEY)
 
     def start(name: str = "a", **env: str) -> Beat:
-        beat = Beat(worker_logs, name, ORDINAUT_BEAT_LOCK_TTL_S=str(LOCK_TTL_S), **env).start()
+        beat = Beat(worker_logs, name, env={"ORDINAUT_BEAT_LOCK_TTL_S": str(LOCK_TTL_S), **env}).start()
         started.append(beat)
         return beat
 
@@ -41,6 +41,7 @@ def beats(worker_logs: Path, redis_client: Any) -> Iterator[Any]:
     for beat in started:
         beat.stop()
     redis_client.delete(LEADER_KEY)
+    worker.wait_idle()  # the jobs the beats sent finish before the teardown empties the database
 
 
 def when(run: Run) -> datetime:

@@ -24,7 +24,7 @@ def beat(worker_logs: Path, redis_client: Any) -> Iterator[Callable[[], Beat]]:
     redis_client.delete(LEADER_KEY)
 
     def start() -> Beat:
-        proc = Beat(worker_logs, "sweeper", ORDINAUT_SWEEP_INTERVAL_S=SWEEP_EVERY_S).start()
+        proc = Beat(worker_logs, "sweeper", env={"ORDINAUT_SWEEP_INTERVAL_S": SWEEP_EVERY_S}).start()
         started.append(proc)
         return proc
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import IO, Any
 from urllib.parse import quote
 
+import redis
 from django.db import connection
 
 from ordinaut_site.celery import app
@@ -142,15 +143,32 @@ class Worker:
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
+    def wait_idle(self, timeout: float = 60) -> None:
+        """Until this worker's queues are empty and it runs nothing: a test that sent jobs waits
+        here before its teardown empties the database under a job's open transaction."""
+        client = redis.Redis.from_url(app.conf.broker_url)
+        queues = worker_queues(self.queue).split(",")
+
+        def idle() -> bool:
+            if any(client.llen(name) for name in queues):
+                return False
+            inspect = app.control.inspect(destination=[self.name], timeout=1)
+            busy = [*(inspect.active() or {}).get(self.name, []), *(inspect.reserved() or {}).get(self.name, [])]
+            return not busy
+
+        wait_for(idle, timeout=timeout, message=f"worker {self.name} to finish its jobs")
+
 
 class Beat:
     """`celery -A ordinaut_site beat` in a subprocess (Ordinaut's scheduler, as settings select)."""
 
-    def __init__(self, log_dir: Path, name: str, *, args: tuple[str, ...] = (), **env: str) -> None:
+    def __init__(
+        self, log_dir: Path, name: str, *, args: tuple[str, ...] = (), env: dict[str, str] | None = None
+    ) -> None:
         self.name = name
         self.args = args
         self.log_path = log_dir / f"beat-{name}-{uuid.uuid4().hex[:6]}.log"
-        self.env = env
+        self.env = env or {}
         self.proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
 

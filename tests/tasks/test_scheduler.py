@@ -37,6 +37,13 @@ class Clock:
         return self.at.timestamp()
 
 
+@pytest.fixture(autouse=True)
+def worker_idle_at_teardown(worker: Any) -> Iterator[None]:
+    """Jobs this test sent finish before the teardown empties the database under them."""
+    yield
+    worker.wait_idle()
+
+
 @pytest.fixture
 def clock() -> Clock:
     return Clock(datetime(2027, 1, 1, tzinfo=UTC))
