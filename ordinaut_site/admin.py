@@ -9,7 +9,7 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 
 from . import services
-from .models import Agent, AgentToken, AuditLog
+from .models import Agent, AgentToken, AgentUsage, AuditLog
 
 
 class AgentTokenInline(admin.TabularInline):
@@ -89,6 +89,25 @@ class AuditLogAdmin(admin.ModelAdmin):
     list_filter = ["actor_kind", "action", "subject_type"]
     search_fields = ["actor_name", "subject_id", "request_id", "action"]
     date_hierarchy = "at"
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(AgentUsage)
+class AgentUsageAdmin(admin.ModelAdmin):
+    """Budget counters per agent and UTC day (read-only: the engine writes them)."""
+
+    list_display = ["day", "agent", "tool_calls", "cost_units", "rejected"]
+    list_filter = ["day"]
+    search_fields = ["agent__name"]
+    list_select_related = ["agent"]
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False

@@ -13,6 +13,7 @@ from rest_framework.response import Response
 from . import selectors, services
 from .api import UUID_LOOKUP, error_responses
 from .auth import request_agent
+from .budgets import budget_usage
 from .models import ALL_SCOPES, SCOPE_AGENTS_ADMIN, Agent, AgentToken
 from .services import Actor
 
@@ -72,12 +73,29 @@ class AgentCreatedSerializer(serializers.Serializer):
     prefix = serializers.CharField(help_text="The token's public prefix (for listing and revoking).")
 
 
+class BudgetCounterSerializer(serializers.Serializer):
+    used = serializers.IntegerField()
+    limit = serializers.IntegerField(allow_null=True, help_text="null: no limit.")
+
+
+class BudgetSerializer(serializers.Serializer):
+    day = serializers.DateField(help_text="The UTC day the counters are for.")
+    tool_calls = BudgetCounterSerializer()
+    cost_units = BudgetCounterSerializer()
+    rejected = serializers.IntegerField(help_text="Calls refused today because the budget was spent.")
+
+
 class AgentMeSerializer(AgentSerializer):
     token = serializers.SerializerMethodField(help_text="The token this request authenticated with.")
+    budget = serializers.SerializerMethodField(help_text="Today's metered tool calls and cost units.")
 
     class Meta(AgentSerializer.Meta):
-        fields = [*AgentSerializer.Meta.fields, "token"]
+        fields = [*AgentSerializer.Meta.fields, "token", "budget"]
         read_only_fields = fields
+
+    @extend_schema_field(BudgetSerializer)
+    def get_budget(self, agent: Agent) -> dict[str, Any]:
+        return budget_usage(agent=agent)
 
     @extend_schema_field(TokenSerializer(allow_null=True))
     def get_token(self, agent: Agent) -> dict[str, Any] | None:

@@ -45,6 +45,12 @@ class Agent(models.Model):
     contact = models.CharField(max_length=200, blank=True, help_text="Who owns this agent (email, team).")
     created_at = models.DateTimeField(default=timezone.now, editable=False)
     deactivated_at = models.DateTimeField(null=True, blank=True, editable=False)
+    tool_calls_per_day = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Metered tool calls per UTC day; empty: ORDINAUT_BUDGET_TOOL_CALLS_PER_DAY."
+    )
+    cost_units_per_day = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Tool cost units per UTC day; empty: ORDINAUT_BUDGET_COST_UNITS_PER_DAY."
+    )
 
     class Meta:
         ordering = ["name"]
@@ -141,3 +147,20 @@ class IdempotencyRecord(models.Model):
 
     def __str__(self) -> str:
         return f"{self.endpoint} [{self.key}]"
+
+
+class AgentUsage(models.Model):
+    """What an agent's runs spent on metered tools in one UTC day (the budget counter)."""
+
+    agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="usage")
+    day = models.DateField()
+    tool_calls = models.PositiveIntegerField(default=0)
+    cost_units = models.PositiveIntegerField(default=0)
+    rejected = models.PositiveIntegerField(default=0, help_text="Calls refused because the budget was spent.")
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["agent", "day"], name="agentusage_unique_day")]
+        ordering = ["-day"]
+
+    def __str__(self) -> str:
+        return f"{self.agent_id} {self.day}: {self.tool_calls} calls, {self.cost_units} units"

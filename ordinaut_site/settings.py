@@ -293,6 +293,10 @@ CELERY_WORKER_CONCURRENCY = env_int("WORKER_CONCURRENCY", 2)
 
 # --- Ordinaut --------------------------------------------------------------------------------
 
+# ORDINAUT_BUDGET_TOOL_CALLS_PER_DAY: metered tool calls per agent per UTC day (0: no limit).
+ORDINAUT_BUDGET_TOOL_CALLS_PER_DAY = env_int("ORDINAUT_BUDGET_TOOL_CALLS_PER_DAY", 10_000)
+# ORDINAUT_BUDGET_COST_UNITS_PER_DAY: tool cost units per agent per UTC day (0: no limit).
+ORDINAUT_BUDGET_COST_UNITS_PER_DAY = env_int("ORDINAUT_BUDGET_COST_UNITS_PER_DAY", 10_000)
 # ORDINAUT_MAX_STEPS: most steps a pipeline may have.
 ORDINAUT_MAX_STEPS = env_int("ORDINAUT_MAX_STEPS", 50)
 # ORDINAUT_MAX_PAYLOAD_BYTES: largest task payload (params + pipeline) as compact JSON.

@@ -137,6 +137,7 @@ def request_approval(payload: dict[str, Any], call: ToolCall) -> Any:
 
 @builtin(
     "http",
+    cost=1,
     description=(
         "One HTTP request to a host allowed by ORDINAUT_HTTP_ALLOWED_HOSTS. Redirects are not followed. "
         "5xx, 408, 429, timeouts and connection errors are retried; other 4xx fail the step."

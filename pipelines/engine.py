@@ -16,6 +16,7 @@ from django.db import InterfaceError, OperationalError, transaction
 from django.utils import timezone
 
 from ordinaut_site import logs
+from ordinaut_site.budgets import budget_charge
 from ordinaut_site.errors import (
     AttemptsExhausted,
     StepError,
@@ -178,6 +179,8 @@ def _step_execute(run: Run, index: int, claim_id: str) -> Outcome:
         problems = schema_errors(tool.input_schema, rendered, prefix="with")
         if problems:
             raise ToolInputInvalid("; ".join(problems))
+        if tool.cost > 0 and record.resume_at is None:  # a resumed wait is not a new call
+            budget_charge(agent=run.task.owner, cost=tool.cost, tool=tool.name)
         call = ToolCall(
             run_id=str(run.pk),
             step_id=record.step_id,

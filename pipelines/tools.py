@@ -144,10 +144,16 @@ def builtin(
     description: str,
     input_schema: dict[str, Any] | None = None,
     output_schema: dict[str, Any] | None = None,
+    cost: int = 0,
 ) -> Callable[[ToolFunc], ToolFunc]:
-    """Register a built-in tool under the `orchestrator` namespace."""
+    """Register a built-in tool under the `orchestrator` namespace. Built-ins cost nothing against
+    budgets unless they reach outside Ordinaut (orchestrator.http does)."""
     return tool_register(
-        f"{BUILTIN_NAMESPACE}.{name}", description=description, input_schema=input_schema, output_schema=output_schema
+        f"{BUILTIN_NAMESPACE}.{name}",
+        description=description,
+        input_schema=input_schema,
+        output_schema=output_schema,
+        cost=cost,
     )
 
 
