@@ -42,7 +42,7 @@ class TokenSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = AgentToken
-        fields = ["prefix", "label", "created_at", "last_used_at", "expires_at", "revoked_at", "active"]
+        fields = ["prefix", "label", "scopes", "created_at", "last_used_at", "expires_at", "revoked_at", "active"]
         read_only_fields = fields
 
     def get_active(self, token: AgentToken) -> bool:
@@ -51,6 +51,13 @@ class TokenSerializer(serializers.ModelSerializer):
 
 class TokenCreateSerializer(serializers.Serializer):
     expires_at = serializers.DateTimeField(required=False, allow_null=True, default=None)
+    scopes = serializers.ListField(
+        child=serializers.ChoiceField(choices=ALL_SCOPES),
+        required=False,
+        default=list,
+        max_length=len(ALL_SCOPES),
+        help_text="Narrow the token to some of the agent's scopes; empty: all of them.",
+    )
     label = serializers.CharField(max_length=100, required=False, allow_blank=True, default="")  # type: ignore[assignment]
 
 
@@ -193,6 +200,7 @@ class AgentViewSet(viewsets.GenericViewSet):
             expires_at=body.validated_data["expires_at"],
             label=body.validated_data["label"],
             by_agent=caller,
+            scopes=body.validated_data["scopes"],
         )
         return Response(NewTokenSerializer(token, context={"raw_token": raw}).data, status=status.HTTP_201_CREATED)
 

@@ -82,6 +82,9 @@ class AgentToken(models.Model):
     prefix = models.CharField(max_length=16, unique=True, editable=False, help_text="Public part, shown in lists.")
     secret_hash = models.CharField(max_length=64, editable=False)
     label = models.CharField(max_length=100, blank=True)
+    scopes = models.JSONField(
+        default=_empty_list, blank=True, help_text="Narrows the agent's scopes for this token; empty: all of them."
+    )
     created_at = models.DateTimeField(default=timezone.now, editable=False)
     last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
     expires_at = models.DateTimeField(null=True, blank=True, help_text="Empty: never expires.")

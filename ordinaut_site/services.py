@@ -119,11 +119,17 @@ def token_issue(
     expires_at: datetime | None = None,
     label: str = "",
     by_agent: Agent | None = None,
+    scopes: list[str] | None = None,
 ) -> tuple[AgentToken, str]:
     """Create a token for an agent; the plain token is returned once and never stored.
 
-    `by_agent`: the agent asking through the API, held to agent_manage_check.
+    `by_agent`: the agent asking through the API, held to agent_manage_check. `scopes` narrows
+    the token to some of the agent's scopes (empty or None: all of them).
     """
+    scopes = scopes_clean(scopes or [])
+    beyond = sorted(s for s in scopes if not agent.has_scope(s))
+    if beyond:
+        raise ValidationFailed.on("scopes", f"the agent does not hold {', '.join(beyond)}; a token can only narrow")
     if by_agent is not None:
         agent_manage_check(manager=by_agent, agent=agent)
     if not agent.is_active:
@@ -136,14 +142,23 @@ def token_issue(
         try:
             with transaction.atomic():
                 token = AgentToken.objects.create(
-                    agent=agent, prefix=prefix, secret_hash=_token_hash(raw), expires_at=expires_at, label=label
+                    agent=agent,
+                    prefix=prefix,
+                    secret_hash=_token_hash(raw),
+                    expires_at=expires_at,
+                    label=label,
+                    scopes=scopes,
                 )
                 audit_record(
                     actor=actor,
                     action="token.issue",
                     subject_type="agent",
                     subject_id=agent.pk,
-                    details={"prefix": prefix, "expires_at": expires_at.isoformat() if expires_at else None},
+                    details={
+                        "prefix": prefix,
+                        "scopes": scopes,
+                        "expires_at": expires_at.isoformat() if expires_at else None,
+                    },
                 )
             return token, raw
         except IntegrityError:  # prefix collision: astronomically rare, try another
@@ -183,7 +198,12 @@ def token_authenticate(raw: str) -> tuple[Agent, AgentToken] | None:
         return None
     if token.last_used_at is None or now - token.last_used_at > timedelta(seconds=TOKEN_LAST_USED_RESOLUTION_S):
         AgentToken.objects.filter(pk=token.pk).update(last_used_at=now)
-    return token.agent, token
+    agent = token.agent
+    if token.scopes:
+        # A narrowed token: for this request the agent holds only the token's scopes (and never
+        # more than the agent itself, should the agent have lost some since the token was issued).
+        agent.scopes = [scope for scope in token.scopes if scope in agent.scopes or SCOPE_ADMIN in agent.scopes]
+    return agent, token
 
 
 def agent_create(

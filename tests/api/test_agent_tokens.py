@@ -54,7 +54,16 @@ def test_list_tokens_shows_prefixes_only_newest_first(admin: Any, make_agent: An
     assert body["count"] == 2
     assert body["results"][0]["prefix"] == second["prefix"]
     for item in body["results"]:
-        assert set(item) == {"prefix", "label", "created_at", "last_used_at", "expires_at", "revoked_at", "active"}
+        assert set(item) == {
+            "prefix",
+            "label",
+            "scopes",
+            "created_at",
+            "last_used_at",
+            "expires_at",
+            "revoked_at",
+            "active",
+        }
 
 
 def test_token_in_the_past_is_400(admin: Any, make_agent: Any) -> None:
@@ -137,3 +146,30 @@ def test_tokens_need_agents_admin(make_agent: Any) -> None:
 def test_tokens_without_token_is_401(make_agent: Any) -> None:
     target = make_agent()
     assert APIClient().get(f"/agents/{target.agent.pk}/tokens").status_code == 401
+
+
+def test_a_token_narrowed_to_some_scopes_can_do_only_that(make_agent: Any) -> None:
+    root = make_agent(admin=True)
+    worker_agent = make_agent(scopes=["tasks:read", "tasks:write", "runs:read"])
+    issued = root.client.post(
+        f"/agents/{worker_agent.agent.pk}/tokens", {"scopes": ["tasks:read"], "label": "read-only"}, format="json"
+    )
+    assert issued.status_code == 201
+    assert issued.json()["scopes"] == ["tasks:read"]
+    narrow = APIClient()
+    narrow.credentials(HTTP_AUTHORIZATION=f"Bearer {issued.json()['token']}")
+    assert narrow.get("/tasks").status_code == 200
+    body = {"title": "t", "schedule_kind": "manual", "payload": {"pipeline": []}}
+    assert narrow.post("/tasks", body, format="json").status_code == 403
+    assert narrow.get("/agents/me").json()["scopes"] == ["tasks:read"]
+    assert worker_agent.client.post("/tasks", body, format="json").status_code == 201, (
+        "the agent's other tokens keep all"
+    )
+
+
+def test_a_token_cannot_widen_the_agents_scopes(make_agent: Any) -> None:
+    root = make_agent(admin=True)
+    reader = make_agent(scopes=["tasks:read"])
+    response = root.client.post(f"/agents/{reader.agent.pk}/tokens", {"scopes": ["tasks:write"]}, format="json")
+    assert response.status_code == 400
+    assert "scopes" in response.json()["error"]["fields"]
