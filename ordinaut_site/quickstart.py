@@ -213,7 +213,7 @@ def main() -> int:
 
 BANNER = """
 ================================================================================
- Ordinaut is starting: web, worker, beat and Flower (Ctrl-C stops everything)
+ Ordinaut is starting: web, worker, beat, events and Flower (Ctrl-C stops everything)
 
    API          {base}/            (bearer token below)
    API docs     {base}/docs        (OpenAPI: {base}/openapi.json)
@@ -233,6 +233,8 @@ BANNER = """
              [{{"id": "greet", "uses": "orchestrator.echo", "with": {{"text": "hello"}}}}]}}}}'
    curl -s -X POST {base}/tasks/<task id>/run_now -H "Authorization: Bearer $TOKEN"
    curl -s {base}/runs/<run id> -H "Authorization: Bearer $TOKEN"
+   curl -s -X POST {base}/events -H "Authorization: Bearer $TOKEN" \\
+        -H 'Content-Type: application/json' -d '{{"topic": "hello.world", "payload": {{}}}}'
 ================================================================================
 """
 

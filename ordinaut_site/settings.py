@@ -322,6 +322,26 @@ ORDINAUT_QUEUED_GRACE_S = env_int("ORDINAUT_QUEUED_GRACE_S", 300)
 ORDINAUT_RUNNING_GRACE_S = env_int("ORDINAUT_RUNNING_GRACE_S", 120)
 # ORDINAUT_SWEEP_INTERVAL_S: how often beat runs the recovery sweeper (stuck runs, parked waits, approvals).
 ORDINAUT_SWEEP_INTERVAL_S = env_int("ORDINAUT_SWEEP_INTERVAL_S", 30)
+# --- Events (POST /events, orchestrator.emit_event, `manage.py consume_events`) ---
+# ORDINAUT_EVENT_STREAM: the Redis stream events are added to (on REDIS_URL).
+ORDINAUT_EVENT_STREAM = os.environ.get("ORDINAUT_EVENT_STREAM", "ordinaut:events")
+# ORDINAUT_EVENT_STREAM_MAXLEN: the stream is capped near this many entries (XADD MAXLEN ~).
+ORDINAUT_EVENT_STREAM_MAXLEN = env_int("ORDINAUT_EVENT_STREAM_MAXLEN", 100_000)
+# ORDINAUT_EVENT_GROUP: the consumer group the events consumers read the stream in.
+ORDINAUT_EVENT_GROUP = os.environ.get("ORDINAUT_EVENT_GROUP", "ordinaut-events")
+# ORDINAUT_EVENT_CLAIM_IDLE_S: entries a consumer read but did not acknowledge for this long (it
+# died) are claimed by another consumer (XAUTOCLAIM).
+ORDINAUT_EVENT_CLAIM_IDLE_S = env_int("ORDINAUT_EVENT_CLAIM_IDLE_S", 60)
+# ORDINAUT_EVENT_BATCH: entries a consumer reads at once.
+ORDINAUT_EVENT_BATCH = env_int("ORDINAUT_EVENT_BATCH", 100)
+# ORDINAUT_EVENT_REPUBLISH_AFTER_S: an event still off the stream after this long (Redis was down
+# when it was published) is added by the events consumer.
+ORDINAUT_EVENT_REPUBLISH_AFTER_S = env_int("ORDINAUT_EVENT_REPUBLISH_AFTER_S", 30)
+# ORDINAUT_EVENT_MAX_HOPS: how many events in a row steps may emit (a task emitting the topic it
+# listens to stops there).
+ORDINAUT_EVENT_MAX_HOPS = env_int("ORDINAUT_EVENT_MAX_HOPS", 8)
+# ORDINAUT_EVENT_MAX_PAYLOAD_BYTES: largest event payload (compact JSON).
+ORDINAUT_EVENT_MAX_PAYLOAD_BYTES = env_int("ORDINAUT_EVENT_MAX_PAYLOAD_BYTES", 262_144)
 # Celery's Django fixup closes the database connection around every job unless this is set;
 # reconnecting costs more than a short job. Jobs run Django's close_old_connections() instead
 # (pipelines/jobs.py), which honours DB_CONN_MAX_AGE and drops broken connections.

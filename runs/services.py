@@ -200,7 +200,8 @@ def _dispatch_on_commit(run: Run, task: Task, *, start_index: int = 0, counted: 
 
 @dataclass(frozen=True)
 class ScheduledRun:
-    """One occurrence the scheduler decided on: a run to create, queued, held or skipped."""
+    """One occurrence the scheduler (or the events consumer) decided on: a run to create, queued,
+    held or skipped. An event's run carries the event, which its steps see as `event`."""
 
     task: Task
     scheduled_for: datetime
@@ -208,10 +209,12 @@ class ScheduledRun:
     skip_reason: str = ""
     jitter_seconds: float = 0
     hold: bool = False
+    trigger: str = Run.Trigger.SCHEDULE
+    event: dict[str, Any] | None = None
 
 
 def runs_create_scheduled(items: Sequence[ScheduledRun]) -> list[Run]:
-    """Create the runs of many occurrences with a few statements (a burst of occurrences at one
+    """Create the runs of many occurrences (or events) with a few statements (a burst of occurrences at one
     instant is the scheduler's hardest moment). Occurrences that already have a run are left
     alone: the unique (task, trigger_key) decides, as for a single run. Returns the created runs;
     queued ones are dispatched after commit. Call inside a transaction."""
@@ -224,12 +227,16 @@ def runs_create_scheduled(items: Sequence[ScheduledRun]) -> list[Run]:
             Run(
                 id=uuid.uuid4(),
                 task=item.task,
-                trigger=Run.Trigger.SCHEDULE,
+                trigger=item.trigger,
                 trigger_key=item.trigger_key,
                 scheduled_for=item.scheduled_for,
                 status=Run.Status.SKIPPED if skipped else Run.Status.QUEUED,
                 skip_reason=item.skip_reason,
-                context={"params": item.task.params, "event": None, "now": _logical_now(item.task, item.scheduled_for)},
+                context={
+                    "params": item.task.params,
+                    "event": item.event,
+                    "now": _logical_now(item.task, item.scheduled_for),
+                },
                 pipeline=item.task.pipeline,
                 jitter_seconds=item.jitter_seconds,
                 dispatch_count=1 if dispatching else 0,

@@ -1,4 +1,5 @@
-"""Admin for tasks (schedule text, next fire times, run now/pause/resume/snooze) and beat rows."""
+"""Admin for tasks (schedule text, next fire times, run now/pause/resume/snooze), events (read-only)
+and beat rows."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from ordinaut_site.services import Actor
 from pipelines.spec import payload_validate
 
 from . import selectors, services
-from .models import RRuleSchedule, Task
+from .models import Event, RRuleSchedule, Task
 from .schedules import describe, schedule_validate
 
 EDITABLE = [
@@ -151,6 +152,40 @@ class TaskAdmin(admin.ModelAdmin):
                 services.task_snooze(task=task, actor=actor, delay_seconds=ADMIN_SNOOZE_S, reason="admin").snoozed_until
             ),
         )
+
+
+@admin.register(Event)
+class EventAdmin(admin.ModelAdmin):
+    """What was published, by whom, whether it reached the stream and the consumer. Events are
+    facts: published through the API or by steps, never edited here."""
+
+    list_display = ["topic", "publisher", "published_at", "hops", "stream_id", "consumed_at"]
+    list_filter = ["hops", ("consumed_at", admin.EmptyFieldListFilter)]
+    search_fields = ["=id", "topic", "publisher__name", "source"]
+    date_hierarchy = "published_at"
+    list_select_related = ["publisher"]
+    readonly_fields = (
+        "id",
+        "topic",
+        "payload",
+        "source",
+        "publisher",
+        "hops",
+        "emitted_by_run",
+        "published_at",
+        "stream_id",
+        "consumed_at",
+    )
+    fields = readonly_fields
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
 
 
 class RRuleScheduleInline(admin.StackedInline):

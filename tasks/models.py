@@ -140,3 +140,60 @@ class RRuleSchedule(models.Model):
         parsed = parse_schedule(Task.Kind.RRULE, self.rrule, self.timezone)
         assert parsed is not None  # an RRULE always has a schedule
         return OccurrenceSchedule(parsed)
+
+
+class Event(models.Model):
+    """Something that happened, published by an agent (POST /events) or a step
+    (orchestrator.emit_event). The row is the truth; the Redis stream entry is the nudge that
+    makes the events consumer fire the event tasks it matches."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    topic = models.CharField(max_length=200, db_index=True)
+    payload = models.JSONField(default=dict, blank=True)
+    source = models.CharField(max_length=200, blank=True, help_text="Free text: who or what says it happened.")
+    publisher = models.ForeignKey("ordinaut.Agent", on_delete=models.PROTECT, related_name="events")
+    idempotency_key = models.CharField(max_length=300, blank=True)
+    # Events emitted by a step count the emissions since an event from outside (0): a chain of
+    # tasks that keeps emitting stops at ORDINAUT_EVENT_MAX_HOPS.
+    hops = models.PositiveSmallIntegerField(default=0)
+    # Published with the `admin` scope (by the token used, or by a task owner holding it): the
+    # event reaches every agent's matching event tasks, not only the publisher's own.
+    broadcast = models.BooleanField(default=False)
+    emitted_by_run = models.ForeignKey(
+        "runs.Run", null=True, blank=True, on_delete=models.SET_NULL, related_name="emitted_events"
+    )
+    published_at = models.DateTimeField(default=dj_timezone.now)
+    # Set once the event is on the Redis stream; empty while Redis could not take it (the events
+    # consumer adds such events when Redis is back). The API shows an empty one as null.
+    stream_id = models.CharField(max_length=64, blank=True, default="")
+    consumed_at = models.DateTimeField(null=True, blank=True, help_text="When the consumer fired its tasks.")
+
+    class Meta:
+        ordering = ["-published_at"]
+        indexes = [
+            models.Index(fields=["publisher", "-published_at"]),
+            models.Index(fields=["-published_at"]),
+            models.Index(fields=["published_at"], condition=Q(stream_id=""), name="event_unpublished"),
+        ]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["publisher", "idempotency_key"],
+                condition=~Q(idempotency_key=""),
+                name="event_unique_idempotency_key",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.topic} {self.pk}"
+
+    def as_context(self) -> dict[str, Any]:
+        """The event as runs, templates and conditions see it (`${event.payload.x}`)."""
+        return {
+            "id": str(self.pk),
+            "topic": self.topic,
+            "payload": self.payload,
+            "source": self.source,
+            "publisher": {"id": str(self.publisher_id), "name": self.publisher.name},
+            "published_at": self.published_at.isoformat(),
+            "hops": self.hops,
+        }

@@ -8,6 +8,8 @@ import logging
 import random
 import uuid
 from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -240,10 +242,30 @@ def _touch_last_run(task_id: Any, at: datetime) -> None:
     Task.objects.filter(pk=task_id).filter(Q(last_run_at__lt=at) | Q(last_run_at__isnull=True)).update(last_run_at=at)
 
 
-# --- Firing (called by the tasks.fire job on a worker) ---------------------------------------
+# --- Firing (the tasks.fire jobs on a worker, and the events consumer) ----------------------
 
 
-def _condition_context(task: Task, scheduled_for: datetime) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Occurrence:
+    """One reason to run a task: a scheduled instant, or an event (`at` is then its publication
+    time, which becomes the run's scheduled_for and logical `now`)."""
+
+    task_id: Any
+    at: datetime
+    trigger_key: str
+    trigger: str = Run.Trigger.SCHEDULE
+    event: dict[str, Any] | None = None
+
+
+def _scheduled(task_id: Any, at: datetime) -> Occurrence:
+    return Occurrence(task_id=task_id, at=at, trigger_key=schedule_trigger_key(at))
+
+
+def event_trigger_key(event_id: Any) -> str:
+    return f"event:{event_id}"
+
+
+def _condition_context(task: Task, scheduled_for: datetime, event: dict[str, Any] | None = None) -> dict[str, Any]:
     row = (
         Run.objects.filter(task=task)
         .exclude(status=Run.Status.SKIPPED)
@@ -256,20 +278,22 @@ def _condition_context(task: Task, scheduled_for: datetime) -> dict[str, Any]:
         last = {k: (v.isoformat() if isinstance(v, datetime) else str(v) if k == "id" else v) for k, v in row.items()}
     return {
         "task": {"id": str(task.pk), "title": task.title, "params": task.params, "timezone": task.timezone},
-        "event": None,
+        "event": event,
         "last_run": last,
         "now": scheduled_for.astimezone(ZoneInfo(task.timezone)).isoformat(),
     }
 
 
-def _skip_reason(task: Task, scheduled_for: datetime, now: datetime) -> str:
+def _skip_reason(task: Task, occurrence: Occurrence, now: datetime) -> str:
+    scheduled_for = occurrence.at
     if task.snoozed_until is not None and scheduled_for < task.snoozed_until:
         return "snoozed"
-    if (now - scheduled_for).total_seconds() > catchup_window_s(task):
+    # An event is never "missed": one that waited for the consumer (down, or behind) still runs.
+    if occurrence.event is None and (now - scheduled_for).total_seconds() > catchup_window_s(task):
         return "missed"
     if task.condition:
         try:
-            holds, _ = condition_evaluate(task.condition, _condition_context(task, scheduled_for))
+            holds, _ = condition_evaluate(task.condition, _condition_context(task, scheduled_for, occurrence.event))
         except Exception as exc:  # a condition that cannot be evaluated does not run the task
             logger.warning("condition of task %s failed: %s", task.pk, exc)
             return "condition"
@@ -282,8 +306,28 @@ def task_fire(*, task_id: Any, scheduled_for: datetime, now: datetime | None = N
     """Create the run for one occurrence (or a skipped run saying why not). A second delivery of
     the same occurrence creates nothing: the run's trigger key is unique per task."""
     with transaction.atomic():
-        created = _fire([(task_id, scheduled_for)], now or dj_timezone.now())
+        created = _fire([_scheduled(task_id, scheduled_for)], now or dj_timezone.now())
     return created[0] if created else None
+
+
+def task_fire_event(
+    *, task_ids: Iterable[Any], event: dict[str, Any], published_at: datetime, now: datetime | None = None
+) -> list[Run]:
+    """Create the runs of one event for the tasks it matched (or skipped runs saying why not), with
+    the scheduler's policies: condition over {task, event, last_run, now}, overlap, jitter. The
+    trigger key `event:<id>` is unique per task, so delivering the event again creates nothing.
+    Call inside a transaction."""
+    occurrences = [
+        Occurrence(
+            task_id=task_id,
+            at=published_at,
+            trigger_key=event_trigger_key(event["id"]),
+            trigger=Run.Trigger.EVENT,
+            event=event,
+        )
+        for task_id in task_ids
+    ]
+    return _fire(occurrences, now or dj_timezone.now())
 
 
 def task_fire_batch(
@@ -293,7 +337,7 @@ def task_fire_batch(
     later: those the database could not take (firing is idempotent, a retry duplicates nothing)."""
     try:
         with transaction.atomic():
-            _fire(occurrences, now or dj_timezone.now())
+            _fire([_scheduled(task_id, at) for task_id, at in occurrences], now or dj_timezone.now())
         return []
     except (OperationalError, InterfaceError) as exc:
         logger.warning("firing %d occurrence(s): database unavailable (%s)", len(occurrences), exc)
@@ -319,10 +363,10 @@ def _uuid_or_none(value: Any) -> str | None:
         return None
 
 
-def _fire(occurrences: list[tuple[Any, datetime]], now: datetime) -> list[Run]:
+def _fire(occurrences: list[Occurrence], now: datetime) -> list[Run]:
     """Decide each occurrence (run, hold, or skip with a reason) and create the runs in bulk.
     Call inside a transaction."""
-    wanted = [(key, at) for key, at in ((_uuid_or_none(t), at) for t, at in occurrences) if key]
+    wanted = [(key, occurrence) for key, occurrence in ((_uuid_or_none(o.task_id), o) for o in occurrences) if key]
     # Lock the tasks (in id order, so two batches never deadlock): overlap, snooze and completion
     # decisions must see the runs of earlier fires of the same task.
     tasks = {
@@ -337,11 +381,11 @@ def _fire(occurrences: list[tuple[Any, datetime]], now: datetime) -> list[Run]:
         active[str(run.task_id)].append(run)
 
     items: list[ScheduledRun] = []
-    for key, at in sorted(wanted, key=lambda pair: pair[1]):
+    for key, occurrence in sorted(wanted, key=lambda pair: pair[1].at):
         task = tasks.get(key)
         if task is None:
-            continue  # deleted, paused, canceled or completed since beat sent it
-        reason = _skip_reason(task, at, now)
+            continue  # deleted, paused, canceled or completed since beat (or the event) sent it
+        reason = _skip_reason(task, occurrence, now)
         hold = False
         if not reason and task.overlap != Task.Overlap.ALLOW and active[key]:
             if task.overlap == Task.Overlap.SKIP:
@@ -358,11 +402,13 @@ def _fire(occurrences: list[tuple[Any, datetime]], now: datetime) -> list[Run]:
         items.append(
             ScheduledRun(
                 task=task,
-                scheduled_for=at,
-                trigger_key=schedule_trigger_key(at),
+                scheduled_for=occurrence.at,
+                trigger_key=occurrence.trigger_key,
                 skip_reason=reason,
                 jitter_seconds=jitter,
                 hold=hold,
+                trigger=occurrence.trigger,
+                event=occurrence.event,
             )
         )
         if not reason:

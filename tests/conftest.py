@@ -40,6 +40,9 @@ def pytest_configure(config: pytest.Config) -> None:
     for name, value in TEST_TOOL_SETTINGS.items():
         os.environ[name] = ",".join(value)
         setattr(settings, name, value)
+    # And its own event stream (here and in subprocesses: workers emit events, consumers read them).
+    stream = f"ordinaut-test-{uuid.uuid4().hex[:10]}:events"
+    os.environ["ORDINAUT_EVENT_STREAM"] = settings.ORDINAUT_EVENT_STREAM = stream
 
 
 @dataclass
@@ -77,6 +80,13 @@ def redis_client() -> Iterator[redis.Redis]:
     client.ping()
     yield client
     client.close()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def event_stream_cleanup(redis_client: redis.Redis) -> Iterator[None]:
+    """The session's event stream and its consumers' heartbeats go when the session ends."""
+    yield
+    redis_client.delete(settings.ORDINAUT_EVENT_STREAM, f"{settings.ORDINAUT_EVENT_STREAM}:consumers")
 
 
 @pytest.fixture(autouse=True)

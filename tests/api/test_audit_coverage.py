@@ -53,6 +53,7 @@ AUDITED: dict[tuple[str, str], list[tuple[str, str, str]]] = {
     ("POST", "/runs/{id}/replay"): [("run.replay", "run", NEW)],
     ("POST", "/runs/{id}/approve"): [("approval.approve", "run", TARGET)],
     ("POST", "/runs/{id}/reject"): [("approval.reject", "run", TARGET)],
+    ("POST", "/events"): [("event.publish", "event", NEW)],
 }
 # POSTs that compute an answer and change nothing.
 READ_ONLY_POSTS = {("POST", "/schedules/preview"), ("POST", "/pipelines/validate")}

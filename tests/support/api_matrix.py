@@ -16,6 +16,7 @@ from ordinaut_site.models import (
     ALL_SCOPES,
     SCOPE_ADMIN,
     SCOPE_AGENTS_ADMIN,
+    SCOPE_EVENTS_PUBLISH,
     SCOPE_RUNS_READ,
     SCOPE_RUNS_WRITE,
     SCOPE_TASKS_READ,
@@ -24,14 +25,15 @@ from ordinaut_site.models import (
 )
 from ordinaut_site.services import Actor, agent_create, token_issue
 from runs.models import Approval, Run
+from tasks.events import event_publish
 from tasks.services import task_create, task_pause
 from tests.support.pipelines import approval_payload, echo_pipeline, manual_task_body, run_in_process
 
 ANY_AGENT = None  # the endpoint needs a valid token and no particular scope
-OWNER_SCOPES = [SCOPE_TASKS_READ, SCOPE_TASKS_WRITE, SCOPE_RUNS_READ, SCOPE_RUNS_WRITE]
+OWNER_SCOPES = [SCOPE_TASKS_READ, SCOPE_TASKS_WRITE, SCOPE_RUNS_READ, SCOPE_RUNS_WRITE, SCOPE_EVENTS_PUBLISH]
 NON_ADMIN_SCOPES = [scope for scope in ALL_SCOPES if scope != SCOPE_ADMIN]
 # Objects an agent owns (directly, or through the task a run belongs to): others get a 404.
-OWNED_TARGETS = {"task", "paused_task", "failed_run", "waiting_run", "approval"}
+OWNED_TARGETS = {"task", "paused_task", "failed_run", "waiting_run", "approval", "event"}
 # Apps (by module name) whose tables db_fingerprint() compares.
 FINGERPRINT_APPS = {"ordinaut_site", "tasks", "runs", "pipelines", "django_celery_beat"}
 FAILING_PAYLOAD = {"pipeline": [{"id": "boom", "uses": "nowhere.missing_tool"}]}
@@ -106,6 +108,17 @@ MATRIX = [
     Endpoint("POST", "/runs/{id}/reject", SCOPE_RUNS_WRITE, 200, target="waiting_run", body={}, writes=True),
     Endpoint("GET", "/approvals", SCOPE_RUNS_READ, 200),
     Endpoint("GET", "/approvals/{id}", SCOPE_RUNS_READ, 200, target="approval"),
+    # Events (an agent reads back the events it published).
+    Endpoint(
+        "POST",
+        "/events",
+        SCOPE_EVENTS_PUBLISH,
+        202,
+        body={"topic": "matrix.published", "payload": {"n": 1}, "source": "matrix"},
+        writes=True,
+    ),
+    Endpoint("GET", "/events", SCOPE_EVENTS_PUBLISH, 200),
+    Endpoint("GET", "/events/{id}", SCOPE_EVENTS_PUBLISH, 200, target="event"),
 ]
 OWNED = [endpoint for endpoint in MATRIX if endpoint.owned]
 MANAGE_AGENT = [endpoint for endpoint in MATRIX if endpoint.target == "agent" and endpoint.writes]
@@ -135,6 +148,7 @@ def build_world(owner: Agent) -> World:
     failed = run_in_process(owner, FAILING_PAYLOAD)
     waiting = run_in_process(owner, approval_payload())
     assert (failed.status, waiting.status) == (Run.Status.FAILED, Run.Status.WAITING_APPROVAL)
+    event = event_publish(publisher=owner, actor=actor, topic="matrix.world", payload={"n": 1})
     victim = agent_create(name=f"victim-{uuid.uuid4().hex[:8]}", scopes=[], actor=actor)
     victim_token, _ = token_issue(agent=victim, actor=actor)
     return World(
@@ -146,6 +160,7 @@ def build_world(owner: Agent) -> World:
             "waiting_run": str(waiting.pk),
             "approval": str(Approval.objects.get(run=waiting).pk),
             "agent": str(victim.pk),
+            "event": str(event.pk),
         },
         victim_prefix=victim_token.prefix,
     )

@@ -46,6 +46,7 @@ ID_POOLS = {
     "runs": ["failed_run", "waiting_run"],
     "approvals": ["approval"],
     "agents": ["agent"],
+    "events": ["event"],
 }
 REQUEST_ID_HEADER = "X-Request-ID"
 # Valid domain values a JSON Schema cannot describe (cron grammar, IANA names, pipelines). Most

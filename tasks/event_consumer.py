@@ -1,0 +1,337 @@
+"""The events consumer: reads the event stream in a consumer group and fires the event tasks each
+event matches (`manage.py consume_events` runs it; start several on any hosts to share the work).
+
+Each entry is acknowledged (XACK) after its runs are committed, so a consumer that dies mid-batch
+leaves its entries pending; another consumer claims them once they have been idle for
+ORDINAUT_EVENT_CLAIM_IDLE_S (XAUTOCLAIM) and delivers them again, which creates nothing twice
+(trigger key `event:<id>`, and an event marked consumed is not delivered again). An entry that
+names no event, or no event that exists, is acknowledged and logged. When Redis or Postgres is
+away the loop logs, backs off and tries again; it never exits on its own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+from django.conf import settings
+from django.db import InterfaceError, OperationalError, close_old_connections, connection
+
+from .events import ENTRY_EVENT, event_deliver, events_republish, events_restore
+
+logger = logging.getLogger(__name__)
+
+BLOCK_MS = 1000
+# Claiming, re-publishing and the heartbeat's clean-up happen this often, not on every read.
+MAINTENANCE_INTERVAL_S = 5.0
+HEARTBEAT_INTERVAL_S = 5.0
+# /health calls the consumer alive when one beat within this long.
+HEARTBEAT_TTL_S = 30
+# Beats older than this are dropped from the heartbeat set.
+HEARTBEAT_FORGET_S = 3600
+# A consumer name with nothing pending, silent this long, is removed from the group.
+DEAD_CONSUMER_IDLE_MS = 24 * 3600 * 1000
+MAX_CLAIM_ROUNDS = 10
+BACKOFF_START_S = 0.5
+BACKOFF_MAX_S = 30.0
+SUMMARY_INTERVAL_S = 60.0
+TRANSIENT_DB_ERRORS = (OperationalError, InterfaceError)
+
+
+def heartbeat_key(stream: str) -> str:
+    return f"{stream}:consumers"
+
+
+def consumers_alive(client: redis.Redis, *, stream: str | None = None, now: float | None = None) -> dict[str, float]:
+    """Consumers that beat within HEARTBEAT_TTL_S: name -> seconds since their last beat."""
+    now = time.time() if now is None else now
+    beats: Any = client.zrangebyscore(
+        heartbeat_key(stream or settings.ORDINAUT_EVENT_STREAM), now - HEARTBEAT_TTL_S, "+inf", withscores=True
+    )
+    return {(name.decode() if isinstance(name, bytes) else str(name)): round(now - score, 3) for name, score in beats}
+
+
+def default_consumer_name() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+@dataclass
+class Stats:
+    entries: int = 0
+    delivered: int = 0
+    runs: int = 0
+    skipped_runs: int = 0
+    bad: int = 0
+    claimed: int = 0
+    republished: int = 0
+    errors: int = 0
+
+
+class EventConsumer:
+    """One consumer of the group. `run()` loops until `stop()`; `run(iterations=n)` does n reads."""
+
+    def __init__(
+        self,
+        *,
+        name: str | None = None,
+        stream: str | None = None,
+        group: str | None = None,
+        batch: int | None = None,
+        block_ms: int = BLOCK_MS,
+        claim_idle_ms: int | None = None,
+        client: redis.Redis | None = None,
+        sleep: Callable[[float], Any] = time.sleep,
+    ) -> None:
+        self.name = name or default_consumer_name()
+        self.stream = stream or settings.ORDINAUT_EVENT_STREAM
+        self.group = group or settings.ORDINAUT_EVENT_GROUP
+        self.batch = batch or settings.ORDINAUT_EVENT_BATCH
+        self.block_ms = block_ms
+        self.claim_idle_ms = claim_idle_ms if claim_idle_ms is not None else settings.ORDINAUT_EVENT_CLAIM_IDLE_S * 1000
+        # The read blocks up to block_ms: the socket must wait longer than that.
+        self.client = client or redis.Redis.from_url(
+            settings.REDIS_URL,
+            decode_responses=True,
+            socket_timeout=block_ms / 1000 + 5,
+            socket_connect_timeout=5,
+        )
+        self.sleep = sleep
+        self.stats = Stats()
+        self._stopping = False
+        self._group_ready = False
+        # After a failure (or at start), read this consumer's own pending entries before new ones.
+        self._pending_first = True
+        self._backoff_s = 0.0
+        self._next_maintenance = 0.0
+        self._next_beat = 0.0
+        self._next_summary = time.monotonic() + SUMMARY_INTERVAL_S
+
+    # --- The loop ------------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Ask the loop to end after the read in progress (a signal handler may call it)."""
+        self._stopping = True
+
+    def run(self, *, iterations: int | None = None) -> Stats:
+        logger.info(
+            "events consumer %s reading stream %s as group %s (batch %d, claim after %d ms idle)",
+            self.name,
+            self.stream,
+            self.group,
+            self.batch,
+            self.claim_idle_ms,
+        )
+        done = 0
+        while not self._stopping and (iterations is None or done < iterations):
+            done += 1
+            try:
+                self.step()
+            except Exception as exc:
+                self._failed(exc)
+        self._farewell()
+        logger.info(
+            "events consumer %s stopped: %d entries, %d events delivered, %d runs (%d skipped), %d bad",
+            self.name,
+            self.stats.entries,
+            self.stats.delivered,
+            self.stats.runs,
+            self.stats.skipped_runs,
+            self.stats.bad,
+        )
+        return self.stats
+
+    def step(self) -> int:
+        """One read (and, when due, maintenance). Returns the number of entries handled."""
+        if not connection.in_atomic_block:  # (tests may run the loop inside their transaction)
+            close_old_connections()  # as Django does per request: drop a broken or too old connection
+        self._ensure_group()
+        now = time.monotonic()
+        if now >= self._next_beat:
+            self._beat()
+            self._next_beat = now + HEARTBEAT_INTERVAL_S
+        handled = 0
+        if now >= self._next_maintenance:
+            handled += self._maintain()
+            self._next_maintenance = now + MAINTENANCE_INTERVAL_S
+        if self._pending_first:
+            entries = self._read("0", block_ms=None)
+            if not entries:
+                self._pending_first = False
+        else:
+            entries = self._read(">", block_ms=self.block_ms)
+        handled += self.handle(entries)
+        self._backoff_s = 0.0
+        self._summary()
+        return handled
+
+    def _failed(self, exc: Exception) -> None:
+        self.stats.errors += 1
+        self._pending_first = True
+        if isinstance(exc, redis.ResponseError) and "NOGROUP" in str(exc):
+            logger.warning("the consumer group %s of %s is gone; creating it again", self.group, self.stream)
+            self._group_ready = False
+            return
+        self._backoff_s = min(BACKOFF_MAX_S, self._backoff_s * 2 if self._backoff_s else BACKOFF_START_S)
+        if isinstance(exc, redis.RedisError):
+            logger.warning("events consumer: Redis unavailable (%s); retrying in %.1fs", exc, self._backoff_s)
+        elif isinstance(exc, TRANSIENT_DB_ERRORS):
+            # The next step() starts with close_old_connections(), which drops the broken connection.
+            logger.warning("events consumer: database unavailable (%s); retrying in %.1fs", exc, self._backoff_s)
+        else:
+            logger.exception("events consumer: unexpected error; retrying in %.1fs", self._backoff_s)
+        self.sleep(self._backoff_s)
+
+    def _ensure_group(self) -> None:
+        if self._group_ready:
+            return
+        try:
+            # From the stream's start: events added before any consumer ever ran are still owed.
+            self.client.xgroup_create(self.stream, self.group, id="0", mkstream=True)
+            logger.info("created consumer group %s on %s", self.group, self.stream)
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+        self._group_ready = True
+
+    def _read(self, start: str, *, block_ms: int | None) -> list[tuple[str, dict[str, str] | None]]:
+        reply: Any = self.client.xreadgroup(
+            self.group, self.name, {self.stream: start}, count=self.batch, block=block_ms
+        )
+        if not reply:
+            return []
+        # [[stream, [(id, fields), ...]]]; an entry trimmed while pending comes back with no fields.
+        return [(str(entry_id), fields) for entry_id, fields in reply[0][1]]
+
+    # --- Entries ---------------------------------------------------------------------------------
+
+    def handle(self, entries: list[tuple[str, dict[str, str] | None]]) -> int:
+        """Deliver each entry's event and acknowledge it. A transient database error stops the
+        batch with the rest unacknowledged (read again after the backoff)."""
+        done: list[str] = []
+        try:
+            for entry_id, fields in entries:
+                self.stats.entries += 1
+                self._handle_one(entry_id, fields)
+                done.append(entry_id)
+        finally:
+            if done:
+                self.client.xack(self.stream, self.group, *done)
+        return len(done)
+
+    def _handle_one(self, entry_id: str, fields: dict[str, str] | None) -> None:
+        event_id = (fields or {}).get(ENTRY_EVENT)
+        if not event_id:
+            self.stats.bad += 1
+            logger.warning("stream entry %s has no event id (%r); acknowledged and ignored", entry_id, fields)
+            return
+        try:
+            runs = event_deliver(event_id=event_id)
+        except TRANSIENT_DB_ERRORS:
+            raise
+        except Exception:
+            self.stats.bad += 1
+            logger.exception("delivering event %s (entry %s) failed; acknowledged and ignored", event_id, entry_id)
+            return
+        if runs is None:
+            self.stats.bad += 1
+            logger.warning("stream entry %s names event %r, which does not exist; acknowledged", entry_id, event_id)
+            return
+        self.stats.delivered += 1
+        skipped = sum(1 for run in runs if run.skip_reason)
+        self.stats.runs += len(runs) - skipped
+        self.stats.skipped_runs += skipped
+        if runs:
+            logger.info(
+                "event %s (entry %s): %d run(s) created, %d skipped", event_id, entry_id, len(runs) - skipped, skipped
+            )
+        else:
+            logger.debug("event %s (entry %s): no new runs", event_id, entry_id)
+
+    # --- Maintenance ---------------------------------------------------------------------------
+
+    def _beat(self) -> None:
+        now = time.time()
+        key = heartbeat_key(self.stream)
+        pipe = self.client.pipeline(transaction=False)
+        pipe.zadd(key, {self.name: now})
+        pipe.zremrangebyscore(key, "-inf", now - HEARTBEAT_FORGET_S)
+        pipe.execute()
+
+    def _farewell(self) -> None:
+        with contextlib.suppress(redis.RedisError):
+            self.client.zrem(heartbeat_key(self.stream), self.name)
+
+    def _maintain(self) -> int:
+        handled = self.claim()
+        self._republish()
+        self._forget_dead_consumers()
+        return handled
+
+    def claim(self) -> int:
+        """Take over entries other consumers (dead ones, or this one before a failure) read but
+        left unacknowledged for claim_idle_ms, and deliver them. Returns the entries handled."""
+        handled = 0
+        start = "0-0"
+        for _ in range(MAX_CLAIM_ROUNDS):
+            reply: Any = self.client.xautoclaim(
+                self.stream, self.group, self.name, self.claim_idle_ms, start_id=start, count=self.batch
+            )
+            start, entries = str(reply[0]), reply[1]
+            deleted = reply[2] if len(reply) > 2 else []
+            if entries:
+                self.stats.claimed += len(entries)
+                logger.info("claimed %d pending entr(ies) idle for %d ms or more", len(entries), self.claim_idle_ms)
+                handled += self.handle([(str(entry_id), fields) for entry_id, fields in entries])
+            if deleted:
+                # Trimmed before anyone acknowledged them; events_restore adds their events again.
+                logger.warning("%d pending entr(ies) were trimmed from the stream before delivery", len(deleted))
+            if start == "0-0":
+                break
+        return handled
+
+    def _republish(self) -> None:
+        """Events stored while Redis was away, or whose entry is gone: one consumer at a time."""
+        lock = f"{self.stream}:republish-lock"
+        if not self.client.set(lock, self.name, nx=True, ex=int(MAINTENANCE_INTERVAL_S) + 1):
+            return
+        added = events_republish() + events_restore(client=self.client)
+        self.stats.republished += added
+
+    def _forget_dead_consumers(self) -> None:
+        for consumer in self.client.xinfo_consumers(self.stream, self.group):
+            name = str(consumer.get("name"))
+            if name != self.name and not consumer.get("pending") and consumer.get("idle", 0) > DEAD_CONSUMER_IDLE_MS:
+                self.client.xgroup_delconsumer(self.stream, self.group, name)
+
+    def _summary(self) -> None:
+        now = time.monotonic()
+        if now < self._next_summary:
+            return
+        self._next_summary = now + SUMMARY_INTERVAL_S
+        lag = None
+        try:
+            for info in self.client.xinfo_groups(self.stream):
+                if str(info.get("name")) == self.group:
+                    lag = info.get("lag")
+        except redis.RedisError:
+            pass
+        logger.info(
+            "events consumer %s: %d entries, %d events delivered, %d runs (%d skipped), %d bad, %d claimed, "
+            "%d re-published, lag %s",
+            self.name,
+            self.stats.entries,
+            self.stats.delivered,
+            self.stats.runs,
+            self.stats.skipped_runs,
+            self.stats.bad,
+            self.stats.claimed,
+            self.stats.republished,
+            lag,
+        )

@@ -1,0 +1,189 @@
+"""Events end to end: POST /events -> the stream -> the events consumer -> runs on a real worker,
+tasks chained by orchestrator.emit_event, and `manage.py consume_events` as its own process."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from django.test import Client
+
+from runs.models import Run, StepRun
+from tasks.models import Event
+from tests.support.events import clean_stream, make_consumer, pending_count
+from tests.support.processes import BASE_DIR, child_env, wait_for
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.e2e]
+
+
+@pytest.fixture(autouse=True)
+def event_stream(redis_client: redis.Redis) -> Iterator[str]:
+    yield from clean_stream(redis_client)
+
+
+def event_task(client: Any, topic: str, pipeline: list[dict[str, Any]], **fields: Any) -> str:
+    body = {"title": f"on {topic}", "schedule_kind": "event", "schedule_expr": topic, "payload": {"pipeline": pipeline}}
+    response = client.post("/tasks", {**body, **fields}, format="json")
+    assert response.status_code == 201, response.json()
+    return str(response.json()["id"])
+
+
+def finished_run_of(task_id: str) -> Run | None:
+    run = Run.objects.filter(task_id=task_id).first()
+    return run if run is not None and run.status in Run.TERMINAL else None
+
+
+def consume_until(predicate: Any, *, message: str) -> Any:
+    """Run an in-process consumer a few reads at a time until predicate() holds."""
+    consumer = make_consumer()
+
+    def step() -> Any:
+        consumer.run(iterations=2)
+        return predicate()
+
+    return wait_for(step, timeout=60, message=message)
+
+
+def test_a_published_event_runs_the_matching_task_with_the_event_on_a_worker(
+    agent: Any, worker: Any, redis_client: redis.Redis
+) -> None:
+    matching = event_task(
+        agent.client,
+        "email.*",
+        [
+            {
+                "id": "read",
+                "uses": "orchestrator.echo",
+                "with": {"subject": "${event.payload.subject}", "topic": "${event.topic}"},
+            }
+        ],
+    )
+    other = event_task(agent.client, "sms.*", [{"id": "x", "uses": "orchestrator.echo", "with": {}}])
+
+    published = agent.client.post(
+        "/events", {"topic": "email.received", "payload": {"subject": "Invoice 42"}, "source": "imap"}, format="json"
+    )
+    assert published.status_code == 202, published.json()
+    assert published.json()["stream_id"]
+
+    run = consume_until(lambda: finished_run_of(matching), message="the event task's run to finish")
+
+    assert run.status == Run.Status.SUCCEEDED
+    assert (run.trigger, run.trigger_key) == ("event", f"event:{published.json()['id']}")
+    assert StepRun.objects.get(run=run).output == {"subject": "Invoice 42", "topic": "email.received"}
+    body = agent.client.get(f"/runs/{run.pk}").json()
+    assert body["context"]["event"]["payload"] == {"subject": "Invoice 42"}
+    assert body["context"]["event"]["source"] == "imap"
+    assert not Run.objects.filter(task_id=other).exists()
+    assert pending_count(redis_client) == 0
+    assert Event.objects.get(pk=published.json()["id"]).consumed_at is not None
+
+
+def test_emit_event_chains_two_tasks_through_a_topic(agent: Any, worker: Any) -> None:
+    second = event_task(
+        agent.client,
+        "report.ready",
+        [{"id": "deliver", "uses": "orchestrator.echo", "with": {"report": "${event.payload.report}"}}],
+    )
+    first = agent.client.post(
+        "/tasks",
+        {
+            "title": "build the report",
+            "schedule_kind": "manual",
+            "payload": {
+                "params": {"name": "weekly"},
+                "pipeline": [
+                    {"id": "build", "uses": "orchestrator.echo", "with": {"report": "${params.name} report"}},
+                    {
+                        "id": "announce",
+                        "uses": "orchestrator.emit_event",
+                        "with": {"topic": "report.ready", "payload": {"report": "${steps.build.report}"}},
+                    },
+                ],
+            },
+        },
+        format="json",
+    ).json()
+    started = agent.client.post(f"/tasks/{first['id']}/run_now", format="json")
+    assert started.status_code == 202
+
+    first_run = wait_for(lambda: finished_run_of(first["id"]), timeout=60, message="the first task's run to finish")
+    assert first_run.status == Run.Status.SUCCEEDED, first_run.error
+    event = Event.objects.get(emitted_by_run=first_run)
+    assert (event.topic, event.hops, event.publisher_id) == ("report.ready", 1, agent.agent.pk)
+    assert event.stream_id, "the worker added the event to the stream"
+
+    second_run = consume_until(lambda: finished_run_of(second), message="the chained task's run to finish")
+
+    assert second_run.status == Run.Status.SUCCEEDED
+    assert StepRun.objects.get(run=second_run).output == {"report": "weekly report"}
+    assert second_run.context["event"]["hops"] == 1
+
+
+# --- manage.py consume_events as a process ----------------------------------------------------
+
+
+class ConsumerProcess:
+    def __init__(self, log_path: Path) -> None:
+        self.log_path = log_path
+        self._log = log_path.open("wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "manage.py", "consume_events", "--name", "e2e-consumer"],
+            cwd=BASE_DIR,
+            env=child_env(),
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, timeout: float = 20) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=timeout)
+        finally:
+            self._log.close()
+
+
+def test_the_consume_events_command_delivers_and_stops_cleanly_on_sigterm(
+    agent: Any, worker: Any, tmp_path: Path
+) -> None:
+    task = event_task(
+        agent.client, "deploy.*", [{"id": "note", "uses": "orchestrator.echo", "with": {"v": "${event.payload.v}"}}]
+    )
+    consumer = ConsumerProcess(tmp_path / "consume_events.log")
+    try:
+        wait_for(
+            lambda: (
+                Client().get("/health").json()["checks"]["events_consumer"]["ok"] or consumer.proc.poll() is not None
+            ),
+            timeout=60,
+            message="the consumer's heartbeat",
+        )
+        assert consumer.proc.poll() is None, consumer.log()
+        assert "e2e-consumer" in Client().get("/health").json()["checks"]["events_consumer"]["consumers"]
+
+        published = agent.client.post("/events", {"topic": "deploy.done", "payload": {"v": 3}}, format="json")
+        assert published.status_code == 202
+
+        run = wait_for(lambda: finished_run_of(task), timeout=60, message="the event task's run to finish")
+        assert run.status == Run.Status.SUCCEEDED
+        assert StepRun.objects.get(run=run).output == {"v": 3}
+    finally:
+        code = consumer.stop()
+
+    log = consumer.log()
+    assert code == 0, log
+    assert "events consumer e2e-consumer started" in log
+    assert "SIGTERM, stopping" in log
+    assert "events consumer e2e-consumer stopped: 1 event(s) delivered, 1 run(s)" in log
+    assert Client().get("/health").json()["status"] == "degraded"
