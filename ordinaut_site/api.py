@@ -37,6 +37,7 @@ _DRF_CODES = {
     415: "unsupported_media_type",
     429: "rate_limited",
     500: "internal_error",
+    502: "tool_server_unreachable",
 }
 # Django's admin is a browser UI: its error pages stay HTML. Everything else answers JSON.
 ADMIN_PATH_PREFIX = "/admin/"
@@ -212,7 +213,8 @@ def json_403(request: HttpRequest, exception: Exception | None = None) -> HttpRe
 class ErrorDetailSerializer(serializers.Serializer):
     code = serializers.CharField(
         help_text="validation_error, not_authenticated, permission_denied, not_found, method_not_allowed, "
-        "conflict, payload_too_large, unsupported_media_type, rate_limited, internal_error, ..."
+        "conflict, payload_too_large, unsupported_media_type, rate_limited, internal_error, "
+        "tool_server_unreachable, ..."
     )
     message = serializers.CharField(help_text="A human sentence.")
     # The metaclass collects declared fields, so a field may be named "fields" (the error shape says so).
@@ -241,6 +243,7 @@ ERROR_DESCRIPTIONS = {
     415: "Unsupported media type (send application/json).",
     429: "Rate limited; retry after the Retry-After header's seconds.",
     500: "Internal error (never expected; logged with the request id).",
+    502: "A tool server could not be reached or refused Ordinaut (tool_server_unreachable).",
 }
 
 

@@ -48,6 +48,13 @@ class Conflict(OrdinautError):
     status = 409
 
 
+class ToolServerUnreachable(OrdinautError):
+    """An MCP tool server could not be asked for its tools (down, timed out, refused our credentials)."""
+
+    code = "tool_server_unreachable"
+    status = 502
+
+
 class PayloadTooLarge(OrdinautError):
     """A request body over ORDINAUT_MAX_BODY_BYTES."""
 
@@ -102,6 +109,18 @@ class ToolUnavailable(StepError):
 
     code = "tool_unavailable"
     retryable = True
+
+
+class ToolFailed(StepError):
+    """The tool ran and reported an error (an MCP result with isError); retryable only if it says so."""
+
+    code = "tool_error"
+
+
+class ToolAuthFailed(StepError):
+    """The tool server refused Ordinaut's credentials (HTTP 401/403), or a credential is not set."""
+
+    code = "tool_auth_failed"
 
 
 class TemplateFailed(StepError):

@@ -314,6 +314,13 @@ ORDINAUT_TOOL_MODULES = env_list("ORDINAUT_TOOL_MODULES", [])
 ORDINAUT_HTTP_ALLOWED_HOSTS = env_list("ORDINAUT_HTTP_ALLOWED_HOSTS", [])
 # ORDINAUT_HTTP_MAX_RESPONSE_BYTES: largest response body orchestrator.http reads.
 ORDINAUT_HTTP_MAX_RESPONSE_BYTES = env_int("ORDINAUT_HTTP_MAX_RESPONSE_BYTES", 1_048_576)
+# ORDINAUT_TOOL_CACHE_TTL_S: how long a process reuses a catalog (MCP) tool it looked up.
+ORDINAUT_TOOL_CACHE_TTL_S = env_int("ORDINAUT_TOOL_CACHE_TTL_S", 30)
+# ORDINAUT_TOOL_REFRESH_INTERVAL_S: how often beat refreshes every enabled tool server's catalog.
+ORDINAUT_TOOL_REFRESH_INTERVAL_S = env_int("ORDINAUT_TOOL_REFRESH_INTERVAL_S", 3600)
+# ORDINAUT_TOOL_HEADER_ENV_PREFIX: servers registered through the API may send headers only from
+# environment variables whose names start with this (operators' servers may name any variable).
+ORDINAUT_TOOL_HEADER_ENV_PREFIX = os.environ.get("ORDINAUT_TOOL_HEADER_ENV_PREFIX", "MCP_")
 # ORDINAUT_APPROVAL_TIMEOUT_S: how long an approval waits when the step sets no timeout_seconds.
 ORDINAUT_APPROVAL_TIMEOUT_S = env_int("ORDINAUT_APPROVAL_TIMEOUT_S", 7 * 86400)
 # ORDINAUT_QUEUED_GRACE_S: how long a queued run may wait for its first step before the sweeper re-sends it.
@@ -356,6 +363,12 @@ CELERY_BEAT_SCHEDULE = {
     },
     # Expired Idempotency-Key records (ORDINAUT_IDEMPOTENCY_TTL_S); manage.py purge_idempotency_keys does the same.
     "ordinaut.purge_idempotency_keys": {"task": "ordinaut.purge_idempotency_keys", "schedule": 3600.0},
+    # Every enabled tool server's catalog (tools/list); manage.py refresh_tools does it by hand.
+    "ordinaut.refresh_tool_servers": {
+        "task": "pipelines.refresh_tool_servers",
+        "schedule": float(ORDINAUT_TOOL_REFRESH_INTERVAL_S),
+        "options": {"expire_seconds": ORDINAUT_TOOL_REFRESH_INTERVAL_S},
+    },
 }
 
 # --- REST framework --------------------------------------------------------------------------

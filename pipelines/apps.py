@@ -1,4 +1,4 @@
-"""App config for pipelines: specs, templates, tools and the step jobs."""
+"""App config for pipelines: specs, templates, tools (and the MCP tool catalog) and the step jobs."""
 
 from django.apps import AppConfig
 
@@ -7,3 +7,10 @@ class PipelinesConfig(AppConfig):
     name = "pipelines"
     verbose_name = "Pipelines"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        # MCP servers' tools resolve after the in-process ones (Python tools win a name clash).
+        from .catalog import CATALOG
+        from .tools import resolver_add
+
+        resolver_add(CATALOG)

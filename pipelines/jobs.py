@@ -1,4 +1,5 @@
-"""Celery jobs of the pipeline engine: one job per step; a run is a chain of them."""
+"""Celery jobs of the pipeline engine (one job per step; a run is a chain of them) and the periodic
+tool catalog refresh."""
 
 from __future__ import annotations
 
@@ -8,6 +9,9 @@ from celery import shared_task
 from celery.signals import task_postrun, task_prerun
 from django.db import InterfaceError, OperationalError, close_old_connections, connections
 
+from ordinaut_site.services import SYSTEM
+
+from .catalog import tool_servers_refresh_all
 from .engine import Next, RetryIn, step_execute
 
 # A database connection that dropped (a Postgres restart) fails the job's first query; the job
@@ -48,3 +52,9 @@ def run_step_job(self: Any, run_id: str, index: int) -> None:
     if outcome is Next.STOP:
         # Ends the chain here: the rest is either done, owned by another message, or not wanted.
         self.request.chain = None
+
+
+@shared_task(name="pipelines.refresh_tool_servers", ignore_result=True)
+def refresh_tool_servers_job() -> dict[str, str]:
+    """Beat's periodic catalog refresh (ORDINAUT_TOOL_REFRESH_INTERVAL_S): every enabled server."""
+    return tool_servers_refresh_all(actor=SYSTEM)

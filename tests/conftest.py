@@ -19,6 +19,7 @@ from ordinaut_site.models import ALL_SCOPES, Agent
 from ordinaut_site.queues import queue_config
 from ordinaut_site.services import Actor, agent_create, token_issue
 from ordinaut_site.throttling import THROTTLE_KEY_PREFIX
+from tests.support.mcp_servers import TOKEN, TOKEN_ENV
 from tests.support.processes import Worker
 
 # Fixtures of engine tests that start workers of their own (session_worker_paused, workers).
@@ -40,6 +41,9 @@ def pytest_configure(config: pytest.Config) -> None:
     for name, value in TEST_TOOL_SETTINGS.items():
         os.environ[name] = ",".join(value)
         setattr(settings, name, value)
+    # The protected test MCP server's Authorization header, where tool servers' headers_from_env
+    # finds it (tests/support/mcp_servers.py); worker subprocesses inherit it.
+    os.environ[TOKEN_ENV] = f"Bearer {TOKEN}"
     # And its own event stream (here and in subprocesses: workers emit events, consumers read them).
     stream = f"ordinaut-test-{uuid.uuid4().hex[:10]}:events"
     os.environ["ORDINAUT_EVENT_STREAM"] = settings.ORDINAUT_EVENT_STREAM = stream

@@ -13,7 +13,7 @@ from django.test import Client
 from django.utils import timezone
 from rest_framework.test import APIClient
 
-from ordinaut_site.models import SCOPE_AGENTS_ADMIN, AgentToken, AuditLog
+from ordinaut_site.models import AgentToken, AuditLog
 from ordinaut_site.services import Actor
 from runs.models import Approval, Run
 from runs.services import approval_expire
@@ -53,6 +53,8 @@ AUDITED: dict[tuple[str, str], list[tuple[str, str, str]]] = {
     ("POST", "/runs/{id}/replay"): [("run.replay", "run", NEW)],
     ("POST", "/runs/{id}/approve"): [("approval.approve", "run", TARGET)],
     ("POST", "/runs/{id}/reject"): [("approval.reject", "run", TARGET)],
+    ("POST", "/tool-servers"): [("tool_server.create", "tool_server", NEW)],
+    ("POST", "/tool-servers/{name}/refresh"): [("tool_server.refresh", "tool_server", TARGET)],
     ("POST", "/events"): [("event.publish", "event", NEW)],
 }
 # POSTs that compute an answer and change nothing.
@@ -94,7 +96,7 @@ def _new_subject_id(body: dict[str, Any]) -> str:
 
 @pytest.mark.parametrize("endpoint", WRITES, ids=str)
 def test_each_mutating_endpoint_writes_its_audit_rows(endpoint: Endpoint, owner: Any, admin: Any, world: World) -> None:
-    caller = admin if endpoint.scope == SCOPE_AGENTS_ADMIN else owner
+    caller = owner if endpoint.scope in OWNER_SCOPES else admin
     request_id = f"audit-{uuid.uuid4().hex}"
 
     response = call(caller.client, endpoint, world.url(endpoint), HTTP_X_REQUEST_ID=request_id)
@@ -170,6 +172,7 @@ ADMIN_ACTIONS = [
     ("ordinaut/agent", "issue_token", "agent", "token.issue", "agent", "agent"),
     ("ordinaut/agent", "deactivate", "agent", "agent.deactivate", "agent", "agent"),
     ("ordinaut/agenttoken", "revoke", "victim_token", "token.revoke", "agent", "agent"),
+    ("pipelines/toolserver", "refresh", "tool_server", "tool_server.refresh", "tool_server", "tool_server"),
 ]
 
 

@@ -83,6 +83,7 @@ def test_structural_errors_stop_nothing_else_from_being_reported() -> None:
     assert _step(report, "a")["tool_found"] is True
 
 
+@pytest.mark.django_db  # an unknown name is also looked for in the MCP catalog
 def test_unknown_tools_are_errors() -> None:
     report = pipeline_dry_run(payload={"pipeline": [{"id": "x", "uses": "nowhere.tool"}]})
     assert report["valid"] is False

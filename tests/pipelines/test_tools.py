@@ -47,6 +47,7 @@ def _call(name: str, payload: Any, call: ToolCall = CALL) -> Any:
     return tool.func(payload, call)
 
 
+@pytest.mark.django_db  # the list includes the MCP catalog
 def test_builtins_are_listed_with_schemas() -> None:
     names = {tool.name for tool in tool_list()}
     assert {
@@ -59,12 +60,14 @@ def test_builtins_are_listed_with_schemas() -> None:
     assert tool_resolve("orchestrator.http").input_schema["required"] == ["url"]
 
 
+@pytest.mark.django_db  # an unknown name is also looked for in the MCP catalog
 def test_unknown_tool_is_a_permanent_error() -> None:
     with pytest.raises(UnknownTool) as caught:
         tool_resolve("nowhere.thing")
     assert caught.value.retryable is False
 
 
+@pytest.mark.django_db  # the MCP catalog is in the chain too
 def test_a_resolver_added_later_serves_its_tools_after_the_python_ones() -> None:
     class Catalog:
         def __init__(self, tools: Iterable[Tool]) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from django.apps import apps
@@ -21,12 +21,17 @@ from ordinaut_site.models import (
     SCOPE_RUNS_WRITE,
     SCOPE_TASKS_READ,
     SCOPE_TASKS_WRITE,
+    SCOPE_TOOLS_READ,
+    SCOPE_TOOLS_WRITE,
     Agent,
 )
 from ordinaut_site.services import Actor, agent_create, token_issue
+from pipelines.catalog import tool_server_clean, tool_server_create
+from pipelines.models import Tool as CatalogTool
 from runs.models import Approval, Run
 from tasks.events import event_publish
 from tasks.services import task_create, task_pause
+from tests.support.mcp_servers import shared_http_server
 from tests.support.pipelines import approval_payload, echo_pipeline, manual_task_body, run_in_process
 
 ANY_AGENT = None  # the endpoint needs a valid token and no particular scope
@@ -41,6 +46,11 @@ FAILING_PAYLOAD = {"pipeline": [{"id": "boom", "uses": "nowhere.missing_tool"}]}
 
 def _unique_agent_body() -> dict[str, Any]:
     return {"name": f"matrix-{uuid.uuid4().hex[:10]}", "scopes": []}
+
+
+def _unique_tool_server_body() -> dict[str, Any]:
+    # Registering makes no connection, so the URL need not answer.
+    return {"name": f"matrix-{uuid.uuid4().hex[:10]}", "url": "http://127.0.0.1:9/mcp"}
 
 
 @dataclass(frozen=True)
@@ -108,6 +118,14 @@ MATRIX = [
     Endpoint("POST", "/runs/{id}/reject", SCOPE_RUNS_WRITE, 200, target="waiting_run", body={}, writes=True),
     Endpoint("GET", "/approvals", SCOPE_RUNS_READ, 200),
     Endpoint("GET", "/approvals/{id}", SCOPE_RUNS_READ, 200, target="approval"),
+    # Tools and tool servers (a catalog shared by all agents: nothing is owned). Registering a
+    # server needs admin (DESIGN 7); refreshing the world's server asks a real MCP server on loopback.
+    Endpoint("GET", "/tools", SCOPE_TOOLS_READ, 200),
+    Endpoint("GET", "/tools/{name}", SCOPE_TOOLS_READ, 200, target="tool"),
+    Endpoint("GET", "/tool-servers", SCOPE_TOOLS_READ, 200),
+    Endpoint("GET", "/tool-servers/{name}", SCOPE_TOOLS_READ, 200, target="tool_server"),
+    Endpoint("POST", "/tool-servers", SCOPE_ADMIN, 201, body=_unique_tool_server_body, writes=True),
+    Endpoint("POST", "/tool-servers/{name}/refresh", SCOPE_TOOLS_WRITE, 200, target="tool_server", writes=True),
     # Events (an agent reads back the events it published).
     Endpoint(
         "POST",
@@ -132,11 +150,14 @@ class World:
     owner: Agent
     ids: dict[str, str]
     victim_prefix: str
+    names: dict[str, str] = field(default_factory=dict)  # what `{name}` is, for targets named by name
 
     def url(self, endpoint: Endpoint, target_id: str | None = None) -> str:
         path = endpoint.path
-        if endpoint.target is not None:
+        if endpoint.target is not None and "{id}" in path:
             path = path.replace("{id}", target_id or self.ids[endpoint.target])
+        if endpoint.target is not None and "{name}" in path:
+            path = path.replace("{name}", target_id or self.names[endpoint.target])
         return path.replace("{prefix}", self.victim_prefix)
 
 
@@ -151,6 +172,11 @@ def build_world(owner: Agent) -> World:
     event = event_publish(publisher=owner, actor=actor, topic="matrix.world", payload={"n": 1})
     victim = agent_create(name=f"victim-{uuid.uuid4().hex[:8]}", scopes=[], actor=actor)
     victim_token, _ = token_issue(agent=victim, actor=actor)
+    tool_server = tool_server_create(
+        fields=tool_server_clean(name=f"matrix-tools-{uuid.uuid4().hex[:8]}", url=shared_http_server().url),
+        actor=actor,
+    )
+    CatalogTool.objects.create(server=tool_server, name="forecast", input_schema={"type": "object"})
     return World(
         owner=owner,
         ids={
@@ -160,9 +186,11 @@ def build_world(owner: Agent) -> World:
             "waiting_run": str(waiting.pk),
             "approval": str(Approval.objects.get(run=waiting).pk),
             "agent": str(victim.pk),
+            "tool_server": str(tool_server.pk),
             "event": str(event.pk),
         },
         victim_prefix=victim_token.prefix,
+        names={"tool_server": tool_server.name, "tool": f"{tool_server.name}.forecast"},
     )
 
 

@@ -48,6 +48,8 @@ ID_POOLS = {
     "agents": ["agent"],
     "events": ["event"],
 }
+# Which world objects a generated {name} may be swapped for, by the path's first segment.
+NAME_POOLS = {"tools": ["tool"], "tool-servers": ["tool_server"]}
 REQUEST_ID_HEADER = "X-Request-ID"
 # Valid domain values a JSON Schema cannot describe (cron grammar, IANA names, pipelines). Most
 # valid-mode bodies get some of them, so creation and preview get past validation too.
@@ -258,6 +260,12 @@ class Fuzzer:
     def _aim(self, case: Any, path: str) -> None:
         """Swap generated path ids for real objects (most of the time; see the module docstring)."""
         params = case.path_parameters or {}
+        names = NAME_POOLS.get(path.strip("/").split("/")[0], [])
+        if "name" in params and names:
+            picked = _pick(params["name"], len(names))
+            if picked is not None:
+                params["name"] = self._world().names[names[picked]]
+            return
         pool = ID_POOLS.get(path.strip("/").split("/")[0], [])
         if "id" not in params or not pool or not _looks_like_uuid(params["id"]):
             return
