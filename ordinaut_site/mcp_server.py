@@ -29,8 +29,10 @@ from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.utils.encoders import JSONEncoder
 
+from pipelines import catalog
 from pipelines.api import ValidateRequestSerializer
 from pipelines.dryrun import pipeline_dry_run
+from pipelines.tools_api import ToolListQuerySerializer, tool_data
 from runs import selectors as run_selectors
 from runs import services as run_services
 from runs.api import (
@@ -44,6 +46,7 @@ from runs.api import (
     RunSerializer,
 )
 from runs.models import Approval, Run
+from tasks import events as task_events
 from tasks import selectors as task_selectors
 from tasks import services as task_services
 from tasks.api import (
@@ -54,6 +57,8 @@ from tasks.api import (
     TaskListQuerySerializer,
     TaskSerializer,
 )
+from tasks.events_api import EventPublishSerializer
+from tasks.events_api import accepted_body as event_accepted  # the 202 body of POST /events
 from tasks.models import Task
 from tasks.schedules import PREVIEW_MAX, describe
 
@@ -63,10 +68,12 @@ from .api import _flatten_fields as flatten_fields  # the REST handler's own fla
 from .api import _validation_message as validation_message
 from .errors import NotAuthenticated, OrdinautError, PermissionDenied, ValidationFailed
 from .models import (
+    SCOPE_EVENTS_PUBLISH,
     SCOPE_RUNS_READ,
     SCOPE_RUNS_WRITE,
     SCOPE_TASKS_READ,
     SCOPE_TASKS_WRITE,
+    SCOPE_TOOLS_READ,
     Agent,
 )
 from .parsers import check_json_limits
@@ -130,8 +137,9 @@ mcp = MCPServer(
     instructions=(
         "Ordinaut schedules and runs tasks for AI agents. A task has a schedule (cron, rrule, once, "
         "interval, event or manual) and a payload {params, pipeline}: steps that call tools. Create "
-        "tasks, preview schedules, run them now, watch their runs, and approve or reject runs that wait "
-        "for a human. Every tool needs a scope of the calling agent's token (named in its description); "
+        "tasks, preview schedules, run them now, watch their runs, approve or reject runs that wait for "
+        "a human, publish events that start event tasks, and list the tools steps can use. Every tool "
+        "needs a scope of the calling agent's token (named in its description); "
         "other agents' tasks and runs are not found unless the agent is an admin. Errors come back as "
         'the REST error shape: {"error": {"code", "message", "fields"?}, "request_id"}.'
     ),
@@ -259,11 +267,15 @@ def _validated(serializer_class: type[serializers.Serializer], data: dict[str, A
     return dict(serializer.validated_data)
 
 
-def _page(items: Any, serializer_class: type[serializers.Serializer], limit: int, offset: int) -> dict[str, Any]:
-    """A page in the REST list shape; `next_offset` (null on the last page) stands in for `next`."""
-    count = items.count()
-    page = serializer_class(items[offset : offset + limit], many=True).data
-    return {"count": count, "next_offset": offset + limit if offset + limit < count else None, "results": page}
+def _page(
+    items: Any, limit: int, offset: int, serializer_class: type[serializers.Serializer] | None = None
+) -> dict[str, Any]:
+    """A page (of a queryset or a list) in the REST list shape; `next_offset` (null on the last
+    page) stands in for `next`."""
+    count = len(items) if isinstance(items, list) else items.count()
+    page = items[offset : offset + limit]
+    results = serializer_class(page, many=True).data if serializer_class is not None else page
+    return {"count": count, "next_offset": offset + limit if offset + limit < count else None, "results": results}
 
 
 # --- Parameter types (descriptions are what an agent reads) ------------------------------------
@@ -401,7 +413,7 @@ async def list_tasks(
     def work(agent: Agent) -> Any:
         filters = {"status": status, "schedule_kind": schedule_kind, "search": search}
         query = _validated(TaskListQuerySerializer, filters)
-        return _page(task_selectors.task_list(agent=agent, **query), TaskSerializer, limit, offset)
+        return _page(task_selectors.task_list(agent=agent, **query), limit, offset, TaskSerializer)
 
     return await _call("list_tasks", SCOPE_TASKS_READ, work)
 
@@ -632,7 +644,7 @@ async def list_runs(
             since=query.get("since"),
             until=query.get("until"),
         )
-        return _page(runs, RunSerializer, limit, offset)
+        return _page(runs, limit, offset, RunSerializer)
 
     return await _call("list_runs", SCOPE_RUNS_READ, work)
 
@@ -737,6 +749,63 @@ async def list_approvals(
     def work(agent: Agent) -> Any:
         query = _validated(ApprovalListQuerySerializer, {"status": ",".join(status) if status else None, "run": run_id})
         approvals = run_selectors.approval_list(agent=agent, status=query.get("status"), run_id=query.get("run"))
-        return _page(approvals, ApprovalSerializer, limit, offset)
+        return _page(approvals, limit, offset, ApprovalSerializer)
 
     return await _call("list_approvals", SCOPE_RUNS_READ, work)
+
+
+# --- Events and the tool catalog ------------------------------------------------------------------
+
+
+@mcp.tool(annotations=WRITES)
+async def publish_event(
+    topic: Annotated[
+        str,
+        Field(
+            description="What happened, dotted by convention ('email.received'): 1..200 letters, digits "
+            "and . _ : -. Event tasks whose schedule_expr matches it, exactly or by glob ('email.*'), run."
+        ),
+    ],
+    payload: Annotated[dict[str, Any], Field(description="Any JSON object; steps see it as ${event.payload...}.")],
+    source: Annotated[str, Field(description="Free text: where it comes from.")] = "",
+    idempotency_key: Annotated[
+        str,
+        Field(
+            max_length=300,
+            description="Publishing again with the same key answers the first event instead of a new one "
+            "(a different topic, payload or source with the key is a conflict).",
+        ),
+    ] = "",
+) -> dict[str, Any]:
+    """Publish an event like POST /events (scope events:publish): it is stored, added to the event
+    stream, and the publisher's active event tasks matching its topic run (an admin's reach every
+    agent's). Returns {id, topic, stream_id, published_at}."""
+
+    def work(agent: Agent) -> Any:
+        body = _validated(EventPublishSerializer, {"topic": topic, "payload": payload, "source": source})
+        event = task_events.event_publish(
+            publisher=agent, actor=Actor.of_agent(agent), idempotency_key=idempotency_key, **body
+        )
+        return event_accepted(event)
+
+    return await _call("publish_event", SCOPE_EVENTS_PUBLISH, work, writes=True, json_arguments={"payload": payload})
+
+
+@mcp.tool(annotations=READ_ONLY)
+async def list_tools(
+    server: Annotated[
+        str | None, Field(description="Only this server's tools ('orchestrator' for the built-ins).")
+    ] = None,
+    search: Annotated[str | None, Field(description="Text in the name or description (case-insensitive).")] = None,
+    limit: Limit = DEFAULT_PAGE,
+    offset: Offset = 0,
+) -> dict[str, Any]:
+    """The tools pipeline steps can use (`uses`: 'server.tool'), like GET /tools (scope tools:read):
+    built-ins, Python tools and every enabled MCP server's catalog. Returns {count, next_offset,
+    results: [{name, server, description, input_schema, output_schema, cost}]}."""
+
+    def work(agent: Agent) -> Any:
+        query = _validated(ToolListQuerySerializer, {"server": server, "search": search})
+        return _page([tool_data(tool) for tool in catalog.catalog_tools(**query)], limit, offset)
+
+    return await _call("list_tools", SCOPE_TOOLS_READ, work)

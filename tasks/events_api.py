@@ -98,7 +98,7 @@ class EventListQuerySerializer(serializers.Serializer):
         return attrs
 
 
-def _accepted(event: Event) -> dict[str, Any]:
+def accepted_body(event: Event) -> dict[str, Any]:
     fields = {"id": event.pk, "topic": event.topic, "stream_id": event.stream_id or None}
     return dict(EventAcceptedSerializer({**fields, "published_at": event.published_at}).data)
 
@@ -125,7 +125,7 @@ class EventViewSet(viewsets.GenericViewSet):
         # An Idempotency-Key is honoured by @idempotent (kept ORDINAUT_IDEMPOTENCY_TTL_S, like on
         # every endpoint); the event's own idempotency key is for steps (orchestrator.emit_event).
         event = events.event_publish(publisher=agent, actor=Actor.of_agent(agent), **body.validated_data)
-        return Response(_accepted(event), status=status.HTTP_202_ACCEPTED)
+        return Response(accepted_body(event), status=status.HTTP_202_ACCEPTED)
 
     @extend_schema(
         summary="Events, newest first (an agent's own; every agent's for admins)",

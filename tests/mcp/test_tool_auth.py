@@ -51,6 +51,8 @@ TOOLS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "approve_run": ("POST", "/runs/{id}/approve", {"run_id": SOME_ID}),
     "reject_run": ("POST", "/runs/{id}/reject", {"run_id": SOME_ID}),
     "list_approvals": ("GET", "/approvals", {}),
+    "publish_event": ("POST", "/events", {"topic": "mail.received", "payload": {}}),
+    "list_tools": ("GET", "/tools", {}),
 }
 REST_SCOPES = {(endpoint.method, endpoint.path): endpoint.scope for endpoint in MATRIX}
 
