@@ -61,140 +61,26 @@ def child_env(**extra: str) -> dict[str, str]:
     return env
 
 
-class Worker:
-    """`celery -A ordinaut_site worker` in a subprocess, consuming this test session's queue."""
+class _CeleryProcess:
+    """`celery -A ordinaut_site <command>` in a subprocess of its own session, logging to a file."""
 
-    def __init__(
-        self,
-        log_dir: Path,
-        *,
-        concurrency: int = 2,
-        name: str | None = None,
-        queue: str | None = None,
-        env: dict[str, str] | None = None,
-        extra_args: tuple[str, ...] = (),
-    ) -> None:
-        self.name = name or f"test-{uuid.uuid4().hex[:8]}@{os.uname().nodename}"
-        self.log_path = log_dir / f"{self.name.split('@')[0]}.log"
-        self.concurrency = concurrency
-        # Another queue than the session's keeps this worker's messages away from the shared worker.
-        self.queue = queue or app.conf.task_default_queue
+    log_path: Path
+
+    def __init__(self, env: dict[str, str] | None) -> None:
         self.env = env or {}
-        self.extra_args = extra_args
         self.proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
 
-    def start(self) -> Worker:
+    def _spawn(self, *args: str, env: dict[str, str]) -> None:
         self._log = self.log_path.open("ab")
-        command = [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "ordinaut_site",
-            "worker",
-            "-P",
-            "prefork",
-            "-c",
-            str(self.concurrency),
-            "-n",
-            self.name,
-            "-Q",
-            worker_queues(self.queue),
-            "--without-mingle",
-            "--without-gossip",
-            "-l",
-            "INFO",
-            *self.extra_args,
-        ]
         self.proc = subprocess.Popen(
-            command,
-            env=child_env(CELERY_QUEUE=self.queue, **self.env),
+            [sys.executable, "-m", "celery", "-A", "ordinaut_site", *args],
+            env=env,
             cwd=BASE_DIR,
             stdout=self._log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        wait_for(self.ping, timeout=60, message=f"worker {self.name} to answer ping (log: {self.log_path})")
-        return self
-
-    def ping(self) -> bool:
-        if self.proc is not None and self.proc.poll() is not None:
-            raise AssertionError(f"worker exited with {self.proc.returncode}; log: {self.log_path}")
-        return bool(app.control.ping(destination=[self.name], timeout=0.5))
-
-    def processed(self) -> dict[str, int]:
-        """Jobs this worker has run so far, by job name (Celery's own counter)."""
-        stats: dict[str, Any] = app.control.inspect(destination=[self.name], timeout=2).stats() or {}
-        return dict(stats.get(self.name, {}).get("total", {}))
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        os.killpg(self.proc.pid, sig)
-        try:
-            self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=timeout)
-        if self._log is not None:
-            self._log.close()
-
-    def log_text(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def wait_idle(self, timeout: float = 60) -> None:
-        """Until this worker's queues are empty and it runs nothing: a test that sent jobs waits
-        here before its teardown empties the database under a job's open transaction."""
-        client = redis.Redis.from_url(app.conf.broker_url)
-        queues = worker_queues(self.queue).split(",")
-
-        def idle() -> bool:
-            if any(client.llen(name) for name in queues):
-                return False
-            inspect = app.control.inspect(destination=[self.name], timeout=1)
-            busy = [*(inspect.active() or {}).get(self.name, []), *(inspect.reserved() or {}).get(self.name, [])]
-            return not busy
-
-        wait_for(idle, timeout=timeout, message=f"worker {self.name} to finish its jobs")
-
-
-class Beat:
-    """`celery -A ordinaut_site beat` in a subprocess (Ordinaut's scheduler, as settings select)."""
-
-    def __init__(
-        self, log_dir: Path, name: str, *, args: tuple[str, ...] = (), env: dict[str, str] | None = None
-    ) -> None:
-        self.name = name
-        self.args = args
-        self.log_path = log_dir / f"beat-{name}-{uuid.uuid4().hex[:6]}.log"
-        self.env = env or {}
-        self.proc: subprocess.Popen[bytes] | None = None
-        self._log: IO[bytes] | None = None
-
-    def start(self) -> Beat:
-        self._log = self.log_path.open("ab")
-        command = [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "ordinaut_site",
-            "beat",
-            "-l",
-            "INFO",
-            "--pidfile=",
-            *self.args,
-        ]
-        self.proc = subprocess.Popen(
-            command,
-            env=child_env(**self.env),
-            cwd=BASE_DIR,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        return self
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -213,6 +99,90 @@ class Beat:
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+class Worker(_CeleryProcess):
+    """`celery -A ordinaut_site worker` in a subprocess, consuming this test session's queue."""
+
+    def __init__(
+        self,
+        log_dir: Path,
+        *,
+        concurrency: int = 2,
+        name: str | None = None,
+        queue: str | None = None,
+        env: dict[str, str] | None = None,
+        extra_args: tuple[str, ...] = (),
+    ) -> None:
+        super().__init__(env)
+        self.name = name or f"test-{uuid.uuid4().hex[:8]}@{os.uname().nodename}"
+        self.log_path = log_dir / f"{self.name.split('@')[0]}.log"
+        self.concurrency = concurrency
+        # Another queue than the session's keeps this worker's messages away from the shared worker.
+        self.queue = queue or app.conf.task_default_queue
+        self.extra_args = extra_args
+
+    def start(self) -> Worker:
+        self._spawn(
+            "worker",
+            "-P",
+            "prefork",
+            "-c",
+            str(self.concurrency),
+            "-n",
+            self.name,
+            "-Q",
+            worker_queues(self.queue),
+            "--without-mingle",
+            "--without-gossip",
+            "-l",
+            "INFO",
+            *self.extra_args,
+            env=child_env(CELERY_QUEUE=self.queue, **self.env),
+        )
+        wait_for(self.ping, timeout=60, message=f"worker {self.name} to answer ping (log: {self.log_path})")
+        return self
+
+    def ping(self) -> bool:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise AssertionError(f"worker exited with {self.proc.returncode}; log: {self.log_path}")
+        return bool(app.control.ping(destination=[self.name], timeout=0.5))
+
+    def processed(self) -> dict[str, int]:
+        """Jobs this worker has run so far, by job name (Celery's own counter)."""
+        stats: dict[str, Any] = app.control.inspect(destination=[self.name], timeout=2).stats() or {}
+        return dict(stats.get(self.name, {}).get("total", {}))
+
+    def wait_idle(self, timeout: float = 60) -> None:
+        """Until this worker's queues are empty and it runs nothing: a test that sent jobs waits
+        here before its teardown empties the database under a job's open transaction."""
+        client = redis.Redis.from_url(app.conf.broker_url)
+        queues = worker_queues(self.queue).split(",")
+
+        def idle() -> bool:
+            if any(client.llen(name) for name in queues):
+                return False
+            inspect = app.control.inspect(destination=[self.name], timeout=1)
+            busy = [*(inspect.active() or {}).get(self.name, []), *(inspect.reserved() or {}).get(self.name, [])]
+            return not busy
+
+        wait_for(idle, timeout=timeout, message=f"worker {self.name} to finish its jobs")
+
+
+class Beat(_CeleryProcess):
+    """`celery -A ordinaut_site beat` in a subprocess (Ordinaut's scheduler, as settings select)."""
+
+    def __init__(
+        self, log_dir: Path, name: str, *, args: tuple[str, ...] = (), env: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(env)
+        self.name = name
+        self.args = args
+        self.log_path = log_dir / f"beat-{name}-{uuid.uuid4().hex[:6]}.log"
+
+    def start(self) -> Beat:
+        self._spawn("beat", "-l", "INFO", "--pidfile=", *self.args, env=child_env(**self.env))
+        return self
 
     def is_leader(self) -> bool:
         return "acquired the leader lock" in self.log_text()
