@@ -1,8 +1,5 @@
-"""Wall-clock correctness across DST in Europe/Chisinau and America/New_York, for cron and RRULE.
-
-2027 transitions: Chisinau springs forward 02:00->03:00 on Mar 28 and falls back 03:00->02:00 on
-Oct 31; New York springs forward 02:00->03:00 on Mar 14 and falls back 02:00->01:00 on Nov 7.
-"""
+"""Wall-clock correctness across DST in Europe/Chisinau and America/New_York, for cron and RRULE
+(the table and its transitions: tests/support/dst.py)."""
 
 from __future__ import annotations
 
@@ -12,32 +9,18 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from tasks.schedules import occurrences, parse_schedule
-
-ZONES = {
-    # zone: (spring-forward day, fall-back day, an ambiguous local time on the fall-back day)
-    "Europe/Chisinau": ("2027-03-28", "2027-10-31", "02:30"),
-    "America/New_York": ("2027-03-14", "2027-11-07", "01:30"),
-}
-
-
-def _daily(kind: str, hh_mm: str) -> str:
-    hour, minute = (int(x) for x in hh_mm.split(":"))
-    if kind == "cron":
-        return f"{minute} {hour} * * *"
-    return f"DTSTART:20270101T000000\nRRULE:FREQ=DAILY;BYHOUR={hour};BYMINUTE={minute}"
+from tests.support.dst import KINDS, ZONES, daily, window_start
 
 
 def _local_days(kind: str, zone: str, hh_mm: str, day: str) -> list[str]:
     """Local fire times (with offsets) from two days before `day` to two days after."""
-    tz = ZoneInfo(zone)
-    center = datetime.fromisoformat(day).replace(tzinfo=tz)
-    schedule = parse_schedule(kind, _daily(kind, hh_mm), zone)
+    schedule = parse_schedule(kind, daily(kind, hh_mm), zone)
     assert schedule is not None
-    start = center.replace(day=center.day - 2).astimezone(UTC)
-    return [at.astimezone(tz).isoformat() for at in occurrences(schedule, after=start, count=5)]
+    fired = occurrences(schedule, after=window_start(zone, day), count=5)
+    return [at.astimezone(ZoneInfo(zone)).isoformat() for at in fired]
 
 
-@pytest.mark.parametrize("kind", ["cron", "rrule"])
+@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("zone", list(ZONES))
 def test_daily_0900_fires_at_0900_local_before_and_after_both_changes(kind: str, zone: str) -> None:
     spring, fall, _ = ZONES[zone]
@@ -47,7 +30,7 @@ def test_daily_0900_fires_at_0900_local_before_and_after_both_changes(kind: str,
         assert len({f[19:] for f in fired}) == 2, "the UTC offset changes under a steady 09:00"
 
 
-@pytest.mark.parametrize("kind", ["cron", "rrule"])
+@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("zone", list(ZONES))
 def test_0230_on_spring_forward_day_fires_at_0330(kind: str, zone: str) -> None:
     spring, _, _ = ZONES[zone]
@@ -57,7 +40,7 @@ def test_0230_on_spring_forward_day_fires_at_0330(kind: str, zone: str) -> None:
     assert [t for d, t in by_day.items() if d != spring] == ["02:30"] * 4
 
 
-@pytest.mark.parametrize("kind", ["cron", "rrule"])
+@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("zone", list(ZONES))
 def test_ambiguous_time_on_fall_back_day_fires_once_at_its_first_instant(kind: str, zone: str) -> None:
     _, fall, ambiguous = ZONES[zone]
@@ -70,7 +53,7 @@ def test_ambiguous_time_on_fall_back_day_fires_once_at_its_first_instant(kind: s
     assert len(set(fired)) == 5
 
 
-@pytest.mark.parametrize("kind", ["cron", "rrule"])
+@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("zone", list(ZONES))
 def test_0130_daily_on_fall_back_day_fires_once(kind: str, zone: str) -> None:
     _, fall, _ = ZONES[zone]
