@@ -7,7 +7,19 @@ from typing import Any
 import pytest
 from rest_framework.test import APIClient
 
+from tests.support.dst import KINDS, ZONES, daily, expected_local, window_start
+
 pytestmark = pytest.mark.django_db
+
+# The cases of tests/tasks/test_dst.py: 09:00 on both days, 02:30 on the spring-forward day, the
+# ambiguous time and 01:30 on the fall-back day.
+DST_CASES = sorted(
+    {
+        (zone, hh_mm, day)
+        for zone, (spring, fall, ambiguous) in ZONES.items()
+        for hh_mm, day in (("09:00", spring), ("09:00", fall), ("02:30", spring), (ambiguous, fall), ("01:30", fall))
+    }
+)
 
 
 def test_preview_cron_across_spring_forward(agent: Any) -> None:
@@ -33,6 +45,28 @@ def test_preview_cron_across_spring_forward(agent: Any) -> None:
         "2027-03-15T06:30:00Z",
     ]
     assert body["description"] == "At 02:30 (America/New_York)"
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize(("zone", "hh_mm", "day"), DST_CASES, ids=["-".join(case) for case in DST_CASES])
+def test_preview_daily_across_dst(agent: Any, kind: str, zone: str, hh_mm: str, day: str) -> None:
+    response = agent.client.post(
+        "/schedules/preview",
+        {
+            "schedule_kind": kind,
+            "schedule_expr": daily(kind, hh_mm),
+            "timezone": zone,
+            "count": 5,
+            "after": window_start(zone, day).isoformat(),
+        },
+        format="json",
+    )
+    assert response.status_code == 200, response.json()
+    local = [o["at"] for o in response.json()["occurrences"]]
+    assert local == expected_local(zone, hh_mm, day)
+    on_the_day = [at[11:16] for at in local if at.startswith(day)]
+    spring_gap = hh_mm == "02:30" and day == ZONES[zone][0]
+    assert on_the_day == (["03:30"] if spring_gap else [hh_mm]), "once on the day of the change"
 
 
 def test_preview_rrule_seed_example(agent: Any) -> None:

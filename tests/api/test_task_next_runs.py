@@ -43,6 +43,10 @@ def test_first_next_run_equals_the_tasks_next_run_at(agent: Any) -> None:
 
 
 def test_paused_and_manual_tasks_have_none(agent: Any) -> None:
+    paused = _task(agent.client, schedule_kind="cron", schedule_expr="*/5 * * * *")
+    assert len(agent.client.get(f"/tasks/{paused}/next_runs").json()["occurrences"]) == 5
+    assert agent.client.post(f"/tasks/{paused}/pause").status_code == 200
+    assert agent.client.get(f"/tasks/{paused}/next_runs").json()["occurrences"] == []
     manual = _task(agent.client, schedule_kind="manual")
     assert agent.client.get(f"/tasks/{manual}/next_runs").json()["occurrences"] == []
 
