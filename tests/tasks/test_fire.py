@@ -119,6 +119,21 @@ def test_count_exhaustion_completes_the_task(make_task: Any) -> None:
     assert Task.objects.get(pk=task.pk).status == "completed"
 
 
+def test_until_exhaustion_completes_the_task(make_task: Any) -> None:
+    start = (timezone.now() + timedelta(days=1)).astimezone(UTC).replace(hour=9, minute=0, second=0, microsecond=0)
+    last = start + timedelta(days=1)
+    task = make_task(
+        "rrule", f"DTSTART:{start:%Y%m%dT%H%M%SZ}\nRRULE:FREQ=DAILY;UNTIL={last:%Y%m%dT%H%M%SZ}", overlap="allow"
+    )
+    fired(task, start)
+    assert Task.objects.get(pk=task.pk).status == "active"
+    assert fired(task, last).status == "queued", "UNTIL is inclusive: its own instant still runs"
+    task.refresh_from_db()
+    assert (task.status, task.next_run_at) == ("completed", None)
+    assert not task.periodic_task.enabled
+    assert AuditLog.objects.filter(action="task.complete", subject_id=str(task.pk)).exists()
+
+
 def test_paused_task_does_not_fire(make_task: Any) -> None:
     task = make_task("cron", "*/5 * * * *")
     at = _occurrence(task)
