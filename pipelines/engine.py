@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import json
 import logging
@@ -12,7 +13,7 @@ from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
-from django.db import InterfaceError, OperationalError, transaction
+from django.db import DatabaseError, InterfaceError, OperationalError, transaction
 from django.utils import timezone
 
 from ordinaut_site import logs
@@ -29,6 +30,7 @@ from runs import services as run_services
 from runs.models import Run, StepRun
 from runs.selectors import run_get_for_step, step_outputs
 
+from .storable import storable_json, storable_text
 from .templates import Rendering, condition_evaluate, has_templates, render
 from .tools import AwaitApproval, Suspend, ToolCall, schema_errors, tool_resolve
 
@@ -213,18 +215,37 @@ def _step_execute(run: Run, index: int, claim_id: str) -> Outcome:
 
     history = attempt.end("succeeded")
     last = index == len(run.pipeline) - 1
-    if not run_services.step_succeed(
-        step=record, input=rendered, output=output, history=history, finish_run=run if last else None
-    ):
+    try:
+        with _savepoint():
+            won = run_services.step_succeed(
+                step=record, input=rendered, output=output, history=history, finish_run=run if last else None
+            )
+    except (OperationalError, InterfaceError):
+        raise  # the database, not the step: the job retries
+    except DatabaseError as exc:
+        # The database refused the record (a value the checks above did not foresee). Left
+        # running, the step would be swept and its tool called again, and again: fail it instead.
+        logger.exception("could not record the success of step %s", record.step_id)
+        message = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        error = ToolOutputInvalid(f"the step's result could not be stored: {message}")
+        return _failed(run, attempt, step, rendered, error, policy)
+    if not won:
         return Next.STOP  # someone else finished or reset it meanwhile (or the run was canceled)
     return Next.STOP if last else Next.CONTINUE
 
 
+def _savepoint() -> Any:
+    """A savepoint when the engine runs inside a transaction (tests, callers that batch), so a
+    refused statement does not break it; nothing otherwise, where one statement is atomic on its
+    own and a failed one leaves the connection usable (a worker runs in autocommit)."""
+    return transaction.atomic() if transaction.get_connection().in_atomic_block else contextlib.nullcontext()
+
+
 def _check_output_size(output: Any) -> None:
     try:
-        size = len(json.dumps(output, separators=(",", ":")))
+        size = len(storable_json(output, prefix="output"))
     except (TypeError, ValueError) as exc:
-        raise ToolOutputInvalid(f"the tool returned something that is not JSON: {exc}") from None
+        raise ToolOutputInvalid(f"the tool's output cannot be stored as JSON: {exc}") from None
     if size > settings.ORDINAUT_MAX_STEP_OUTPUT_BYTES:
         raise ToolOutputTooLarge(
             f"output is {size} bytes; ORDINAUT_MAX_STEP_OUTPUT_BYTES is {settings.ORDINAUT_MAX_STEP_OUTPUT_BYTES}"
@@ -255,6 +276,8 @@ def _failed(
 ) -> Outcome:
     record = attempt.record
     error = exc.as_dict()
+    # Messages quote what tools and servers said, which may hold a NUL the database refuses.
+    error["message"] = storable_text(str(error["message"]))
     error["attempt"] = record.attempts
     if exc.retryable and record.attempts < policy.max_attempts:
         delay = retry_delay_s(policy, record.attempts)

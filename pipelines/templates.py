@@ -26,6 +26,8 @@ from jmespath.exceptions import JMESPathError
 
 from ordinaut_site.errors import TemplateFailed
 
+from .storable import storable_json
+
 EXPR_MAX_LEN = 2000
 # Nesting a JMESPath parser can take before Python's recursion limit becomes the judge.
 EXPR_MAX_NESTING = 50
@@ -294,9 +296,15 @@ def _context_zone(context: dict[str, Any]) -> ZoneInfo | None:
 
 
 def render(value: Any, context: dict[str, Any], rendering: Rendering | None = None) -> Any:
-    """A step's `with`, templates expanded through objects and arrays."""
+    """A step's `with`, templates expanded through objects and arrays. TemplateFailed when the
+    result cannot be stored (JMESPath literals and functions can make NaN, Infinity or a NUL)."""
     rendering = rendering or Rendering()
-    return _render(value, context, rendering)
+    rendered = _render(value, context, rendering)
+    try:
+        storable_json(rendered, prefix="with")
+    except (TypeError, ValueError) as exc:
+        raise TemplateFailed(f"the rendered input cannot be stored: {exc}") from None
+    return rendered
 
 
 def _render(value: Any, context: dict[str, Any], rendering: Rendering) -> Any:
