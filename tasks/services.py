@@ -133,14 +133,21 @@ def _transition(task: Task, actor: Actor, action: str, *, to: str, allowed: tupl
     if task.status not in allowed:
         raise Conflict(f"A {task.status} task cannot be {_PAST[action]}.", status=task.status)
     now = dj_timezone.now()
+    resuming = to == Task.Status.ACTIVE
+    # Resume never backfills: the schedule starts again at the next occurrence after now. When
+    # there is none (a once task or a COUNT/UNTIL rule whose last occurrence passed while it was
+    # paused), nothing would ever fire again: the task is completed, not left active forever.
+    # Occurrences that passed while paused get no runs, as on any other resume.
+    if resuming and _exhausted_at(task, now):
+        to = Task.Status.COMPLETED
     with transaction.atomic():
         updated = Task.objects.filter(pk=task.pk, status=task.status).update(status=to)
         if not updated:
             raise Conflict("The task changed meanwhile; read it again.")
         task.status = to
-        if to == Task.Status.ACTIVE:
+        if resuming:
             task.snoozed_until = None
-            _reset_cursor(task, now)  # resume never backfills: the next occurrence after now
+            _reset_cursor(task, now)
         else:
             task.next_run_at = None
         task.save(
@@ -148,7 +155,21 @@ def _transition(task: Task, actor: Actor, action: str, *, to: str, allowed: tupl
         )
         beat_rows_sync(task)
         audit_record(actor=actor, action=f"task.{action}", subject_type="task", subject_id=task.pk)
+        if to == Task.Status.COMPLETED:
+            audit_record(
+                actor=SYSTEM,
+                action="task.complete",
+                subject_type="task",
+                subject_id=task.pk,
+                details={"reason": "resumed after its last occurrence", "resumed_at": now.isoformat()},
+            )
     return task
+
+
+def _exhausted_at(task: Task, now: datetime) -> bool:
+    """A time-based schedule with no occurrence after `now`."""
+    schedule = task_schedule(task)
+    return schedule is not None and schedule.next_after(now) is None
 
 
 def task_pause(*, task: Task, actor: Actor) -> Task:
