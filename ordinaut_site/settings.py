@@ -235,18 +235,26 @@ CACHES = {
 
 # ORDINAUT_MAX_STEP_TIMEOUT_S: upper bound for any step's timeout_seconds.
 ORDINAUT_MAX_STEP_TIMEOUT_S = env_int("ORDINAUT_MAX_STEP_TIMEOUT_S", 3600)
-# ORDINAUT_MAX_COUNTDOWN_S: upper bound for any retry backoff or wait countdown kept in the broker;
-# longer waits are parked in the database and re-dispatched by the sweeper.
+# ORDINAUT_MAX_COUNTDOWN_S: upper bound for any retry backoff, wait or run jitter countdown kept in
+# the broker; longer waits and jitters are parked in the database and dispatched by the sweeper.
 ORDINAUT_MAX_COUNTDOWN_S = env_int("ORDINAUT_MAX_COUNTDOWN_S", 900)
+# A step job's hard time limit is this much above its timeout (the soft limit): the soft limit lets
+# the tool fail cleanly, the hard one kills a tool that ignores it.
+ORDINAUT_HARD_TIME_LIMIT_GRACE_S = 30
 # The Redis transport re-delivers an unacknowledged message after the visibility timeout. It must
-# exceed the longest a message can legitimately stay unacknowledged (a step running up to its
-# timeout, or waiting out a countdown), or a live step would run twice.
+# exceed the longest a message can legitimately stay unacknowledged (waiting out a countdown, then
+# a step running up to its hard time limit), or a live step would run twice. Every countdown the
+# broker gets (retry backoff, short wait, run jitter) is at most ORDINAUT_MAX_COUNTDOWN_S; longer
+# ones are held in the database.
 CELERY_VISIBILITY_TIMEOUT_S = env_int(
     "CELERY_VISIBILITY_TIMEOUT_S", ORDINAUT_MAX_STEP_TIMEOUT_S + ORDINAUT_MAX_COUNTDOWN_S + 600
 )
-if CELERY_VISIBILITY_TIMEOUT_S <= ORDINAUT_MAX_STEP_TIMEOUT_S + ORDINAUT_MAX_COUNTDOWN_S:
+if CELERY_VISIBILITY_TIMEOUT_S <= (
+    ORDINAUT_MAX_STEP_TIMEOUT_S + ORDINAUT_HARD_TIME_LIMIT_GRACE_S + ORDINAUT_MAX_COUNTDOWN_S
+):
     raise ImproperlyConfigured(
-        "CELERY_VISIBILITY_TIMEOUT_S must be larger than ORDINAUT_MAX_STEP_TIMEOUT_S + ORDINAUT_MAX_COUNTDOWN_S"
+        f"CELERY_VISIBILITY_TIMEOUT_S must be larger than ORDINAUT_MAX_STEP_TIMEOUT_S + "
+        f"{ORDINAUT_HARD_TIME_LIMIT_GRACE_S} (the hard time limit's grace) + ORDINAUT_MAX_COUNTDOWN_S"
     )
 
 CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", REDIS_URL)

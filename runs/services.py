@@ -33,9 +33,6 @@ logger = logging.getLogger(__name__)
 # The step job lives in pipelines/jobs.py; runs/ refers to it by its stable Celery name so the
 # dependency points one way (pipelines -> runs), as DESIGN.md section 3 asks.
 STEP_JOB_NAME = "pipelines.run_step"
-# The Celery hard time limit is this much above a step's timeout (the soft limit): the soft limit
-# lets the tool fail cleanly, the hard one kills a tool that ignores it.
-HARD_TIME_LIMIT_GRACE_S = 30
 # Runs the sweeper handles per pass; the next pass takes the rest.
 SWEEP_BATCH = 200
 MAX_APPROVAL_ITEMS = 1000
@@ -62,6 +59,21 @@ def step_timeout_s(*, task: Task, step: dict[str, Any]) -> float:
 
 def _grace(seconds: float) -> timedelta:
     return timedelta(seconds=seconds)
+
+
+def _jitter_parked(jitter_s: float) -> bool:
+    """A jitter longer than a broker countdown may be (ORDINAUT_MAX_COUNTDOWN_S, below the
+    visibility timeout) is held in the database, like a long wait: no chain is sent, and the
+    sweeper sends it once the run's deadline, the end of its jitter, has passed."""
+    return jitter_s > settings.ORDINAUT_MAX_COUNTDOWN_S
+
+
+def _queued_deadline(now: datetime, jitter_s: float) -> datetime:
+    """When the sweeper takes over a queued run: its jitter plus ORDINAUT_QUEUED_GRACE_S for a
+    chain that was sent; the end of the jitter for one held in the database."""
+    if _jitter_parked(jitter_s):
+        return now + _grace(jitter_s)
+    return now + _grace(settings.ORDINAUT_QUEUED_GRACE_S + jitter_s)
 
 
 # --- Creation and dispatch ---------------------------------------------------------------------
@@ -127,8 +139,9 @@ def _run_insert(
 ) -> Run:
     now = timezone.now()
     finished = status == Run.Status.SKIPPED
+    sending = not finished and not hold and not _jitter_parked(jitter_seconds)
     # Counted here rather than by run_dispatch: one statement (and one commit) less per run.
-    dispatching = not finished and not hold and start_index < len(pipeline)
+    dispatching = sending and start_index < len(pipeline)
     reused_by_index = {step.index: step for step in reused}
     try:
         with transaction.atomic():
@@ -146,9 +159,7 @@ def _run_insert(
                 current_step=start_index,
                 dispatch_count=1 if dispatching else 0,
                 finished_at=now if finished else None,
-                deadline_at=None
-                if finished or hold
-                else now + _grace(settings.ORDINAUT_QUEUED_GRACE_S + jitter_seconds),
+                deadline_at=None if finished or hold else _queued_deadline(now, jitter_seconds),
             )
             # A skipped run never executes, so it has no step rows.
             StepRun.objects.bulk_create(() if finished else _new_steps(run, reused_by_index))
@@ -162,7 +173,7 @@ def _run_insert(
                     subject_id=run.pk,
                     details={"task": str(task.pk), "trigger": trigger, "trigger_key": trigger_key},
                 )
-            if not finished and not hold:
+            if sending:
                 _dispatch_on_commit(run, task, start_index=start_index, counted=dispatching)
     except IntegrityError as exc:
         if Run.objects.filter(task=task, trigger_key=trigger_key).exists():
@@ -222,7 +233,9 @@ def runs_create_scheduled(items: Sequence[ScheduledRun]) -> list[Run]:
     rows = []
     for item in items:
         skipped = bool(item.skip_reason)
-        dispatching = not skipped and not item.hold and bool(item.task.pipeline)
+        dispatching = (
+            not skipped and not item.hold and not _jitter_parked(item.jitter_seconds) and bool(item.task.pipeline)
+        )
         rows.append(
             Run(
                 id=uuid.uuid4(),
@@ -241,9 +254,7 @@ def runs_create_scheduled(items: Sequence[ScheduledRun]) -> list[Run]:
                 jitter_seconds=item.jitter_seconds,
                 dispatch_count=1 if dispatching else 0,
                 finished_at=now if skipped else None,
-                deadline_at=None
-                if skipped or item.hold
-                else now + _grace(settings.ORDINAUT_QUEUED_GRACE_S + item.jitter_seconds),
+                deadline_at=None if skipped or item.hold else _queued_deadline(now, item.jitter_seconds),
             )
         )
     if not rows:
@@ -255,7 +266,7 @@ def runs_create_scheduled(items: Sequence[ScheduledRun]) -> list[Run]:
         [step for row, _ in created if row.status == Run.Status.QUEUED for step in _new_steps(row)], batch_size=1000
     )
     for row, item in created:
-        if row.status == Run.Status.QUEUED and not item.hold:
+        if row.status == Run.Status.QUEUED and not item.hold and not _jitter_parked(item.jitter_seconds):
             _dispatch_on_commit(row, item.task, counted=row.dispatch_count == 1)
     return [row for row, _ in created]
 
@@ -290,7 +301,8 @@ def run_dispatch(
     """Send the Celery chain for steps from_index..end: immutable (run id, index) signatures,
     stamped with the run id so the whole chain can be revoked. A run without steps finishes here.
     Each step carries its timeout as the soft time limit (the tool sees SoftTimeLimitExceeded).
-    `counted`: the caller already added this dispatch to the run's dispatch_count."""
+    `counted`: the caller already added this dispatch to the run's dispatch_count. The countdown
+    never exceeds ORDINAUT_MAX_COUNTDOWN_S (callers hold longer jitters in the database)."""
     if from_index >= step_count:
         run_finish_empty(run_id=run_id)
         return
@@ -306,7 +318,7 @@ def run_dispatch(
             immutable=True,
             app=current_app,
             soft_time_limit=timeouts[index],
-            time_limit=timeouts[index] + HARD_TIME_LIMIT_GRACE_S,
+            time_limit=timeouts[index] + settings.ORDINAUT_HARD_TIME_LIMIT_GRACE_S,
         )
         for index in range(from_index, step_count)
     ]
@@ -314,7 +326,7 @@ def run_dispatch(
     flow.stamp(run_id=str(run_id))
     options: dict[str, Any] = {}
     if countdown:
-        options["countdown"] = countdown
+        options["countdown"] = min(countdown, settings.ORDINAUT_MAX_COUNTDOWN_S)
     flow.apply_async(**options)
 
 
@@ -352,10 +364,11 @@ def run_release_held(*, task_id: Any) -> Run | None:
         run = held.order_by("scheduled_for", "created_at").first()
         if run is None:
             return None
-        run.deadline_at = timezone.now() + _grace(settings.ORDINAUT_QUEUED_GRACE_S + run.jitter_seconds)
+        run.deadline_at = _queued_deadline(timezone.now(), run.jitter_seconds)
         run.save(update_fields=["deadline_at"])
-        run_id, steps, jitter = run.pk, len(run.pipeline), run.jitter_seconds
-        transaction.on_commit(lambda: run_dispatch(run_id=run_id, from_index=0, step_count=steps, countdown=jitter))
+        if not _jitter_parked(run.jitter_seconds):
+            run_id, steps, jitter = run.pk, len(run.pipeline), run.jitter_seconds
+            transaction.on_commit(lambda: run_dispatch(run_id=run_id, from_index=0, step_count=steps, countdown=jitter))
     return run
 
 
@@ -1054,9 +1067,12 @@ def run_recover(*, run_id: uuid.UUID, now: datetime | None = None) -> bool:
             status=StepRun.Status.PENDING, claim_id=""
         )
         Run.objects.filter(pk=run.pk).update(current_step=first.index)
-        logger.warning(
-            "re-dispatching run %s from step %s (%s past its deadline)", run.pk, first.index, now - run.deadline_at
-        )
+        if run.dispatch_count == 0 and run.status == Run.Status.QUEUED:
+            logger.info("starting run %s: its jitter, held in the database, is over", run.pk)
+        else:
+            logger.warning(
+                "re-dispatching run %s from step %s (%s past its deadline)", run.pk, first.index, now - run.deadline_at
+            )
         run_id_, count = run.pk, len(steps)
         timeouts = [step_timeout_s(task=run.task, step=step) for step in run.pipeline]
         transaction.on_commit(
