@@ -98,21 +98,32 @@ def task_create(*, owner: Agent, actor: Actor, fields: dict[str, Any]) -> Task:
     return task
 
 
+def _lock(task: Task) -> None:
+    """Re-read the task under a row lock (inside a transaction) before changing it. The caller read
+    it earlier: a pause, a PATCH or beat's cursor committed since then is the base of this change,
+    not overwritten by the caller's stale copy; a concurrent change waits for this one to commit."""
+    task.refresh_from_db(from_queryset=Task.objects.select_for_update())
+
+
 def task_update(*, task: Task, actor: Actor, fields: dict[str, Any]) -> Task:
-    """PATCH: apply the fields, validate the merged task, re-sync the schedule when it changed."""
-    if task.deleted_at is not None:
-        raise Conflict("The task is deleted.")
-    now = dj_timezone.now()
-    before = {name: getattr(task, name) for name in SCHEDULE_FIELDS}
-    for name, value in fields.items():
-        setattr(task, name, value)
-    _clean(task, now)
-    schedule_changed = any(getattr(task, name) != before[name] for name in SCHEDULE_FIELDS)
-    if schedule_changed:
-        task.snoozed_until = None
-        _reset_cursor(task, now)
+    """PATCH: apply the fields, validate the merged task, re-sync the schedule when it changed.
+    Only the fields this update touches are written."""
     with transaction.atomic():
-        task.save()
+        _lock(task)
+        if task.deleted_at is not None:
+            raise Conflict("The task is deleted.")
+        now = dj_timezone.now()
+        before = {name: getattr(task, name) for name in SCHEDULE_FIELDS}
+        for name, value in fields.items():
+            setattr(task, name, value)
+        _clean(task, now)
+        written = set(fields)
+        schedule_changed = any(getattr(task, name) != before[name] for name in SCHEDULE_FIELDS)
+        if schedule_changed:
+            task.snoozed_until = None
+            _reset_cursor(task, now)
+            written |= {*SCHEDULE_FIELDS, "snoozed_until", "fired_through", "schedule_version", "next_run_at"}
+        task.save(update_fields=sorted(written | {"updated_at"}))
         beat_rows_sync(task)
         audit_record(
             actor=actor,
@@ -128,22 +139,20 @@ _PAST = {"pause": "paused", "resume": "resumed", "cancel": "canceled"}
 
 
 def _transition(task: Task, actor: Actor, action: str, *, to: str, allowed: tuple[str, ...]) -> Task:
-    if task.deleted_at is not None:
-        raise Conflict("The task is deleted.")
-    if task.status not in allowed:
-        raise Conflict(f"A {task.status} task cannot be {_PAST[action]}.", status=task.status)
-    now = dj_timezone.now()
-    resuming = to == Task.Status.ACTIVE
-    # Resume never backfills: the schedule starts again at the next occurrence after now. When
-    # there is none (a once task or a COUNT/UNTIL rule whose last occurrence passed while it was
-    # paused), nothing would ever fire again: the task is completed, not left active forever.
-    # Occurrences that passed while paused get no runs, as on any other resume.
-    if resuming and _exhausted_at(task, now):
-        to = Task.Status.COMPLETED
     with transaction.atomic():
-        updated = Task.objects.filter(pk=task.pk, status=task.status).update(status=to)
-        if not updated:
-            raise Conflict("The task changed meanwhile; read it again.")
+        _lock(task)  # the status checked below is the one this change replaces
+        if task.deleted_at is not None:
+            raise Conflict("The task is deleted.")
+        if task.status not in allowed:
+            raise Conflict(f"A {task.status} task cannot be {_PAST[action]}.", status=task.status)
+        now = dj_timezone.now()
+        resuming = to == Task.Status.ACTIVE
+        # Resume never backfills: the schedule starts again at the next occurrence after now. When
+        # there is none (a once task or a COUNT/UNTIL rule whose last occurrence passed while it was
+        # paused), nothing would ever fire again: the task is completed, not left active forever.
+        # Occurrences that passed while paused get no runs, as on any other resume.
+        if resuming and _exhausted_at(task, now):
+            to = Task.Status.COMPLETED
         task.status = to
         if resuming:
             task.snoozed_until = None
@@ -186,9 +195,10 @@ def task_cancel(*, task: Task, actor: Actor) -> Task:
 
 def task_delete(*, task: Task, actor: Actor) -> None:
     """The task disappears from the API and stops firing; its runs stay readable."""
-    if task.deleted_at is not None:
-        return
     with transaction.atomic():
+        _lock(task)  # the status is the one committed, e.g. not a completion made meanwhile
+        if task.deleted_at is not None:
+            return
         task.deleted_at = dj_timezone.now()
         if task.status in (Task.Status.ACTIVE, Task.Status.PAUSED):
             task.status = Task.Status.CANCELED
@@ -209,27 +219,9 @@ def task_snooze(
         raise ValidationFailed(
             "Give exactly one of delay_seconds or until.", fields={"delay_seconds": ["give delay_seconds or until"]}
         )
-    if task.deleted_at is not None or task.status != Task.Status.ACTIVE:
-        raise Conflict(f"Only active tasks can be snoozed; this one is {task.status}.")
-    if task.schedule_kind not in SCHEDULED_KINDS:
-        raise Conflict(f"A {task.schedule_kind} task has no schedule to snooze.")
-    base = next_run(task, task_schedule(task))
-    if base is None:
-        raise Conflict("The task has no next run to snooze.")
-    if delay_seconds is not None:
-        if not 1 <= delay_seconds <= MAX_SNOOZE_S:
-            raise ValidationFailed.on("delay_seconds", f"must be 1..{MAX_SNOOZE_S}")
-        target = base + timedelta(seconds=delay_seconds)
-    else:
-        assert until is not None
-        if until.tzinfo is None:
-            raise ValidationFailed.on("until", "needs a UTC offset (e.g. 2026-12-01T09:00:00+02:00)")
-        if until <= base:
-            raise ValidationFailed.on("until", f"must be after the next run ({base.isoformat()})")
-        if until > dj_timezone.now() + timedelta(seconds=MAX_SNOOZE_S):
-            raise ValidationFailed.on("until", "is more than a year away")
-        target = until.astimezone(UTC)
     with transaction.atomic():
+        _lock(task)  # the next run postponed here is the one of the schedule as committed
+        target = _snooze_target(task, delay_seconds, until)
         task.snoozed_until = target
         task.next_run_at = target
         task.schedule_version = (task.schedule_version or 0) + 1
@@ -243,6 +235,28 @@ def task_snooze(
             details={"until": target.isoformat(), "reason": reason[:500]},
         )
     return task
+
+
+def _snooze_target(task: Task, delay_seconds: int | None, until: datetime | None) -> datetime:
+    if task.deleted_at is not None or task.status != Task.Status.ACTIVE:
+        raise Conflict(f"Only active tasks can be snoozed; this one is {task.status}.")
+    if task.schedule_kind not in SCHEDULED_KINDS:
+        raise Conflict(f"A {task.schedule_kind} task has no schedule to snooze.")
+    base = next_run(task, task_schedule(task))
+    if base is None:
+        raise Conflict("The task has no next run to snooze.")
+    if delay_seconds is not None:
+        if not 1 <= delay_seconds <= MAX_SNOOZE_S:
+            raise ValidationFailed.on("delay_seconds", f"must be 1..{MAX_SNOOZE_S}")
+        return base + timedelta(seconds=delay_seconds)
+    assert until is not None
+    if until.tzinfo is None:
+        raise ValidationFailed.on("until", "needs a UTC offset (e.g. 2026-12-01T09:00:00+02:00)")
+    if until <= base:
+        raise ValidationFailed.on("until", f"must be after the next run ({base.isoformat()})")
+    if until > dj_timezone.now() + timedelta(seconds=MAX_SNOOZE_S):
+        raise ValidationFailed.on("until", "is more than a year away")
+    return until.astimezone(UTC)
 
 
 def task_run_now(
