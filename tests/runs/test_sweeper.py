@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from typing import Any
 
 import pytest
+from django.db import connection, transaction
 from django.utils import timezone
 
 from ordinaut_site.models import AuditLog
@@ -90,6 +94,57 @@ def test_two_sweeps_at_once_dispatch_a_run_once(
         second = runs_sweep(now=later)
     assert (first["runs_recovered"], second["runs_recovered"]) == (1, 0)
     assert len(dispatched) == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_sweep_skips_a_run_another_transaction_holds_without_waiting(
+    agent: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Real concurrency: another connection holds the run's row lock (another sweeper, a
+    decision) while a sweep runs in a third thread. SKIP LOCKED: the sweep passes it by at once;
+    once the lock is released, the next sweep dispatches it, once."""
+    sent: list[dict[str, Any]] = []
+    monkeypatch.setattr(services, "run_dispatch", lambda **kwargs: sent.append(kwargs))
+    run = run_create(task=make_task(agent.agent, echo_pipeline(1)), trigger="manual")
+    sent.clear()  # its first dispatch (committed at once here): the chain that was "lost"
+    later = timezone.now() + LATER
+    locked, release = threading.Event(), threading.Event()
+
+    def hold_the_row_lock() -> None:
+        try:
+            with transaction.atomic():
+                Run.objects.select_for_update().get(pk=run.pk)
+                locked.set()
+                release.wait(timeout=30)
+        finally:
+            connection.close()
+
+    def sweep() -> dict[str, int]:
+        try:
+            return runs_sweep(now=later)
+        finally:
+            connection.close()
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        holder = pool.submit(hold_the_row_lock)
+        try:
+            assert locked.wait(timeout=10), "the other transaction took the lock"
+            started = time.monotonic()
+            during = pool.submit(sweep).result(timeout=10)  # a blocked sweep would time out here
+            took_s = time.monotonic() - started
+        finally:
+            release.set()
+        holder.result(timeout=10)
+
+    assert during["runs_recovered"] == 0
+    assert sent == [], "nothing dispatched while another transaction holds the run"
+    assert took_s < 5, f"the sweep waited {took_s:.1f}s for the lock"
+
+    after = runs_sweep(now=later)
+    assert after["runs_recovered"] == 1
+    assert [(d["run_id"], d["from_index"]) for d in sent] == [(run.pk, 0)]
+    assert runs_sweep(now=later)["runs_recovered"] == 0, "its deadline moved on: dispatched once"
+    assert len(sent) == 1
 
 
 def test_a_parked_wait_is_resumed_after_its_time(
