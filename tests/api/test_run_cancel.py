@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from rest_framework.test import APIClient
 
+from ordinaut_site.celery import app
 from ordinaut_site.models import AuditLog
 from runs.models import Approval, Run, StepRun
 from runs.services import run_create
@@ -32,6 +33,30 @@ def test_cancel_a_queued_run(agent: Any, queued: Run, django_capture_on_commit_c
     assert [step["status"] for step in body["steps"]] == ["pending", "pending"]
     assert AuditLog.objects.filter(action="run.cancel", subject_id=str(queued.pk)).exists()
     assert callbacks, "the revoke of the stamped chain is sent after commit"
+
+
+def test_cancel_revokes_the_chain_by_the_stamp_it_was_sent_with(
+    agent: Any, monkeypatch: pytest.MonkeyPatch, django_capture_on_commit_callbacks: Any
+) -> None:
+    # The broker and the workers' control channel are recorded, not used.
+    sent_headers: list[dict[str, Any]] = []
+    revoked: list[tuple[Any, dict[str, Any]]] = []
+    monkeypatch.setattr(
+        app.amqp, "send_task_message", lambda producer, name, message, **kw: sent_headers.append(message.headers)
+    )
+    monkeypatch.setattr(
+        app.control, "revoke_by_stamped_headers", lambda headers, **kwargs: revoked.append((headers, kwargs))
+    )
+    with django_capture_on_commit_callbacks(execute=True):
+        run = run_create(task=make_task(agent.agent, echo_pipeline(2)), trigger="manual")
+    (headers,) = sent_headers
+    assert headers["stamps"] == {"run_id": str(run.pk)}
+
+    with django_capture_on_commit_callbacks(execute=True):
+        response = agent.client.post(f"/runs/{run.pk}/cancel")
+
+    assert response.status_code == 200, response.json()
+    assert revoked == [({"run_id": str(run.pk)}, {"terminate": False})]
 
 
 def test_cancel_a_run_waiting_for_approval(agent: Any) -> None:
