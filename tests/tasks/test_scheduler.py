@@ -191,6 +191,15 @@ def test_only_the_lock_holder_dispatches(make_task: Any, make_scheduler: Any, cl
     start_at(task, t0)
     clock.at = t0
     leader, standby = make_scheduler(), make_scheduler()
+    sent = {id(leader): 0, id(standby): 0}
+    for scheduler in (leader, standby):
+        dispatch = scheduler._dispatch
+
+        def counting(batch: Any, scheduler_id: int = id(scheduler), dispatch: Any = dispatch) -> None:
+            sent[scheduler_id] += len(batch.fires)
+            dispatch(batch)
+
+        scheduler._dispatch = counting  # type: ignore[method-assign]
     leader.tick()
     assert leader.is_leader
     standby.tick()
@@ -203,6 +212,7 @@ def test_only_the_lock_holder_dispatches(make_task: Any, make_scheduler: Any, cl
     time.sleep(0.5)
     assert len(runs_of(task)) == 5
     assert [r.scheduled_for - t0 for r in runs] == [timedelta(minutes=m) for m in range(1, 6)]
+    assert sent == {id(leader): 5, id(standby): 0}, "the standby sent nothing; the database did not have to dedupe"
 
 
 def test_a_schedule_change_reloads_only_that_task(make_task: Any, make_scheduler: Any, clock: Clock) -> None:
