@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import enum
-import json
 import logging
 import random
 from dataclasses import dataclass
@@ -31,7 +30,7 @@ from runs.models import Run, StepRun
 from runs.selectors import run_get_for_step, step_outputs
 
 from .storable import storable_json, storable_text
-from .templates import Rendering, condition_evaluate, has_templates, render
+from .templates import Rendering, condition_evaluate, has_templates, reads_steps, render
 from .tools import AwaitApproval, Suspend, ToolCall, schema_errors, tool_resolve
 
 logger = logging.getLogger(__name__)
@@ -167,8 +166,7 @@ def _step_execute(run: Run, index: int, claim_id: str) -> Outcome:
         templated = has_templates(rendered)
         context: dict[str, Any] | None = None
         if condition is not None or templated:
-            wants_steps = "steps" in (condition or "") or "steps" in json.dumps(rendered)
-            context = template_context(run, index, with_steps=wants_steps)
+            context = template_context(run, index, with_steps=reads_steps(rendered, condition))
         if condition is not None and context is not None:
             decision, _ = condition_evaluate(condition, context)
             if not decision:

@@ -203,6 +203,85 @@ def template_errors(value: Any) -> dict[str, str]:
     return errors
 
 
+# How the JMESPath AST evaluates a node's children: the first against the node's own input and
+# the rest against what the first produced, all against the node's input, or none at all.
+_CHAINED_NODES = frozenset(
+    {"subexpression", "index_expression", "projection", "value_projection", "filter_projection", "pipe"}
+)
+_SAME_INPUT_NODES = frozenset(
+    {
+        "function_expression",
+        "multi_select_list",
+        "multi_select_dict",
+        "key_val_pair",
+        "comparator",
+        "and_expression",
+        "or_expression",
+        "not_expression",
+        "flatten",
+    }
+)
+_NO_INPUT_NODES = frozenset({"literal", "index", "slice"})
+
+
+@functools.lru_cache(maxsize=4096)
+def _expr_reads_steps(expr: str) -> bool:
+    """Whether an expression can see `steps` of the context: a `steps` field, or `@` / `*` (the
+    whole context: `values(@)`, `*.x`), read at the context's top level. `params[?steps]` or
+    `sort_by(params.l, &steps)` read their own items, not the context. In doubt (an error, a node
+    this does not know): yes."""
+    try:
+        compiled = _compile(expr)
+    except TemplateSyntaxError:
+        return True
+    if compiled is None:  # a `now` shift
+        return False
+    stack: list[tuple[Any, bool]] = [(compiled.parsed, True)]
+    while stack:
+        node, at_top = stack.pop()
+        kind = node.get("type")
+        children = node.get("children") or []
+        if kind in ("current", "identity"):
+            if at_top:
+                return True
+        elif kind == "field":
+            if at_top and node.get("value") == "steps":
+                return True
+        elif kind in _CHAINED_NODES:
+            if children:
+                stack.append((children[0], at_top))
+                stack.extend((child, False) for child in children[1:])
+        elif kind == "expref":
+            stack.extend((child, False) for child in children)
+        elif kind in _SAME_INPUT_NODES:
+            stack.extend((child, at_top) for child in children)
+        elif kind not in _NO_INPUT_NODES:
+            return True
+    return False
+
+
+def reads_steps(value: Any, condition: str | None = None) -> bool:
+    """Whether a step's `with` templates or its `if` can see the outputs of earlier steps (the
+    engine loads them only then). Decided on the parsed JMESPath, so `${values(@)}` or `${*.x}`
+    count, and a literal "steps" does not."""
+    if isinstance(condition, str):
+        try:
+            if _expr_reads_steps(condition_expr(condition)):
+                return True
+        except TemplateSyntaxError:
+            return True
+    for _, text in strings_in(value):
+        if "${" not in text:
+            continue
+        try:
+            pieces = template_parse(text)
+        except TemplateSyntaxError:
+            return True
+        if any(isinstance(piece, Expr) and _expr_reads_steps(piece.text) for piece in pieces):
+            return True
+    return False
+
+
 def condition_expr(text: str) -> str:
     """The JMESPath of an `if`: bare, or wrapped in one `${...}`."""
     stripped = text.strip()

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from pipelines.dryrun import pipeline_dry_run
 from pipelines.engine import Next, RetryIn, RetryPolicy, retry_delay_s
 from runs.models import Run, StepRun
 from runs.services import run_create
@@ -56,6 +57,38 @@ def test_later_steps_see_outputs_by_id_and_by_save_as(agent: Any) -> None:
     assert run.status == "succeeded"
     assert run.result == {"n": 5, "by_alias": 1, "by_id": 1, "text": 'n=5 tags=["a", "b"]'}
     assert _steps(run)["third"].input == run.result
+
+
+@pytest.mark.parametrize(
+    ("step", "expected"),
+    [
+        ({"with": {"seen": "${values(@)[?first].first.x}"}}, {"seen": [1]}),
+        ({"with": {"seen": "${*.first.x}"}}, {"seen": [1]}),
+        ({"with": {"seen": "${@.steps.first.x}"}}, {"seen": 1}),
+        ({"with": {"n": 2}, "if": "length(values(@)[?first]) > `0`"}, {"n": 2}),
+    ],
+    ids=["values-of-root", "wildcard", "current-node", "condition"],
+)
+def test_a_real_run_and_the_dry_run_see_the_same_steps(
+    agent: Any, step: dict[str, Any], expected: dict[str, Any]
+) -> None:
+    """Expressions that reach `steps` through `@` or `*` rather than by name."""
+    payload = {
+        "pipeline": [
+            {"id": "first", "uses": "orchestrator.echo", "with": {"x": 1}},
+            {"id": "second", "uses": "orchestrator.echo", **step},
+        ]
+    }
+    run = run_create(task=make_task(agent.agent, payload), trigger="manual")
+
+    drive(run.pk)
+    report = pipeline_dry_run(payload=payload, step_outputs={"first": {"x": 1}})
+
+    run.refresh_from_db()
+    second = _steps(run)["second"]
+    dry = report["steps"][1]
+    assert (second.status == "succeeded", second.input) == (dry["would_run"], dry["rendered_input"])
+    assert (run.status, run.result) == ("succeeded", expected)
 
 
 def test_now_is_scheduled_for_in_the_task_timezone_and_shifts(agent: Any) -> None:

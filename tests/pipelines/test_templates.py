@@ -7,7 +7,14 @@ from typing import Any
 import pytest
 
 from ordinaut_site.errors import TemplateFailed
-from pipelines.templates import Rendering, TemplateSyntaxError, render, template_errors, template_parse
+from pipelines.templates import (
+    Rendering,
+    TemplateSyntaxError,
+    reads_steps,
+    render,
+    template_errors,
+    template_parse,
+)
 
 CONTEXT: dict[str, Any] = {
     "params": {
@@ -188,3 +195,45 @@ def test_rendered_output_is_bounded(settings: Any) -> None:
 def test_a_type_error_inside_jmespath_is_a_template_failure() -> None:
     with pytest.raises(TemplateFailed, match="length"):
         render("${length(params.n)}", CONTEXT)
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        "${steps.weather.summary}",
+        "${values(@)[?weather].weather.summary}",
+        "${*.weather.high_c}",
+        "${@.steps.weather}",
+        '${"steps".weather}',
+        "${[@][0].steps.events}",
+        "${length(@.steps)}",
+        "high: ${not_null(params.nothing, steps.weather.high_c)}",
+    ],
+)
+def test_templates_that_can_see_steps_read_them(template: str) -> None:
+    assert reads_steps({"x": template})
+    assert render(template, CONTEXT) != render(template, {**CONTEXT, "steps": {}}), "the outputs make a difference"
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        "${params.n}",
+        "${params.steps}",
+        "${params.tags[?@ == 'steps']}",
+        "${params.user | steps}",
+        "${params.user.*}",
+        "${sort_by(params.tags[*].{n: @}, &n)}",
+        "${now+1d} and ${task.title}",
+        "no templates, only the word steps",
+    ],
+)
+def test_templates_that_cannot_see_steps_render_the_same_without_them(template: str) -> None:
+    assert not reads_steps({"x": template})
+    assert render(template, CONTEXT) == render(template, {**CONTEXT, "steps": {}})
+
+
+def test_a_condition_over_the_whole_context_reads_steps() -> None:
+    assert reads_steps({}, "length(values(@)[?weather]) > `0`")
+    assert reads_steps({}, "${@.steps.weather.summary == 'sunny'}")
+    assert not reads_steps({}, "params.ok")
