@@ -29,15 +29,14 @@ def pipeline_dry_run(
     """Report structural errors, unknown tools, each step's rendered input (upstream outputs are
     the fakes given by step id, else null), input-schema violations, template paths that came
     out null, and each `if` decision. `valid` is false on any error; null paths are warnings."""
-    errors = [
-        {"field": field, "message": message}
-        for field, messages in payload_errors(payload).items()
-        for message in messages
-    ]
+    structural = payload_errors(payload)
+    errors = [{"field": field, "message": message} for field, messages in structural.items() for message in messages]
     warnings: list[dict[str, str]] = []
     steps: list[dict[str, Any]] = []
     pipeline = payload.get("pipeline") if isinstance(payload, dict) else None
-    if not isinstance(pipeline, list):
+    # An error about the payload as a whole (not an object, too deep, too big) means it is not
+    # one to walk: rendering a too-deep `with` would recurse past Python's limit.
+    if not isinstance(pipeline, list) or "payload" in structural:
         return {"valid": False, "errors": errors, "warnings": warnings, "steps": steps}
 
     fakes = step_outputs or {}

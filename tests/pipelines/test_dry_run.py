@@ -161,3 +161,31 @@ def test_dry_run_never_calls_a_tool(spy: list[Any]) -> None:
     )
     assert report["valid"] is True
     assert spy == []
+
+
+def _nested(depth: int) -> Any:
+    value: Any = "${params.n}"
+    for _ in range(depth):
+        value = {"a": value}
+    return value
+
+
+@pytest.mark.parametrize("depth", [25, 500, 5000])
+def test_a_too_deep_payload_is_reported_without_rendering_it(depth: int) -> None:
+    report = pipeline_dry_run(
+        payload={"pipeline": [{"id": "deep", "uses": "orchestrator.echo", "with": _nested(depth)}]}
+    )
+
+    assert report["valid"] is False
+    assert report["steps"] == [], "nothing rendered"
+    assert [(e["field"], "nests deeper" in e["message"]) for e in report["errors"]] == [("payload", True)]
+
+
+def test_a_too_big_payload_is_reported_without_rendering_it(settings: Any) -> None:
+    settings.ORDINAUT_MAX_PAYLOAD_BYTES = 1000
+    payload = {"pipeline": [{"id": "big", "uses": "orchestrator.echo", "with": {"x": "${params.n}" * 200}}]}
+
+    report = pipeline_dry_run(payload=payload)
+
+    assert (report["valid"], report["steps"]) == (False, [])
+    assert report["errors"][0]["field"] == "payload"
