@@ -1,14 +1,20 @@
-"""Admin for runs (each run's steps as a timeline; cancel, replay) and approvals (approve, reject)."""
+"""Admin for runs (each run's steps as a timeline; cancel, replay) and approvals (approve all or
+chosen items with a comment, reject)."""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterable
 from typing import Any
 
+from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin import helpers
 from django.db.models import QuerySet
 from django.http import HttpRequest
+from django.template.response import TemplateResponse
 
-from ordinaut_site.errors import OrdinautError
+from ordinaut_site.errors import OrdinautError, ValidationFailed
 from ordinaut_site.services import Actor
 
 from . import services
@@ -51,7 +57,7 @@ class ApprovalInline(admin.TabularInline):
         return False
 
 
-def _each(request: HttpRequest, queryset: QuerySet[Any], verb: str, do: Any) -> None:
+def _each(request: HttpRequest, queryset: Iterable[Any], verb: str, do: Any) -> None:
     """Apply a service to each selected row, reporting refusals (409s) as admin messages."""
     done = 0
     for obj in queryset:
@@ -117,13 +123,54 @@ class RunAdmin(admin.ModelAdmin):
         _each(request, queryset, "Replayed", lambda run: services.run_replay(run=run, from_="start", actor=actor))
 
 
+APPROVE_ITEMS_TEMPLATE = "admin/runs/approval/approve_items.html"
+# Items are shown as JSON; a huge one is cut in the page (it is still approved whole).
+ITEM_PREVIEW_CHARS = 2000
+
+
+class ApprovalCommentForm(forms.Form):
+    """The comment of the approve-items page; the items are checkboxes, one group per approval."""
+
+    comment = forms.CharField(
+        required=False,
+        max_length=Approval._meta.get_field("comment").max_length,
+        widget=forms.Textarea(attrs={"rows": 3, "cols": 80}),
+    )
+
+
+def _items_field(approval: Approval) -> str:
+    return f"items_{approval.pk}"
+
+
+def _chosen_items(request: HttpRequest, approval: Approval) -> list[Any]:
+    """The items whose checkboxes were ticked for this approval (by position in its items)."""
+    candidates = services.approval_items(approval=approval)
+    chosen = []
+    for raw in dict.fromkeys(request.POST.getlist(_items_field(approval))):  # a tick counts once
+        if not raw.isdigit() or int(raw) >= len(candidates):
+            raise ValidationFailed.on("items", f"{raw[:20]!r} is not one of the items this approval asked about")
+        chosen.append(candidates[int(raw)])
+    return chosen
+
+
+def _item_rows(request: HttpRequest, approval: Approval, *, posted: bool) -> list[dict[str, Any]]:
+    ticked = set(request.POST.getlist(_items_field(approval))) if posted else None
+    rows = []
+    for index, item in enumerate(services.approval_items(approval=approval)):
+        text = json.dumps(item, indent=2, ensure_ascii=False, sort_keys=True)
+        if len(text) > ITEM_PREVIEW_CHARS:
+            text = text[:ITEM_PREVIEW_CHARS] + "\n…"
+        rows.append({"index": index, "text": text, "checked": ticked is None or str(index) in ticked})
+    return rows
+
+
 @admin.register(Approval)
 class ApprovalAdmin(admin.ModelAdmin):
     list_display = ["run", "step_id", "status", "message", "created_at", "expires_at", "decided_at"]
     list_filter = ["status"]
     search_fields = ["run__id", "step_id", "message"]
     list_select_related = ["run"]
-    actions = ["approve_all_items", "reject"]
+    actions = ["approve_all_items", "approve_chosen_items", "reject"]
     readonly_fields = [
         "id",
         "run",
@@ -155,6 +202,48 @@ class ApprovalAdmin(admin.ModelAdmin):
             "Approved",
             lambda approval: services.approval_decide(run=approval.run, approve=True, actor=actor),
         )
+
+    @admin.action(description="Approve chosen items, with a comment…")
+    def approve_chosen_items(self, request: HttpRequest, queryset: QuerySet[Approval]) -> TemplateResponse | None:
+        """An intermediate page, like the delete confirmation: each pending approval's items as
+        checkboxes (all ticked at first) and one optional comment; confirming approves the ticked
+        items of each through the same service as POST /runs/{id}/approve (audited as the user)."""
+        pending = list(queryset.filter(status=Approval.Status.PENDING).select_related("run").order_by("created_at"))
+        if not pending:
+            messages.warning(request, "None of the selected approvals is pending.")
+            return None
+        posted = request.POST.get("post") == "yes"
+        form = ApprovalCommentForm(request.POST if posted else None)
+        if posted and form.is_valid():
+            actor = Actor.of_user(request.user)
+            comment = form.cleaned_data["comment"]
+            _each(
+                request,
+                pending,
+                "Approved",
+                lambda approval: services.approval_decide(
+                    run=approval.run, approve=True, actor=actor, items=_chosen_items(request, approval), comment=comment
+                ),
+            )
+            return None
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Approve chosen items",
+            "opts": self.model._meta,
+            "form": form,
+            "approvals": [
+                {
+                    "approval": approval,
+                    "field": _items_field(approval),
+                    "items": _item_rows(request, approval, posted=posted),
+                }
+                for approval in pending
+            ],
+            "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
+            "action": "approve_chosen_items",
+            "media": self.media,
+        }
+        return TemplateResponse(request, APPROVE_ITEMS_TEMPLATE, context)
 
     @admin.action(description="Reject")
     def reject(self, request: HttpRequest, queryset: QuerySet[Approval]) -> None:

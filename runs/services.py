@@ -815,7 +815,7 @@ def approval_decide(*, run: Run, approve: bool, actor: Actor, items: list[Any] |
         if approval is None:
             raise Conflict("the run has no pending approval")
         if approve:
-            approved_items = _approved_items(approval.data, items)
+            approved_items = _approved_items(approval, items)
             status = Approval.Status.APPROVED
         else:
             if items:
@@ -838,10 +838,17 @@ def approval_decide(*, run: Run, approve: bool, actor: Actor, items: list[Any] |
     return locked
 
 
-def _approved_items(data: Any, items: list[Any] | None) -> list[Any]:
-    """The items approved: all of `data` when none are named; otherwise each named item must be
-    one of the data's items (approvers pick, they do not edit)."""
-    candidates = data if isinstance(data, list) else ([] if data is None else [data])
+def approval_items(*, approval: Approval) -> list[Any]:
+    """The items an approval asks about: its data's items when the data is a list, else the data
+    itself as the one item (none when it has no data)."""
+    data = approval.data
+    return list(data) if isinstance(data, list) else ([] if data is None else [data])
+
+
+def _approved_items(approval: Approval, items: list[Any] | None) -> list[Any]:
+    """The items approved: all of the approval's items when none are named; otherwise each named
+    item must be one of them (approvers pick, they do not edit)."""
+    candidates = approval_items(approval=approval)
     if items is None:
         return list(candidates)
     if len(items) > MAX_APPROVAL_ITEMS:

@@ -69,3 +69,72 @@ def test_run_page_shows_the_step_timeline(agent: Any, operator: Client) -> None:
     page = operator.get(f"/admin/runs/run/{run.pk}/change/")
     assert page.status_code == 200
     assert "request_approval" in page.content.decode()
+
+
+def _approve_chosen(operator: Client, approval: Approval, **fields: Any) -> Any:
+    return operator.post(
+        "/admin/runs/approval/",
+        {"action": "approve_chosen_items", "_selected_action": [str(approval.pk)], **fields},
+    )
+
+
+def test_approve_chosen_items_asks_first_with_every_item_ticked(agent: Any, operator: Client) -> None:
+    run = run_in_process(agent.agent, approval_payload())
+    approval = Approval.objects.get(run=run)
+
+    page = _approve_chosen(operator, approval)
+
+    assert page.status_code == 200
+    html = page.content.decode()
+    assert html.count(f'name="items_{approval.pk}"') == len(DRAFTS)
+    assert html.count(" checked>") == len(DRAFTS)
+    assert "Send 3 follow-ups?" in html
+    assert "hello" in html, "each item is shown"
+    assert Run.objects.get(pk=run.pk).status == "waiting_approval", "nothing decided yet"
+
+
+def test_approving_the_ticked_items_with_a_comment_resumes_the_run_with_only_those(
+    agent: Any, operator: Client
+) -> None:
+    run = run_in_process(agent.agent, approval_payload())
+    approval = Approval.objects.get(run=run)
+
+    response = _approve_chosen(operator, approval, post="yes", **{f"items_{approval.pk}": ["0", "2"]}, comment="not t2")
+
+    assert response.status_code == 302
+    assert Run.objects.get(pk=run.pk).status == "running"
+    approval.refresh_from_db()
+    assert (approval.status, approval.approved_items, approval.comment) == (
+        "approved",
+        [DRAFTS[0], DRAFTS[2]],
+        "not t2",
+    )
+    output = StepRun.objects.get(run=run, step_id="ask").output or {}
+    assert (output["approved_items"], output["comment"]) == ([DRAFTS[0], DRAFTS[2]], "not t2")
+    assert (output["decided_by"]["kind"], output["decided_by"]["name"]) == ("user", "operator")
+    audit = AuditLog.objects.get(action="approval.approve", subject_id=str(run.pk))
+    assert (audit.actor_kind, audit.actor_name) == ("user", "operator")
+    assert (audit.details["approved_items"], audit.details["comment"]) == (2, "not t2")
+
+
+def test_an_item_the_approval_did_not_offer_is_refused_and_nothing_is_decided(agent: Any, operator: Client) -> None:
+    run = run_in_process(agent.agent, approval_payload())
+    approval = Approval.objects.get(run=run)
+
+    response = _approve_chosen(operator, approval, post="yes", **{f"items_{approval.pk}": ["0", "7"]})
+
+    assert response.status_code == 302
+    assert Approval.objects.get(pk=approval.pk).status == "pending"
+    assert "is not one of the items" in operator.get("/admin/runs/approval/").content.decode()
+
+
+def test_a_too_long_comment_shows_the_page_again_with_the_ticks_kept(agent: Any, operator: Client) -> None:
+    run = run_in_process(agent.agent, approval_payload())
+    approval = Approval.objects.get(run=run)
+
+    page = _approve_chosen(operator, approval, post="yes", **{f"items_{approval.pk}": ["1"]}, comment="x" * 2001)
+
+    assert page.status_code == 200
+    assert "at most 2000 characters" in page.content.decode()
+    assert page.content.decode().count(" checked>") == 1
+    assert Approval.objects.get(pk=approval.pk).status == "pending"
