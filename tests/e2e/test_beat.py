@@ -8,8 +8,10 @@ import signal
 import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 from django.utils import timezone
@@ -72,6 +74,62 @@ def test_schedule_seconds_apart_gives_one_run_per_occurrence(make_task: Any, bea
     done = wait_for(lambda: (r := Run.objects.get(pk=runs[0].pk)).status == "succeeded" and r, message="finished")
     assert done.lateness_seconds is not None
     assert done.lateness_seconds >= 0
+
+
+def all_finished(runs: list[Run]) -> list[Run] | None:
+    fresh = [Run.objects.get(pk=r.pk) for r in runs]
+    return fresh if all(r.status in Run.TERMINAL for r in fresh) else None
+
+
+def beat_leading(beat: Beat) -> Beat:
+    """Wait until the beat leads and has loaded the schedules, so what a test creates next is
+    picked up as a change (within a second), like an agent's task on a running system."""
+    wait_for(lambda: "beat loaded" in beat.log_text(), timeout=60, message=f"beat to load ({beat.log_path})")
+    return beat
+
+
+def test_cron_every_minute_fires_at_the_minute(make_task: Any, beats: Any, worker: Any) -> None:
+    task = make_task("cron", "* * * * *", "Europe/Chisinau", overlap="allow")
+    minute = task.next_run_at
+    assert minute is not None
+    assert (minute.second, minute.microsecond) == (0, 0)
+    beats("cron")  # loads the task at start; its minute is at most a minute away
+    runs = wait_for(lambda: schedule_runs(task), timeout=90, message=f"the run of {minute.isoformat()}")
+    assert [when(r) for r in runs] == [minute]
+    [run] = wait_for(partial(all_finished, runs), message="the run to finish")
+    assert run.status == "succeeded"
+    assert run.lateness_seconds is not None
+    assert 0 <= run.lateness_seconds < 30
+    wait_for(
+        lambda: Task.objects.get(pk=task.pk).next_run_at == minute + timedelta(minutes=1),
+        message="beat to move next_run_at to the next minute",
+    )
+
+
+def test_rrule_every_two_seconds_gives_one_run_per_occurrence(make_task: Any, beats: Any, worker: Any) -> None:
+    beat_leading(beats("rrule"))
+    task = make_task("rrule", f"FREQ=SECONDLY;INTERVAL={EVERY_S}", "Europe/Chisinau", overlap="allow")
+    runs = wait_for(lambda: (r := schedule_runs(task)) and len(r) >= 3 and r, timeout=60, message="3 runs")
+    assert_one_run_per_occurrence(runs)
+    assert task.created_at < when(runs[0]) <= task.created_at + timedelta(seconds=EVERY_S + 1)
+    finished = wait_for(partial(all_finished, runs[:3]), message="the runs to finish")
+    assert [r.status for r in finished] == ["succeeded"] * 3
+
+
+def test_once_fires_at_its_time_and_completes_the_task(make_task: Any, beats: Any, worker: Any) -> None:
+    beat_leading(beats("once"))
+    at = (timezone.now() + timedelta(seconds=3)).replace(microsecond=0)
+    task = make_task(
+        "once", at.astimezone(ZoneInfo("America/New_York")).replace(tzinfo=None).isoformat(), "America/New_York"
+    )
+    runs = wait_for(lambda: schedule_runs(task), timeout=60, message="the once run")
+    [run] = wait_for(partial(all_finished, runs), message="the run to finish")
+    assert (when(run), run.status) == (at, "succeeded")
+    task.refresh_from_db()
+    assert (task.status, task.next_run_at, task.last_run_at) == ("completed", None, at)
+    assert task.periodic_task is not None
+    assert not task.periodic_task.enabled
+    assert len(schedule_runs(task)) == 1
 
 
 def test_two_beats_still_one_run_per_occurrence_and_failover_within_a_ttl(
