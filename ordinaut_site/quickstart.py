@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -71,6 +72,19 @@ def free_port(preferred: int) -> int:
                 continue
             return int(sock.getsockname()[1])
     raise RuntimeError("no free TCP port")
+
+
+def redis_plan(environ: Mapping[str, str], *, default_url: str | None = None) -> tuple[str, str]:
+    """What `make run` does about Redis, and at which URL: "use" the Redis answering at REDIS_URL
+    (or the default); "start" a private one when REDIS_URL is unset, nothing answers at the
+    default and `redis-server` is on the PATH; else "install": say how to get Redis, and stop.
+    An explicit REDIS_URL is never replaced by a private Redis: it names the one to use."""
+    url = environ.get("REDIS_URL", default_url or DEFAULT_REDIS_URL)
+    if redis_answers(url):
+        return "use", url
+    if "REDIS_URL" not in environ and shutil.which("redis-server", path=environ.get("PATH")) is not None:
+        return "start", url
+    return "install", url
 
 
 def start_private_redis(var_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
@@ -152,13 +166,14 @@ def main() -> int:
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
 
     redis_proc: subprocess.Popen[bytes] | None = None
-    redis_url = env.get("REDIS_URL", DEFAULT_REDIS_URL)
-    if not redis_answers(redis_url):
-        if "REDIS_URL" in os.environ or shutil.which("redis-server") is None:
-            print(INSTALL_REDIS_HELP.format(url=redis_url), file=sys.stderr)
-            return 2
+    plan, redis_url = redis_plan(os.environ)
+    if plan == "install":
+        print(INSTALL_REDIS_HELP.format(url=redis_url), file=sys.stderr)
+        return 2
+    if plan == "start":
+        default_url = redis_url
         redis_proc, redis_url = start_private_redis(var_dir)
-        say(f"no Redis at {DEFAULT_REDIS_URL}: started a private one at {redis_url} (data in {var_dir / 'redis'})")
+        say(f"no Redis at {default_url}: started a private one at {redis_url} (data in {var_dir / 'redis'})")
     env["REDIS_URL"] = redis_url
 
     try:
