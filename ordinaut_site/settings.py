@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import secrets
 import sys
 import warnings
 from pathlib import Path
@@ -65,8 +66,39 @@ def env_list(name: str, default: list[str]) -> list[str]:
 # DEBUG: development mode (detailed errors in logs, relaxed host checks). Off by default.
 DEBUG = env_bool("DEBUG", False)
 
-_DEV_SECRET_KEY = "django-insecure-ordinaut-development-key-do-not-use-in-production"  # noqa: S105
-# SECRET_KEY: signs sessions and admin cookies. Required when DEBUG is off.
+
+def dev_secret_key(path: Path) -> str:
+    """A random key kept in `path` (mode 0600; the file `make run` also uses), created on first use.
+    The admin's sessions are signed with SECRET_KEY, so every process and every restart must agree
+    on it: the file is created atomically (link of a complete temporary file), and a process that
+    loses the race reads the winner's key. Where the file cannot be kept, a key for this process."""
+    with contextlib.suppress(OSError):
+        key = path.read_text().strip()
+        if key:
+            return key
+    key = secrets.token_urlsafe(50)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(f".{path.name}.{os.getpid()}")
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(key + "\n")
+        try:
+            os.link(temporary, path)
+        except FileExistsError:
+            pass
+        finally:
+            os.unlink(temporary)
+        return path.read_text().strip() or key
+    except OSError as exc:
+        warnings.warn(
+            f"cannot keep a development SECRET_KEY in {path} ({exc}): sessions end with this process", stacklevel=1
+        )
+        return key
+
+
+# SECRET_KEY: signs sessions and admin cookies. Required when DEBUG is off; with DEBUG, a random key
+# generated once and kept in var/secret_key.
 SECRET_KEY = os.environ.get("SECRET_KEY", "")
 if not SECRET_KEY:
     if not DEBUG:
@@ -75,9 +107,10 @@ if not SECRET_KEY:
             "`python3 -c 'import secrets; print(secrets.token_urlsafe(50))'`), or set DEBUG=1 for a "
             "development-only default. `make run` generates one under var/ for you."
         )
-    SECRET_KEY = _DEV_SECRET_KEY
+    SECRET_KEY = dev_secret_key(VAR_DIR / "secret_key")
     warnings.warn(
-        "SECRET_KEY is not set: using an INSECURE development key. Never run like this in production.",
+        f"SECRET_KEY is not set: using an INSECURE development key generated in {VAR_DIR / 'secret_key'}. "
+        "Never run like this in production.",
         stacklevel=1,
     )
 

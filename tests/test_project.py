@@ -51,10 +51,29 @@ def test_missing_secret_key_without_debug_is_a_clear_error() -> None:
     assert "SECRET_KEY is not set" in result.stderr
 
 
-def test_debug_without_secret_key_warns_loudly() -> None:
-    result = _manage("check", DEBUG="1")
+def _dev_key(var_dir: Path) -> str:
+    result = _manage(
+        "shell",
+        "-c",
+        "from django.conf import settings; print(settings.SECRET_KEY)",
+        DEBUG="1",
+        ORDINAUT_VAR_DIR=str(var_dir),
+    )
     assert result.returncode == 0, result.stderr
-    assert "INSECURE development key" in result.stderr
+    assert "INSECURE development key" in result.stderr, "the warning stays loud"
+    return result.stdout.strip().splitlines()[-1]  # after Django's "N objects imported" line
+
+
+def test_debug_without_secret_key_generates_one_kept_under_var(tmp_path: Path) -> None:
+    key = _dev_key(tmp_path / "var")
+    assert len(key) >= 50
+    assert "insecure" not in key, "a random key, not a constant shipped in the code"
+    kept = tmp_path / "var" / "secret_key"
+    assert kept.read_text().strip() == key
+    assert kept.stat().st_mode & 0o777 == 0o600
+    # Every process (web, worker, beat) and every restart sign with the same key: sessions hold.
+    assert _dev_key(tmp_path / "var") == key
+    assert _dev_key(tmp_path / "other-var") != key
 
 
 def test_celery_at_least_once_baseline() -> None:
