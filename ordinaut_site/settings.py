@@ -271,9 +271,9 @@ ORDINAUT_MAX_STEP_TIMEOUT_S = env_int("ORDINAUT_MAX_STEP_TIMEOUT_S", 3600)
 # ORDINAUT_MAX_COUNTDOWN_S: upper bound for any retry backoff, wait or run jitter countdown kept in
 # the broker; longer waits and jitters are parked in the database and dispatched by the sweeper.
 ORDINAUT_MAX_COUNTDOWN_S = env_int("ORDINAUT_MAX_COUNTDOWN_S", 900)
-# A step job's hard time limit is this much above its timeout (the soft limit): the soft limit lets
-# the tool fail cleanly, the hard one kills a tool that ignores it.
-ORDINAUT_HARD_TIME_LIMIT_GRACE_S = 30
+# ORDINAUT_HARD_TIME_LIMIT_GRACE_S: a step job's hard time limit is this much above its timeout (the
+# soft limit): the soft limit lets the tool fail cleanly, the hard one kills a tool that ignores it.
+ORDINAUT_HARD_TIME_LIMIT_GRACE_S = env_int("ORDINAUT_HARD_TIME_LIMIT_GRACE_S", 30)
 # The Redis transport re-delivers an unacknowledged message after the visibility timeout. It must
 # exceed the longest a message can legitimately stay unacknowledged (waiting out a countdown, then
 # a step running up to its hard time limit), or a live step would run twice. Every countdown the

@@ -19,10 +19,12 @@ from tests.support.servers import LoopbackServer, loopback_server
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.e2e]
 
-# Small enough that the broker hands an unacknowledged message out again within the test.
+# Small enough that the broker hands an unacknowledged message out again within the test (the
+# visibility timeout must exceed step timeout + hard time limit grace + countdown).
 REDELIVERY_ENV = {
     "ORDINAUT_MAX_STEP_TIMEOUT_S": "2",
     "ORDINAUT_MAX_COUNTDOWN_S": "1",
+    "ORDINAUT_HARD_TIME_LIMIT_GRACE_S": "0",
     "CELERY_VISIBILITY_TIMEOUT_S": "4",
 }
 
