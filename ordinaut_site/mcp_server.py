@@ -8,7 +8,7 @@ import logging
 import math
 import tomllib
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from types import SimpleNamespace
@@ -250,15 +250,6 @@ async def _call(
 def _check_json(arguments: dict[str, Any]) -> None:
     """The REST parser's limits (depth, string length, items, NUL; no NaN or Infinity)."""
     check_json_limits({name: value for name, value in arguments.items() if value is not None})
-    stack: list[tuple[str, Any]] = list(arguments.items())
-    while stack:
-        name, item = stack.pop()
-        if isinstance(item, float) and not math.isfinite(item):
-            raise ValidationFailed.on(name, "NaN and Infinity are not valid JSON")
-        if isinstance(item, Mapping):
-            stack.extend((f"{name}.{key}", value) for key, value in item.items())
-        elif isinstance(item, list):
-            stack.extend((f"{name}.{index}", value) for index, value in enumerate(item))
 
 
 def _validated(serializer_class: type[serializers.Serializer], data: dict[str, Any]) -> dict[str, Any]:

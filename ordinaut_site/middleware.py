@@ -70,7 +70,8 @@ class ErrorShapeMiddleware:
 
 class RequestLimitsMiddleware:
     """Refuses, before any view reads it, a body declared larger than ORDINAUT_MAX_BODY_BYTES (413)
-    and a query string carrying NUL characters (400; PostgreSQL text cannot hold them)."""
+    and a path or query string carrying NUL characters (400; PostgreSQL text cannot hold them, so a
+    lookup by a path segment would fail in the database)."""
 
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
         self.get_response = get_response
@@ -83,6 +84,9 @@ class RequestLimitsMiddleware:
         if length > settings.DATA_UPLOAD_MAX_MEMORY_SIZE:
             error = PayloadTooLarge.over_limit()
             return JsonResponse(error_body(error.code, error.message), status=error.status)
+        if "\x00" in request.path:
+            message = "The URL path must not contain NUL (%00) characters."
+            return JsonResponse(error_body("validation_error", message), status=400)
         if "%00" in request.META.get("QUERY_STRING", ""):
             message = "Query parameters must not contain NUL (%00) characters."
             return JsonResponse(error_body("validation_error", message), status=400)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from typing import IO, Any
 
@@ -39,6 +40,8 @@ def _check_string(value: str, parts: list[str | int], what: str) -> None:
 def check_json_limits(data: Any) -> None:
     """Raise ValidationFailed naming the first place where `data` breaks a limit of the API's input.
 
+    Also refuses non-finite numbers: JSON has no NaN or Infinity, but a number too large for a
+    double (1e400) parses to inf, which PostgreSQL's jsonb and the templates cannot hold.
     Iterative, so a document at the parser's own nesting limit cannot exhaust the Python stack.
     """
     max_depth = settings.ORDINAUT_MAX_JSON_DEPTH
@@ -49,6 +52,9 @@ def check_json_limits(data: Any) -> None:
         if isinstance(value, str):
             _check_string(value, parts, "string")
             continue
+        if isinstance(value, float) and not math.isfinite(value):
+            message = "is not a finite number (JSON numbers must fit a double: at most about 1.8e308)"
+            raise ValidationFailed.on(_path(parts), message)
         if not isinstance(value, (Mapping, list)):
             continue
         if len(parts) >= max_depth:

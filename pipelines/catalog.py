@@ -185,7 +185,10 @@ def _check_name(name: str) -> str:
 
 
 def _check_url(url: str) -> str:
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # e.g. an unclosed IPv6 bracket: http://[::1/mcp
+        raise ValidationFailed.on("url", "is not a valid URL") from None
     try:
         parts.port  # noqa: B018 - raises on a port that is not a number
     except ValueError:

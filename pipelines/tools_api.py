@@ -190,7 +190,8 @@ class ToolViewSet(viewsets.GenericViewSet):
 
 class ToolServerViewSet(viewsets.GenericViewSet):
     lookup_field = "name"
-    lookup_value_regex = r"[^/]+?"
+    # Only what a server name can be (SERVER_NAME_PATTERN): anything else is a 404 route, never a query.
+    lookup_value_regex = f"[a-z0-9][a-z0-9_-]{{0,{SERVER_NAME_MAX_CHARS - 1}}}"
     serializer_class = ToolServerSerializer
     scope_map = {
         "list": SCOPE_TOOLS_READ,

@@ -61,6 +61,55 @@ class RRuleError(ValueError):
 
 FIXED_PERIODS = {"SECONDLY": 1, "MINUTELY": 60, "HOURLY": 3600, "DAILY": 86400, "WEEKLY": 604800}
 
+# RFC 5545 ranges of the numeric rule parts: (lowest, highest, negative values allowed).
+# dateutil does not check most of them: out of range it raises TypeError or IndexError while
+# iterating, or loops until year 9999 (BYMONTH=13), so they are refused before it sees them.
+# BYSECOND stops at 59: dateutil cannot produce the leap second RFC 5545 allows.
+PART_RANGES = {
+    "BYSECOND": (0, 59, False),
+    "BYMINUTE": (0, 59, False),
+    "BYHOUR": (0, 23, False),
+    "BYMONTHDAY": (1, 31, True),
+    "BYYEARDAY": (1, 366, True),
+    "BYWEEKNO": (1, 53, True),
+    "BYMONTH": (1, 12, False),
+    "BYSETPOS": (1, 366, True),
+}
+# BYDAY ordinals (+2MO): weeks of the year, or of the month with FREQ=MONTHLY.
+BYDAY_ORDINAL_MAX = 53
+BYDAY_ORDINAL_MAX_MONTHLY = 5
+_BYDAY = re.compile(r"^([+-]?\d{1,3})?([A-Z]{2})$")
+_INTEGER = re.compile(r"^[+-]?\d{1,9}$")
+
+
+def _integer(rule: str, part: str, text: str) -> int:
+    if not _INTEGER.match(text):
+        raise RRuleError(f"rule {rule!r}: {part}={text} is not a whole number (of at most 9 digits)")
+    return int(text)
+
+
+def _check_ranges(rule: str, params: dict[str, str]) -> None:
+    """Refuse numeric rule parts outside RFC 5545's ranges, naming the part and the range."""
+    for part in ("INTERVAL", "COUNT"):
+        if part in params and _integer(rule, part, params[part]) < 1:
+            raise RRuleError(f"rule {rule!r}: {part}={params[part]} must be 1 or more")
+    for part, (low, high, signed) in PART_RANGES.items():
+        for text in params[part].split(",") if part in params else []:
+            value = _integer(rule, part, text)
+            if not (low <= value <= high or (signed and -high <= value <= -low)):
+                allowed = f"{low}..{high}" + (f" or -{high}..-{low}" if signed else "")
+                raise RRuleError(f"rule {rule!r}: {part}={text} is out of range ({allowed})")
+    highest = BYDAY_ORDINAL_MAX_MONTHLY if params["FREQ"] == "MONTHLY" else BYDAY_ORDINAL_MAX
+    for text in params["BYDAY"].split(",") if "BYDAY" in params else []:
+        match = _BYDAY.match(text)
+        if not match or match.group(2) not in DAY_NAMES:
+            raise RRuleError(f"rule {rule!r}: BYDAY={text} is not a weekday (MO..SU), optionally numbered (+1MO, -1FR)")
+        if match.group(1) is not None and not 1 <= abs(int(match.group(1))) <= highest:
+            within = "the month" if highest == BYDAY_ORDINAL_MAX_MONTHLY else "the year"
+            raise RRuleError(
+                f"rule {rule!r}: BYDAY={text} is out of range (1..{highest} or -{highest}..-1 weeks of {within})"
+            )
+
 
 def _anchored(rule: du.rrule, params: dict[str, str], dtstart: datetime, start: datetime) -> du.rrule:
     """The same rule with DTSTART moved forward by whole periods to just before `start`.
@@ -203,9 +252,12 @@ def parse_rrule(expr: str, tz: ZoneInfo, default_dtstart: datetime) -> RRuleSpec
             raise RRuleError(f"FREQ={params['FREQ']} is not one of {', '.join(FREQ_UNITS)}")
         if "COUNT" in params and "UNTIL" in params:
             raise RRuleError("COUNT and UNTIL cannot both be set (RFC 5545)")
+        _check_ranges(rule, params)
         try:
             parsed = du.rrulestr(_until_to_local(rule, tz), dtstart=start, ignoretz=True)
-        except (ValueError, TypeError) as exc:
+        except RRuleError:
+            raise
+        except Exception as exc:  # dateutil's parser raises ValueError, TypeError, OverflowError, ...
             raise RRuleError(f"rule {rule!r}: {exc}") from None
         assert isinstance(parsed, du.rrule)  # one RRULE value parses to one rule
         parsed_rules.append((parsed, params))

@@ -123,7 +123,7 @@ BAD_CREDENTIALS = {
 @pytest.mark.parametrize("credentials", list(BAD_CREDENTIALS))
 @pytest.mark.parametrize("endpoint", MATRIX, ids=str)
 def test_no_valid_token_is_401(endpoint: Endpoint, credentials: str) -> None:
-    url = endpoint.path.replace("{id}", str(uuid.uuid4())).replace("{prefix}", "abcdefgh")
+    url = endpoint.path.replace("{id}", str(uuid.uuid4())).replace("{prefix}", "abcdefgh").replace("{name}", "nobody")
     before = db_fingerprint()
 
     response = call(APIClient(), endpoint, url, **BAD_CREDENTIALS[credentials])

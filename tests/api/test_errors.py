@@ -8,21 +8,26 @@ import json
 import logging
 from typing import Any
 
+import hypothesis
 import pytest
 from django.contrib.auth.models import User
 from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse
 from django.test import Client, RequestFactory, override_settings
 from django.urls import include, path
+from hypothesis import strategies as st
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.test import APIClient
 from rest_framework.views import APIView
 
 from ordinaut_site import api
-from ordinaut_site.errors import PayloadTooLarge
+from ordinaut_site.errors import PayloadTooLarge, ValidationFailed
 from ordinaut_site.logs import ContextFilter
 from ordinaut_site.parsers import JSONParser
+from runs.models import Run
+from tasks.models import Event
+from tests.support.pipelines import echo_pipeline, manual_task_body
 
 pytestmark = pytest.mark.django_db
 
@@ -207,6 +212,88 @@ def test_nul_in_a_key_is_400(admin_client: APIClient) -> None:
     assert_error_shape(post_raw(admin_client, '{"na\\u0000me": "x"}'), 400, "validation_error")
 
 
+# JSON has no Infinity, but a number too large for a double parses to inf (and -inf), which
+# jsonb cannot store and templates cannot render: a 400 naming where, before any view sees it.
+@pytest.mark.parametrize(
+    ("url", "body", "field"),
+    [
+        ("/events", '{"topic": "a.b", "payload": {"x": 1e400}}', "payload.x"),
+        ("/events", '{"topic": "a.b", "payload": {"x": [1, -1e400]}}', "payload.x.1"),
+        ("/tasks/{task}/run_now", '{"params": {"x": -1e400}}', "params.x"),
+        ("/pipelines/validate", '{"payload": {"pipeline": []}, "params": {"x": 1e400}}', "params.x"),
+        ("/schedules/preview", '{"schedule_kind": "interval", "schedule_expr": "60", "count": 1e999}', "count"),
+    ],
+)
+def test_numbers_beyond_a_double_are_400_naming_where(agent: Any, url: str, body: str, field: str) -> None:
+    task = agent.client.post("/tasks", manual_task_body(echo_pipeline(1)), format="json").json()["id"]
+
+    response = post_raw(agent.client, body, url.format(task=task))
+
+    error = assert_error_shape(response, 400, "validation_error")["error"]
+    assert list(error["fields"]) == [field]
+    assert "finite" in error["message"]
+    assert not Event.objects.exists()
+    assert not Run.objects.exists()
+
+
+# Any JSON text, hostile numbers and strings included: the parser answers data that PostgreSQL's
+# jsonb and a strict encoder take, or a 400 (ValidationFailed); never anything else.
+_JSON_SCALARS = st.one_of(
+    st.sampled_from(["1e400", "-1e400", "1E+999", "5e-400", "1e308", "-0.0", "null", "true"]),
+    st.sampled_from(['"\\u0000"', '"a\\ud800"', '"\\udfff"', '"ok"']),
+    st.integers().map(str),
+    st.floats(allow_nan=False, allow_infinity=False).map(repr),
+    st.text(max_size=5).map(json.dumps),
+)
+_JSON_TEXTS = st.recursive(
+    _JSON_SCALARS,
+    lambda inner: (
+        st.lists(inner, max_size=4).map(lambda items: "[" + ",".join(items) + "]")
+        | st.dictionaries(st.text(max_size=3), inner, max_size=4).map(
+            lambda members: "{" + ",".join(f"{json.dumps(k)}:{v}" for k, v in members.items()) + "}"
+        )
+    ),
+    max_leaves=12,
+)
+
+
+@hypothesis.settings(max_examples=300, derandomize=True, deadline=None, database=None)
+@hypothesis.given(text=_JSON_TEXTS)
+def test_the_parser_answers_storable_json_or_a_validation_error(text: str) -> None:
+    try:
+        data = JSONParser().parse(io.BytesIO(text.encode()))
+    except ValidationFailed:
+        return
+    dumped = json.dumps(data, allow_nan=False, ensure_ascii=False)  # ValueError on inf
+    assert "\\u0000" not in dumped
+    dumped.encode("utf-8")  # UnicodeEncodeError on a lone surrogate
+
+
+# RRULE parts out of range once crashed dateutil inside the request (TypeError, IndexError,
+# ZeroDivisionError): tests/tasks/test_rrule_ranges.py has the whole table; these are the ones seen.
+CRASHING_RULES = [
+    "FREQ=SECONDLY;BYSECOND=99",
+    "FREQ=SECONDLY;BYSECOND=60",
+    "FREQ=MINUTELY;BYSECOND=-1",
+    "FREQ=MINUTELY;BYMINUTE=99",
+    "FREQ=HOURLY;BYHOUR=25",
+    "FREQ=DAILY;INTERVAL=0",
+    "FREQ=MONTHLY;BYDAY=+60FR",
+]
+
+
+@pytest.mark.parametrize("rule", CRASHING_RULES)
+def test_out_of_range_rrule_parts_are_400_on_schedule_expr(agent: Any, rule: str) -> None:
+    schedule = {"schedule_kind": "rrule", "schedule_expr": rule, "timezone": "UTC"}
+    task = {"title": "t", "payload": echo_pipeline(1), **schedule}
+
+    for url, body in (("/tasks", task), ("/schedules/preview", {**schedule, "count": 3})):
+        response = agent.client.post(url, body, format="json")
+        error = assert_error_shape(response, 400, "validation_error")["error"]
+        assert list(error["fields"]) == ["schedule_expr"], url
+        assert rule.split(";")[-1] in error["message"], url
+
+
 @override_settings(DATA_UPLOAD_MAX_MEMORY_SIZE=1000)
 def test_body_over_the_limit_is_413(admin_client: APIClient) -> None:
     response = post_raw(admin_client, json.dumps({"name": "x" * 2000, "scopes": []}))
@@ -222,6 +309,23 @@ def test_parser_refuses_a_body_longer_than_its_content_length() -> None:
 
 def test_nul_in_the_query_string_is_400(agent: Any) -> None:
     assert_error_shape(agent.client.get("/audit?action=%00"), 400, "validation_error")
+
+
+# A NUL in a path segment reached a lookup query, which PostgreSQL refused (500).
+@pytest.mark.parametrize(
+    ("method", "url"),
+    [
+        ("get", "/tool-servers/a%00b"),
+        ("post", "/tool-servers/a%00b/refresh"),
+        ("get", "/tools/a%00b"),
+        ("get", "/tools/a.b%00"),
+        ("get", "/tasks/%00"),
+    ],
+)
+def test_nul_in_the_path_is_400(make_agent: Any, method: str, url: str) -> None:
+    client = make_agent(admin=True).client
+    body = assert_error_shape(getattr(client, method)(url), 400, "validation_error")
+    assert "NUL" in body["error"]["message"]
 
 
 # --- Django-level errors ------------------------------------------------------------------------

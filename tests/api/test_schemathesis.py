@@ -153,7 +153,7 @@ def _undocumented_methods() -> list[tuple[str, str]]:
 def test_undocumented_methods_are_405_with_allow(method: str, path: str, make_agent: Any) -> None:
     """What schemathesis's unsupported_method check does in its coverage phase, which the fuzzing here skips."""
     admin = make_agent(admin=True)
-    url = path.replace("{id}", str(uuid.uuid4())).replace("{prefix}", "abcdefgh")
+    url = path.replace("{id}", str(uuid.uuid4())).replace("{prefix}", "abcdefgh").replace("{name}", "nobody")
 
     response = admin.client.generic(method, url, "{}", content_type="application/json")
 

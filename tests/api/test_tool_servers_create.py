@@ -70,6 +70,8 @@ def test_stdio_is_refused_with_a_clear_message(admin: Any) -> None:
         ({"name": "x"}, "url"),
         ({"name": "x", "url": "file:///etc/passwd"}, "url"),
         ({"name": "x", "url": "https://user:secret@x/mcp"}, "url"),
+        ({"name": "x", "url": "http://[::1/mcp"}, "url"),  # urlsplit raised ValueError: a 500
+        ({"name": "x", "url": "http://[::1]:99999/mcp"}, "url"),
         ({"name": "x", "url": "https://x/mcp", "headers_from_env": {"X-Key": "DATABASE_URL"}}, "headers_from_env"),
         ({"name": "x", "url": "https://x/mcp", "headers_from_env": {"Bad Header": "MCP_X"}}, "headers_from_env"),
         ({"name": "x", "url": "https://x/mcp", "headers_from_env": ["MCP_X"]}, "headers_from_env"),

@@ -75,8 +75,9 @@ def test_one_server_by_name(make_agent: Any) -> None:
     assert TOKEN not in response.content.decode()
 
 
-def test_an_unknown_server_is_404(make_agent: Any) -> None:
-    assert_error(make_agent(scopes=["tools:read"]).client.get("/tool-servers/nobody"), 404, "not_found")
+@pytest.mark.parametrize("name", ["nobody", "Upper", "a.b", "a%20b", "-a", "x" * 65])
+def test_an_unknown_server_is_404(make_agent: Any, name: str) -> None:
+    assert_error(make_agent(scopes=["tools:read"]).client.get(f"/tool-servers/{name}"), 404, "not_found")
 
 
 def test_needs_a_token_and_the_tools_read_scope(make_agent: Any) -> None:

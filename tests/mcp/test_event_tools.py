@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import json
+import math
 from typing import Any
 
+import pydantic_core
 import pytest
+from asgiref.sync import async_to_sync
+from mcp.server.auth.middleware.auth_context import auth_context_var
+from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
+from mcp.server.mcpserver.exceptions import ToolError
 
+from ordinaut_site.mcp_server import AgentTokenVerifier, mcp
 from ordinaut_site.models import AuditLog
 from runs.models import Run
 from tasks.events import event_deliver
@@ -55,3 +63,29 @@ def test_the_same_idempotency_key_answers_the_first_event(tools: Any) -> None:
     assert again["id"] == first["id"]
     assert other["code"] == "conflict"
     assert Event.objects.count() == 1
+
+
+def test_a_number_beyond_a_double_is_a_validation_error_naming_where(agent: Any) -> None:
+    # Over HTTP the JSON-RPC body is parsed by pydantic, which reads 1e400 as inf; the in-memory
+    # client of the other tests would turn inf into null on the way. So call the tool as HTTP does.
+    arguments = pydantic_core.from_json('{"topic": "mail.received", "payload": {"n": [1, -1e400]}}')
+    assert arguments["payload"]["n"][1] == -math.inf
+
+    async def call() -> Any:
+        access = await AgentTokenVerifier().verify_token(agent.token)
+        reset = auth_context_var.set(AuthenticatedUser(access))  # type: ignore[arg-type]
+        try:
+            return await mcp.call_tool("publish_event", arguments)
+        finally:
+            auth_context_var.reset(reset)
+
+    with pytest.raises(ToolError) as raised:
+        async_to_sync(call)()
+
+    text = str(raised.value)
+    prefix = "Error executing tool publish_event: "
+    assert text.startswith(prefix), text
+    error = json.loads(text[len(prefix) :])["error"]
+    assert error["code"] == "validation_error"
+    assert list(error["fields"]) == ["payload.n.1"]
+    assert not Event.objects.exists()

@@ -62,6 +62,14 @@ SCHEDULES = [
     ("event", "email.*"),
     ("manual", ""),
 ]
+# Past the edges where the audit found 500s: RRULE parts out of RFC 5545's ranges (dateutil crashed
+# on them) and a NUL in a {name} (it reached a query). Valid-mode cases get them now and then: a 400.
+EDGE_SCHEDULES = [
+    ("rrule", "FREQ=MONTHLY;BYDAY=+60FR"),
+    ("rrule", "FREQ=HOURLY;BYHOUR=25"),
+    ("rrule", "FREQ=DAILY;INTERVAL=0"),
+]
+EDGE_NAMES = ["a\x00b"]
 TIMEZONES = ["UTC", "Europe/Chisinau", "America/New_York", "Asia/Kolkata"]
 CONDITIONS = [None, "task.title", "`true`"]
 PAYLOADS = [
@@ -105,12 +113,9 @@ def _mutates_authorization(case: Any) -> bool:
     return any((mutation.parameter or "").lower() == "authorization" for mutation in _mutations(case))
 
 
-def drf_coercion_only(case: Any) -> bool:
-    """Whether every mutation of this negative case swapped one scalar type for one DRF coerces."""
-    mutations = _mutations(case)
-    if not mutations:
-        return False
-    return all(
+def _drf_coerces(mutation: Any) -> bool:
+    """A swap of one scalar type for one DRF coerces."""
+    return (
         mutation.operator == OperatorKind.CHANGE_TYPE
         and mutation.keywords == ("type",)
         and all(
@@ -119,8 +124,25 @@ def drf_coercion_only(case: Any) -> bool:
             for sent in _types(mutation.new_value)
         )
         and any(original != "null" for original in _types(mutation.original_value))
-        for mutation in mutations
     )
+
+
+def _drf_trims(mutation: Any) -> bool:
+    """A string made one too long whose extra length is surrounding whitespace: DRF's CharField
+    trims it (trim_whitespace) before checking max_length, so what it stores is within the limit.
+    (Hypothesis draws from constants found in the loaded code, so which cases hit this changes with
+    the code; seen with a contact starting with a control character Python counts as whitespace.)"""
+    value = mutation.new_value
+    return mutation.keywords == ("maxLength",) and isinstance(value, str) and value.strip() != value
+
+
+def drf_coercion_only(case: Any) -> bool:
+    """Whether every mutation of this negative case is leniency DRF has by design: a scalar type it
+    coerces, or a string too long only by whitespace it trims."""
+    mutations = _mutations(case)
+    if not mutations:
+        return False
+    return all(_drf_coerces(mutation) or _drf_trims(mutation) for mutation in mutations)
 
 
 def error_shape(ctx: Any, response: Any, case: Any) -> bool | None:
@@ -262,8 +284,10 @@ class Fuzzer:
         params = case.path_parameters or {}
         names = NAME_POOLS.get(path.strip("/").split("/")[0], [])
         if "name" in params and names:
-            picked = _pick(params["name"], len(names))
-            if picked is not None:
+            picked = _pick(params["name"], len(names) + len(EDGE_NAMES))
+            if picked is not None and picked >= len(names):
+                params["name"] = EDGE_NAMES[picked - len(names)]
+            elif picked is not None:
                 params["name"] = self._world().names[names[picked]]
             return
         pool = ID_POOLS.get(path.strip("/").split("/")[0], [])
@@ -285,7 +309,7 @@ class Fuzzer:
         body = dict(body)
         if label in ("POST /tasks", "PATCH /tasks/{id}", "POST /schedules/preview"):
             if label != "PATCH /tasks/{id}" or "schedule_kind" in body or "schedule_expr" in body:
-                body["schedule_kind"], body["schedule_expr"] = _choose((body, "s"), SCHEDULES)
+                body["schedule_kind"], body["schedule_expr"] = _choose((body, "s"), SCHEDULES + EDGE_SCHEDULES)
             for name, choices in TASK_FIELD_HINTS.items():
                 if name in body or (name == "payload" and label == "POST /tasks"):
                     body[name] = _choose((body, name), choices)
