@@ -2,6 +2,7 @@
 
 from django.contrib import admin
 from django.urls import include, path, re_path
+from django_prometheus import exports as prometheus_exports
 from drf_spectacular.renderers import OpenApiJsonRenderer, OpenApiJsonRenderer2
 from drf_spectacular.views import SpectacularJSONAPIView, SpectacularSwaggerView
 
@@ -20,13 +21,14 @@ urlpatterns = [
     re_path(r"^health/live/?$", health.live, name="health-live"),
     re_path(r"^health/ready/?$", health.ready, name="health-ready"),
     re_path(
-        r"^openapi\.json$",
+        r"^openapi\.json/?$",
         # Plain application/json first (the OpenAPI media type stays available by Accept).
         SpectacularJSONAPIView.as_view(renderer_classes=[OpenApiJsonRenderer2, OpenApiJsonRenderer]),
         name="openapi",
     ),
     re_path(r"^docs/?$", SpectacularSwaggerView.as_view(url_name="openapi"), name="docs"),
-    path("", include("django_prometheus.urls")),
+    # django_prometheus.urls routes "metrics" alone; API.md: a trailing slash is accepted too.
+    re_path(r"^metrics/?$", prometheus_exports.ExportToDjangoView, name="prometheus-django-metrics"),
     path("", include(router.urls)),
     path("", include("tasks.urls")),
     path("", include("runs.urls")),

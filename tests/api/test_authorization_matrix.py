@@ -41,7 +41,7 @@ pytestmark = pytest.mark.django_db
 
 # Routes outside the agents' API: public by API.md, or the Django admin (operators, session auth).
 PUBLIC_DRF_ROUTES = {("GET", "/openapi.json"), ("GET", "/docs")}
-NON_API_ROUTE_PREFIXES = ("admin/", "^health", "metrics")
+NON_API_ROUTE_PREFIXES = ("admin/", "^health", "^metrics")
 
 
 @pytest.fixture

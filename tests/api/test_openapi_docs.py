@@ -42,6 +42,18 @@ def test_schema_needs_no_token_and_ignores_a_bad_one() -> None:
     assert Client().get("/openapi.json", HTTP_AUTHORIZATION="Bearer nonsense").status_code == 200
 
 
+# API.md: a trailing slash is accepted too, on the routes outside the API as on the API's own.
+@pytest.mark.parametrize(
+    ("url", "content_type"),
+    [("/openapi.json", "application/json"), ("/docs", "text/html"), ("/metrics", "text/plain")],
+)
+def test_public_pages_answer_with_and_without_a_trailing_slash(url: str, content_type: str) -> None:
+    for spelling in (url, f"{url}/"):
+        response = Client().get(spelling)
+        assert response.status_code == 200, spelling
+        assert response["Content-Type"].startswith(content_type), spelling
+
+
 def test_schema_lists_the_api_paths_without_trailing_slashes(schema: dict[str, Any]) -> None:
     for expected in ("/agents", "/agents/me", "/agents/{id}", "/agents/{id}/tokens", "/agents/{id}/tokens/{prefix}"):
         assert expected in schema["paths"], expected
