@@ -56,7 +56,8 @@ class TokenCreateSerializer(serializers.Serializer):
         required=False,
         default=list,
         max_length=len(ALL_SCOPES),
-        help_text="Narrow the token to some of the agent's scopes; empty: all of them.",
+        help_text="Narrow the token to some of the agent's scopes; empty: all of them, or all your own token "
+        "holds if it holds fewer. Never a scope your token lacks (403).",
     )
     label = serializers.CharField(max_length=100, required=False, allow_blank=True, default="")  # type: ignore[assignment]
 

@@ -102,6 +102,28 @@ def agent_manage_check(*, manager: Agent, agent: Agent) -> None:
         )
 
 
+def token_scopes_for(*, issuer: Agent, agent: Agent, scopes: list[str]) -> list[str]:
+    """The scopes of a token `issuer` issues for `agent`: never one the issuer's own token lacks.
+
+    agent_manage_check lets an agent manage itself, so without this a token narrowed to
+    agents:admin could issue its agent an unrestricted token. Holding `admin` counts as holding
+    every scope (a token narrowed without `admin` does not hold it). Named scopes the issuer lacks
+    are a 403; no scopes named means every scope of the agent the issuer holds: all of them (stored
+    as [], following the agent's scopes) when it holds them all, else exactly those.
+    """
+    if issuer.is_admin:
+        return scopes
+    if scopes:
+        scopes_grant_check(granter=issuer, scopes=scopes)
+        return scopes
+    held = sorted(scope for scope in set(agent.scopes) if issuer.has_scope(scope))
+    if len(held) == len(set(agent.scopes)):
+        return []
+    if not held:  # [] would mean all of them
+        raise PermissionDenied(f"You hold none of the scopes of agent {agent.name!r}; you cannot issue it a token.")
+    return held
+
+
 def _token_hash(raw: str) -> str:
     # Tokens carry 256 random bits, so a fast hash is enough: there is nothing to brute-force.
     return hashlib.sha256(raw.encode()).hexdigest()
@@ -123,8 +145,9 @@ def token_issue(
 ) -> tuple[AgentToken, str]:
     """Create a token for an agent; the plain token is returned once and never stored.
 
-    `by_agent`: the agent asking through the API, held to agent_manage_check. `scopes` narrows
-    the token to some of the agent's scopes (empty or None: all of them).
+    `by_agent`: the agent asking through the API, with the scopes of the token it asked with, held
+    to agent_manage_check and token_scopes_for. `scopes` narrows the token to some of the agent's
+    scopes (empty or None: all of them, or all the caller may hand out).
     """
     scopes = scopes_clean(scopes or [])
     beyond = sorted(s for s in scopes if not agent.has_scope(s))
@@ -132,6 +155,7 @@ def token_issue(
         raise ValidationFailed.on("scopes", f"the agent does not hold {', '.join(beyond)}; a token can only narrow")
     if by_agent is not None:
         agent_manage_check(manager=by_agent, agent=agent)
+        scopes = token_scopes_for(issuer=by_agent, agent=agent, scopes=scopes)
     if not agent.is_active:
         raise Conflict(f"Agent {agent.name!r} is deactivated; its tokens would not work.")
     if expires_at is not None and expires_at <= timezone.now():

@@ -9,7 +9,8 @@ import pytest
 from django.utils import timezone
 from rest_framework.test import APIClient
 
-from ordinaut_site.models import AuditLog
+from ordinaut_site.models import AgentToken, AuditLog
+from ordinaut_site.services import SYSTEM, token_issue
 
 pytestmark = pytest.mark.django_db
 
@@ -173,3 +174,67 @@ def test_a_token_cannot_widen_the_agents_scopes(make_agent: Any) -> None:
     response = root.client.post(f"/agents/{reader.agent.pk}/tokens", {"scopes": ["tasks:write"]}, format="json")
     assert response.status_code == 400
     assert "scopes" in response.json()["error"]["fields"]
+
+
+# --- A token never issues a token stronger than itself ---------------------------------------
+
+
+def narrowed(make_agent: Any, scopes: list[str], token_scopes: list[str], admin: bool = False) -> Any:
+    """An agent holding `scopes` (every scope with admin) and a client on a token narrowed to `token_scopes`."""
+    handle = make_agent(scopes=scopes, admin=admin)
+    _, raw = token_issue(agent=handle.agent, actor=SYSTEM, scopes=token_scopes)
+    return handle.agent, client_with(raw)
+
+
+def test_a_narrowed_token_issues_its_agent_no_token_stronger_than_itself(make_agent: Any) -> None:
+    agent, client = narrowed(make_agent, ["agents:admin", "tasks:read", "tasks:write"], ["agents:admin"])
+
+    response = client.post(f"/agents/{agent.pk}/tokens", {}, format="json")
+
+    assert response.status_code == 201, response.json()
+    assert response.json()["scopes"] == ["agents:admin"]
+    issued = client_with(response.json()["token"])
+    assert issued.get("/agents/me").json()["scopes"] == ["agents:admin"]
+    assert issued.get("/tasks").status_code == 403
+    row = AuditLog.objects.get(action="token.issue", details__prefix=response.json()["prefix"])
+    assert row.details["scopes"] == ["agents:admin"]
+
+
+def test_a_narrowed_token_cannot_name_scopes_it_lacks(make_agent: Any) -> None:
+    agent, client = narrowed(make_agent, ["agents:admin", "tasks:read", "tasks:write"], ["agents:admin"])
+    before = AgentToken.objects.count()
+
+    response = client.post(f"/agents/{agent.pk}/tokens", {"scopes": ["tasks:write"]}, format="json")
+
+    assert response.status_code == 403
+    assert response.json()["error"]["fields"] == {"scopes": ["not held by the caller: tasks:write"]}
+    assert AgentToken.objects.count() == before
+
+
+def test_a_token_narrowed_without_admin_is_not_an_admin_when_issuing(make_agent: Any) -> None:
+    agent, client = narrowed(make_agent, [], ["agents:admin", "tasks:read"], admin=True)
+
+    named = client.post(f"/agents/{agent.pk}/tokens", {"scopes": ["admin"]}, format="json")
+    omitted = client.post(f"/agents/{agent.pk}/tokens", {}, format="json")
+
+    assert named.status_code == 403
+    assert omitted.status_code == 201
+    assert omitted.json()["scopes"] == ["agents:admin", "tasks:read"]
+    assert client_with(omitted.json()["token"]).get("/audit").status_code == 403
+
+
+def test_a_narrowed_token_holding_all_the_targets_scopes_issues_it_a_full_token(make_agent: Any) -> None:
+    _, client = narrowed(make_agent, ["agents:admin", "tasks:read", "runs:read"], ["agents:admin", "tasks:read"])
+    weaker = make_agent(scopes=["tasks:read"])
+
+    response = client.post(f"/agents/{weaker.agent.pk}/tokens", {}, format="json")
+
+    assert response.status_code == 201
+    assert response.json()["scopes"] == []
+
+
+def test_an_admin_token_issues_any_token(make_agent: Any) -> None:
+    admin = make_agent(admin=True)
+    assert admin.client.post(f"/agents/{admin.agent.pk}/tokens", {}).json()["scopes"] == []
+    response = admin.client.post(f"/agents/{admin.agent.pk}/tokens", {"scopes": ["admin"]}, format="json")
+    assert response.json()["scopes"] == ["admin"]
