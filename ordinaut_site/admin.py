@@ -40,15 +40,29 @@ class AgentAdmin(admin.ModelAdmin):
         return False  # deactivate instead: tasks and audit entries keep their owner
 
     def save_model(self, request: HttpRequest, obj: Agent, form: Any, change: bool) -> None:
-        obj.scopes = services.scopes_clean(obj.scopes or [])
-        super().save_model(request, obj, form, change)
-        services.audit_record(
-            actor=services.Actor.of_user(request.user),
-            action="agent.update" if change else "agent.create",
-            subject_type="agent",
-            subject_id=obj.pk,
-            details={"scopes": obj.scopes, "is_active": obj.is_active},
+        actor = services.Actor.of_user(request.user)
+        if not change:
+            obj.scopes = services.scopes_clean(obj.scopes or [])
+            super().save_model(request, obj, form, change)
+            services.audit_record(
+                actor=actor,
+                action="agent.create",
+                subject_type="agent",
+                subject_id=obj.pk,
+                details={"scopes": obj.scopes, "is_active": obj.is_active},
+            )
+            return
+        # Switching is_active goes through the services, which set deactivated_at (and pause or
+        # resume the agent's tasks) and write their own audit rows; the other fields are an update.
+        services.agent_update(
+            agent=obj, actor=actor, fields=[name for name in form.changed_data if name != "is_active"]
         )
+        if "is_active" in form.changed_data:
+            if obj.is_active:
+                services.agent_reactivate(agent=obj, actor=actor)
+            else:
+                services.agent_deactivate(agent=obj, actor=actor)
+        obj.refresh_from_db()
 
     @admin.action(description="Issue a new token (shown once)")
     def issue_token(self, request: HttpRequest, queryset: QuerySet[Agent]) -> None:
@@ -67,9 +81,19 @@ class AgentTokenAdmin(admin.ModelAdmin):
     list_display = ["prefix", "agent", "label", "created_at", "last_used_at", "expires_at", "revoked_at"]
     list_filter = ["revoked_at"]
     search_fields = ["prefix", "agent__name"]
-    readonly_fields = ["agent", "prefix", "created_at", "last_used_at", "revoked_at"]
+    # Scopes are fixed at issue (narrow by issuing another token); label and expiry may change,
+    # through token_update, which audits them.
+    readonly_fields = ["agent", "prefix", "scopes", "created_at", "last_used_at", "revoked_at"]
     exclude = ["secret_hash"]
     actions = ["revoke"]
+
+    def save_model(self, request: HttpRequest, obj: AgentToken, form: Any, change: bool) -> None:
+        services.token_update(
+            token=obj,
+            actor=services.Actor.of_user(request.user),
+            label=form.cleaned_data["label"],
+            expires_at=form.cleaned_data["expires_at"],
+        )
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False

@@ -206,6 +206,34 @@ def token_revoke(*, token: AgentToken, actor: Actor, by_agent: Agent | None = No
             )
 
 
+def token_update(*, token: AgentToken, actor: Actor, label: str, expires_at: datetime | None) -> AgentToken:
+    """Change a token's label or expiry (operators, in the admin); audited as token.update with
+    each change's old and new value. Its scopes never change: issue a narrower token instead."""
+    with transaction.atomic():
+        # Locked so the old values in the audit row are the ones this change replaces.
+        current = AgentToken.objects.select_for_update().get(pk=token.pk)
+        changes: dict[str, list[Any]] = {}
+        if current.label != label:
+            changes["label"] = [current.label, label]
+        if current.expires_at != expires_at:
+            changes["expires_at"] = [_iso(current.expires_at), _iso(expires_at)]
+        if changes:
+            AgentToken.objects.filter(pk=token.pk).update(label=label, expires_at=expires_at)
+            audit_record(
+                actor=actor,
+                action="token.update",
+                subject_type="agent",
+                subject_id=current.agent_id,
+                details={"prefix": current.prefix, "changes": changes},
+            )
+    token.refresh_from_db()
+    return token
+
+
+def _iso(at: datetime | None) -> str | None:
+    return at.isoformat() if at is not None else None
+
+
 def token_authenticate(raw: str) -> tuple[Agent, AgentToken] | None:
     """The active agent and usable token behind a presented bearer token, or None."""
     if not raw.startswith(TOKEN_PREFIX):
@@ -261,6 +289,32 @@ def agent_create(
     except IntegrityError:
         raise Conflict(f"an agent named {name!r} already exists", fields={"name": ["already exists"]}) from None
     return agent
+
+
+def agent_update(*, agent: Agent, actor: Actor, fields: list[str]) -> None:
+    """Save an operator's edit of an agent (the admin form has set the fields on `agent`); its
+    is_active goes through agent_deactivate and agent_reactivate instead."""
+    if not fields:
+        return
+    agent.scopes = scopes_clean(agent.scopes or [])
+    with transaction.atomic():
+        agent.save(update_fields=fields)
+        audit_record(
+            actor=actor,
+            action="agent.update",
+            subject_type="agent",
+            subject_id=agent.pk,
+            details={"fields": sorted(fields), "scopes": agent.scopes},
+        )
+
+
+def agent_reactivate(*, agent: Agent, actor: Actor) -> None:
+    """An operator brings a deactivated agent back: its unrevoked, unexpired tokens work again.
+    Reactivating an active agent does nothing."""
+    with transaction.atomic():
+        updated = Agent.objects.filter(pk=agent.pk, is_active=False).update(is_active=True, deactivated_at=None)
+        if updated:
+            audit_record(actor=actor, action="agent.reactivate", subject_type="agent", subject_id=agent.pk)
 
 
 def agent_deactivate(*, agent: Agent, actor: Actor, by_agent: Agent | None = None) -> None:
