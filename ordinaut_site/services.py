@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import secrets
@@ -309,24 +310,68 @@ def agent_update(*, agent: Agent, actor: Actor, fields: list[str]) -> None:
 
 
 def agent_reactivate(*, agent: Agent, actor: Actor) -> None:
-    """An operator brings a deactivated agent back: its unrevoked, unexpired tokens work again.
-    Reactivating an active agent does nothing."""
+    """An operator brings a deactivated agent back: its unrevoked, unexpired tokens work again, and
+    the tasks its deactivation paused (listed in that agent.deactivate audit row) are resumed, from
+    their next occurrence (no backfill). Tasks paused otherwise stay paused. Reactivating an active
+    agent does nothing."""
+    from tasks.models import Task  # tasks.services imports this module
+    from tasks.services import task_resume
+
     with transaction.atomic():
         updated = Agent.objects.filter(pk=agent.pk, is_active=False).update(is_active=True, deactivated_at=None)
-        if updated:
-            audit_record(actor=actor, action="agent.reactivate", subject_type="agent", subject_id=agent.pk)
+        if not updated:
+            return
+        deactivation = (
+            AuditLog.objects.filter(action="agent.deactivate", subject_type="agent", subject_id=str(agent.pk))
+            .order_by("-at", "-id")
+            .first()
+        )
+        paused = deactivation.details.get("paused_tasks", []) if deactivation is not None else []
+        still_paused = Task.objects.filter(
+            pk__in=paused, owner_id=agent.pk, status=Task.Status.PAUSED, deleted_at__isnull=True
+        )
+        resumed = []
+        for task in still_paused.order_by("pk"):
+            with contextlib.suppress(Conflict):  # resumed or canceled since it was read
+                task_resume(task=task, actor=actor)
+                resumed.append(str(task.pk))
+        audit_record(
+            actor=actor,
+            action="agent.reactivate",
+            subject_type="agent",
+            subject_id=agent.pk,
+            details={"resumed_tasks": resumed},
+        )
 
 
 def agent_deactivate(*, agent: Agent, actor: Actor, by_agent: Agent | None = None) -> None:
-    """Agents are never deleted (their tasks and audit trail stay); they stop authenticating.
+    """Agents are never deleted (their tasks and audit trail stay); they stop authenticating, and
+    their active tasks are paused (each audited as task.pause by `actor`; the agent.deactivate row
+    lists them, for agent_reactivate). The fire path also refuses tasks of an inactive owner.
 
     Deactivating an inactive agent does nothing. `by_agent`: see token_issue.
     """
+    from tasks.models import Task  # tasks.services imports this module
+    from tasks.services import task_pause
+
     if by_agent is not None:
         agent_manage_check(manager=by_agent, agent=agent)
     with transaction.atomic():
         updated = Agent.objects.filter(pk=agent.pk, is_active=True).update(
             is_active=False, deactivated_at=timezone.now()
         )
-        if updated:
-            audit_record(actor=actor, action="agent.deactivate", subject_type="agent", subject_id=agent.pk)
+        if not updated:
+            return
+        active = Task.objects.filter(owner_id=agent.pk, status=Task.Status.ACTIVE, deleted_at__isnull=True)
+        paused = []
+        for task in active.order_by("pk"):
+            with contextlib.suppress(Conflict):  # paused, canceled or completed since it was read
+                task_pause(task=task, actor=actor)
+                paused.append(str(task.pk))
+        audit_record(
+            actor=actor,
+            action="agent.deactivate",
+            subject_type="agent",
+            subject_id=agent.pk,
+            details={"paused_tasks": paused},
+        )

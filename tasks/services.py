@@ -267,6 +267,8 @@ def task_run_now(
         raise Conflict("The task is deleted.")
     if task.status == Task.Status.CANCELED:
         raise Conflict("The task is canceled; it cannot run.")
+    if not task.owner.is_active:
+        raise Conflict("The task's owner is deactivated; its tasks do not run.")
     trigger_key = f"manual:{idempotency_key}" if idempotency_key else None
     run = run_create(task=task, trigger=Run.Trigger.MANUAL, trigger_key=trigger_key, params=params, actor=actor)
     _touch_last_run(task.pk, run.created_at)
@@ -406,8 +408,15 @@ def _fire(occurrences: list[Occurrence], now: datetime) -> list[Run]:
     # decisions must see the runs of earlier fires of the same task.
     tasks = {
         str(task.pk): task
-        for task in Task.objects.select_for_update()
-        .filter(pk__in={key for key, _ in wanted}, deleted_at__isnull=True, status=Task.Status.ACTIVE)
+        # Not the tasks of a deactivated owner: deactivation pauses them, but an admin may resume
+        # one. of=self: the owners' rows are read, not locked.
+        for task in Task.objects.select_for_update(of=("self",))
+        .filter(
+            pk__in={key for key, _ in wanted},
+            deleted_at__isnull=True,
+            status=Task.Status.ACTIVE,
+            owner__is_active=True,
+        )
         .order_by("pk")
     }
     active: dict[str, list[Run | None]] = defaultdict(list)
@@ -419,7 +428,7 @@ def _fire(occurrences: list[Occurrence], now: datetime) -> list[Run]:
     for key, occurrence in sorted(wanted, key=lambda pair: pair[1].at):
         task = tasks.get(key)
         if task is None:
-            continue  # deleted, paused, canceled or completed since beat (or the event) sent it
+            continue  # deleted, paused, canceled, completed or its owner deactivated since it was sent
         reason = _skip_reason(task, occurrence, now)
         hold = False
         if not reason and task.overlap != Task.Overlap.ALLOW and active[key]:
