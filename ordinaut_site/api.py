@@ -19,6 +19,7 @@ from rest_framework.views import set_rollback
 
 from . import logs
 from .errors import OrdinautError, PayloadTooLarge, ValidationFailed
+from .throttling import unauthenticated_wait
 
 logger = logging.getLogger(__name__)
 
@@ -95,6 +96,12 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
         exc = exceptions.NotFound()
     elif isinstance(exc, DjangoPermissionDenied):
         exc = exceptions.PermissionDenied()
+    elif isinstance(exc, (exceptions.NotAuthenticated, exceptions.AuthenticationFailed)):
+        # The per-IP limit of requests without a (valid) token: DRF never throttles them itself.
+        request = context.get("request")
+        wait = unauthenticated_wait(request) if request is not None else None
+        if wait is not None:
+            exc = exceptions.Throttled(wait=wait)
 
     handled = drf_exception_handler(exc, context)
     if handled is None:

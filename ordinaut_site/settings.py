@@ -418,7 +418,8 @@ CELERY_BEAT_SCHEDULE = {
 ORDINAUT_RATE_LIMIT = env_rate("ORDINAUT_RATE_LIMIT", "600/min")
 # ORDINAUT_WRITE_RATE_LIMIT: POST/PATCH/PUT/DELETE per agent, counted on top of ORDINAUT_RATE_LIMIT.
 ORDINAUT_WRITE_RATE_LIMIT = env_rate("ORDINAUT_WRITE_RATE_LIMIT", "300/min")
-# ORDINAUT_ANON_RATE_LIMIT: requests per client IP without a token (/openapi.json, /docs).
+# ORDINAUT_ANON_RATE_LIMIT: requests per client IP without a valid token (/openapi.json, /docs, and
+# every API request refused with 401, which gets 429 once the limit is spent).
 ORDINAUT_ANON_RATE_LIMIT = env_rate("ORDINAUT_ANON_RATE_LIMIT", "120/min")
 # ORDINAUT_IDEMPOTENCY_TTL_S: how long an Idempotency-Key and its response are remembered.
 ORDINAUT_IDEMPOTENCY_TTL_S = env_int("ORDINAUT_IDEMPOTENCY_TTL_S", 86400)

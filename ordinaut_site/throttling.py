@@ -1,4 +1,4 @@
-"""Per-agent rate limits: DRF throttles counting fixed windows in the Redis cache (429 + Retry-After)."""
+"""Rate limits per agent, and per client IP without a valid token: fixed windows in Redis (429 + Retry-After)."""
 
 from __future__ import annotations
 
@@ -99,6 +99,29 @@ def _client_ip(request: Request) -> str:
     return str(request.META.get("REMOTE_ADDR") or "unknown")
 
 
+class ClientIpRateThrottle(WindowThrottle):
+    """ORDINAUT_ANON_RATE_LIMIT per client IP: the requests AgentRateThrottle counts without a token."""
+
+    scope = "all"
+
+    def limit_for(self, request: Request) -> tuple[str, str] | None:
+        return f"ip:{_client_ip(request)}", settings.ORDINAUT_ANON_RATE_LIMIT
+
+
+def unauthenticated_wait(request: Request) -> float | None:
+    """Count a request refused for want of a valid token (401) against its client IP's
+    ORDINAUT_ANON_RATE_LIMIT; the seconds to wait when that is spent, else None.
+
+    DRF authenticates and checks permissions before it throttles, so a request with a missing or
+    bad token never reached the throttles: anyone could send (or try tokens) without limit.
+    The API's exception handler calls this on every 401 and answers 429 instead when spent.
+    """
+    throttle = ClientIpRateThrottle()
+    if throttle.allow_request(request, None):
+        return None
+    return throttle.wait() or 1.0
+
+
 class AgentRateThrottle(WindowThrottle):
     """Every request: ORDINAUT_RATE_LIMIT per agent, or ORDINAUT_ANON_RATE_LIMIT per IP without a token."""
 
@@ -108,7 +131,7 @@ class AgentRateThrottle(WindowThrottle):
         agent = request.user
         if isinstance(agent, Agent):
             return f"agent:{agent.pk}", settings.ORDINAUT_RATE_LIMIT
-        return f"ip:{_client_ip(request)}", settings.ORDINAUT_ANON_RATE_LIMIT
+        return ClientIpRateThrottle().limit_for(request)
 
 
 class AgentWriteRateThrottle(WindowThrottle):

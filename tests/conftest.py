@@ -47,6 +47,9 @@ def pytest_configure(config: pytest.Config) -> None:
     # And its own event stream (here and in subprocesses: workers emit events, consumers read them).
     stream = f"ordinaut-test-{uuid.uuid4().hex[:10]}:events"
     os.environ["ORDINAUT_EVENT_STREAM"] = settings.ORDINAUT_EVENT_STREAM = stream
+    # And its own cache key prefix: rate-limit counters (the cache's only use) of two suites on one
+    # Redis would add up, and rate_limits_reset of one would wipe the other's mid-test.
+    settings.CACHES["default"]["KEY_PREFIX"] = f"ordinaut-test-{uuid.uuid4().hex[:10]}"
 
 
 @dataclass

@@ -1,7 +1,8 @@
-"""Rate limits: per agent (and per IP without a token), a tighter one for writes; 429 + Retry-After."""
+"""Rate limits: per agent (and per IP without a valid token), a tighter one for writes; 429 + Retry-After."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -9,12 +10,20 @@ from django.core.exceptions import ImproperlyConfigured
 from django.test import override_settings
 from rest_framework.test import APIClient
 
+from ordinaut_site import throttling
 from ordinaut_site.settings import env_rate
 from ordinaut_site.throttling import parse_rate
 
 pytestmark = pytest.mark.django_db
-# Windows are fixed and aligned to the clock: tests use day-long ones so none rolls over mid-test.
+# Windows are fixed and aligned to the clock: tests use day-long ones, and the throttles' clock
+# stands at noon, so no window rolls over mid-test (one did at midnight UTC before).
 DAY_S = 86400
+NOON_S = 1767268800.0  # 2026-01-01T12:00:00Z
+
+
+@pytest.fixture(autouse=True)
+def clock_at_noon(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(throttling, "time", SimpleNamespace(time=lambda: NOON_S))
 
 
 def assert_rate_limited(response: Any, period_s: int) -> None:
@@ -23,6 +32,7 @@ def assert_rate_limited(response: Any, period_s: int) -> None:
     assert body["error"]["code"] == "rate_limited"
     assert body["request_id"] == response["X-Request-ID"]
     assert 1 <= int(response["Retry-After"]) <= period_s
+    assert "WWW-Authenticate" not in response
 
 
 @override_settings(ORDINAUT_RATE_LIMIT="3/day")
@@ -59,6 +69,33 @@ def test_requests_without_a_token_are_limited_per_ip() -> None:
     assert client.get("/openapi.json").status_code == 200
     assert_rate_limited(client.get("/openapi.json"), DAY_S)
     assert APIClient(REMOTE_ADDR="10.9.9.9").get("/openapi.json").status_code == 200
+
+
+# DRF authenticates before it throttles: requests with no token or a bad one were never counted.
+@override_settings(ORDINAUT_ANON_RATE_LIMIT="3/day")
+def test_requests_with_no_token_or_a_bad_one_are_limited_per_ip() -> None:
+    def client(ip: str, authorization: str | None = None) -> APIClient:
+        api = APIClient(REMOTE_ADDR=ip)
+        if authorization:
+            api.credentials(HTTP_AUTHORIZATION=authorization)
+        return api
+
+    assert client("10.1.2.3").get("/agents/me").status_code == 401
+    assert client("10.1.2.3", "Bearer ord_zzzzzzzz_not-a-token").get("/tasks").status_code == 401
+    assert client("10.1.2.3", "Token abc").post("/tasks", {}, format="json").status_code == 401
+
+    assert_rate_limited(client("10.1.2.3", "Bearer ord_zzzzzzzz_another-guess").get("/tasks"), DAY_S)
+    assert_rate_limited(client("10.1.2.3").get("/openapi.json"), DAY_S)
+    assert client("10.9.9.9").get("/agents/me").status_code == 401
+
+
+@override_settings(ORDINAUT_ANON_RATE_LIMIT="1/day")
+def test_a_valid_token_from_a_spent_ip_is_counted_per_agent(agent: Any) -> None:
+    APIClient(REMOTE_ADDR="10.1.2.3").get("/agents/me")
+    assert APIClient(REMOTE_ADDR="10.1.2.3").get("/agents/me").status_code == 429
+
+    agent.client.defaults["REMOTE_ADDR"] = "10.1.2.3"
+    assert agent.client.get("/agents/me").status_code == 200
 
 
 @override_settings(ORDINAUT_RATE_LIMIT="off")
