@@ -361,11 +361,16 @@ def main() -> int:
             else None,
         }
     goal = report["ordinaut"]
+    exact = goal["missed"] == 0 and goal["duplicates"] == 0
+    # BENCHMARKS.md measures lateness to the first step's start; the fire (run created) is the
+    # scheduler's own part of it. Both verdicts are reported, the BENCHMARKS.md one as goal_met.
+    report["fire_goal_met"] = exact and goal["lateness_p99_s"] <= 1.0 and (goal["lateness_max_s"] or 0) <= 2.0
     report["goal_met"] = (
-        goal["missed"] == 0
-        and goal["duplicates"] == 0
-        and goal["lateness_p99_s"] <= 1.0
-        and (goal["lateness_max_s"] or 0) <= 2.0
+        exact and (goal["start_lateness_p99_s"] or 0) <= 1.0 and (goal["start_lateness_max_s"] or 0) <= 2.0
+    )
+    say(
+        f"goal (p99 <= 1 s, max <= 2 s, 0 missed, 0 duplicates): start lateness "
+        f"{'met' if report['goal_met'] else 'NOT met'}; fire lateness {'met' if report['fire_goal_met'] else 'NOT met'}"
     )
     Path(args.report).write_text(json.dumps(report, indent=2))
     say(f"report written to {args.report}")
