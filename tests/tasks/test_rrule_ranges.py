@@ -70,3 +70,33 @@ def test_a_rule_dateutil_cannot_parse_is_an_error_on_schedule_expr() -> None:
         parse_schedule("rrule", "FREQ=DAILY;WKST=XX", "UTC")
     assert list(caught.value.fields) == ["schedule_expr"]
     assert "WKST" in caught.value.message
+
+
+@pytest.mark.parametrize(
+    "rule",
+    [
+        "FREQ=SECONDLY;BYMONTH=2;BYMONTHDAY=30",
+        "FREQ=DAILY;BYMONTH=2;BYMONTHDAY=30",
+        "FREQ=HOURLY;BYYEARDAY=1;BYMONTH=3",
+        "FREQ=MINUTELY;BYMONTH=4,6,9,11;BYMONTHDAY=31",
+    ],
+)
+def test_day_filters_no_day_satisfies_are_refused_at_once(rule: str) -> None:
+    # Before, dateutil walked these to year 9999 (5 to 11 s a request) before finding nothing.
+    with pytest.raises(ValidationFailed) as caught:
+        parse_schedule("rrule", rule, "UTC")
+    assert list(caught.value.fields) == ["schedule_expr"]
+    assert "never occurs" in caught.value.message
+
+
+@pytest.mark.parametrize(
+    "rule",
+    [
+        "FREQ=DAILY;BYMONTH=2;BYMONTHDAY=29",  # leap years only
+        "FREQ=HOURLY;BYMONTH=2;BYMONTHDAY=29;BYDAY=MO",  # a Monday Feb 29: years apart
+        "FREQ=DAILY;BYWEEKNO=53;BYDAY=TH",
+        "FREQ=MINUTELY;BYYEARDAY=366;BYDAY=SU",
+    ],
+)
+def test_rare_but_possible_days_are_accepted(rule: str) -> None:
+    assert schedule_validate(kind="rrule", expr=rule, tz="UTC")
