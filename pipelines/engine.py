@@ -192,7 +192,7 @@ def _step_execute(run: Run, index: int, claim_id: str) -> Outcome:
         problems = schema_errors(tool.output_schema, output, prefix="output")
         if problems:
             raise ToolOutputInvalid("; ".join(problems))
-        _check_output_size(output)
+        output_json = _stored_output(output)
     except Suspend as suspend:
         return _suspend(run, record, rendered, suspend.until)
     except AwaitApproval as ask:
@@ -216,7 +216,12 @@ def _step_execute(run: Run, index: int, claim_id: str) -> Outcome:
     try:
         with _savepoint():
             won = run_services.step_succeed(
-                step=record, input=rendered, output=output, history=history, finish_run=run if last else None
+                step=record,
+                input=rendered,
+                output=output,
+                output_json=output_json,
+                history=history,
+                finish_run=run if last else None,
             )
     except (OperationalError, InterfaceError):
         raise  # the database, not the step: the job retries
@@ -239,15 +244,18 @@ def _savepoint() -> Any:
     return transaction.atomic() if transaction.get_connection().in_atomic_block else contextlib.nullcontext()
 
 
-def _check_output_size(output: Any) -> None:
+def _stored_output(output: Any) -> str:
+    """The tool's output as the JSON text its StepRun stores (serialized once: the size check
+    and the record use the same text); ToolOutputInvalid / ToolOutputTooLarge when it cannot be."""
     try:
-        size = len(storable_json(output, prefix="output"))
+        text = storable_json(output, prefix="output")
     except (TypeError, ValueError) as exc:
         raise ToolOutputInvalid(f"the tool's output cannot be stored as JSON: {exc}") from None
-    if size > settings.ORDINAUT_MAX_STEP_OUTPUT_BYTES:
+    if len(text) > settings.ORDINAUT_MAX_STEP_OUTPUT_BYTES:
         raise ToolOutputTooLarge(
-            f"output is {size} bytes; ORDINAUT_MAX_STEP_OUTPUT_BYTES is {settings.ORDINAUT_MAX_STEP_OUTPUT_BYTES}"
+            f"output is {len(text)} bytes; ORDINAUT_MAX_STEP_OUTPUT_BYTES is {settings.ORDINAUT_MAX_STEP_OUTPUT_BYTES}"
         )
+    return text
 
 
 def _advance(run: Run, index: int, output: Any) -> Outcome:

@@ -665,20 +665,24 @@ def step_succeed(
     step: StepRun,
     input: Any,
     output: Any,
+    output_json: str | None = None,
     history: list[dict[str, Any]] | None = None,
     finish_run: Run | None = None,
 ) -> bool:
     """running -> succeeded, only for the message that claimed it. With `finish_run` (the last
-    step), its run succeeds too, with the output as its result, in the same transaction."""
+    step), its run succeeds too, with the output as its result, in the same transaction.
+    `output_json`: the output already serialized (the engine's size check made it), reused."""
     fields = _finish_fields(step)
     if history is not None:
         fields["attempt_history"] = history
     if connection.vendor == "postgresql" and history is not None:
+        # Python None is SQL NULL, as the ORM stores it, not the JSON text "null".
+        output_text = output_json if output_json is not None and output is not None else _jsonb(output)
         if finish_run is not None:
-            return _step_and_run_succeed(step, finish_run, input, output, history, fields)
+            return _step_and_run_succeed(step, finish_run, input, output, output_text, history, fields)
         params = [
             _jsonb(input),
-            _jsonb(output),
+            output_text,
             json.dumps(history),
             fields["finished_at"],
             fields["duration_ms"],
@@ -698,11 +702,17 @@ def step_succeed(
 
 
 def _step_and_run_succeed(
-    step: StepRun, run: Run, input: Any, output: Any, history: list[dict[str, Any]], fields: dict[str, Any]
+    step: StepRun,
+    run: Run,
+    input: Any,
+    output: Any,
+    output_text: str | None,
+    history: list[dict[str, Any]],
+    fields: dict[str, Any],
 ) -> bool:
     params: dict[str, Any] = {
         "input": _jsonb(input),
-        "output": _jsonb(output),
+        "output": output_text,
         "history": json.dumps(history),
         "now": fields["finished_at"],
         "duration": fields["duration_ms"],
