@@ -309,6 +309,17 @@ def agent_update(*, agent: Agent, actor: Actor, fields: list[str]) -> None:
         )
 
 
+def _each_task(tasks: Any, transition: Any, actor: Actor) -> list[str]:
+    """Apply a task transition (task_pause, task_resume) to each task, in id order; the ids of those
+    it applied to (a task that changed since it was read is a Conflict, and skipped)."""
+    done = []
+    for task in tasks.order_by("pk"):
+        with contextlib.suppress(Conflict):
+            transition(task=task, actor=actor)
+            done.append(str(task.pk))
+    return done
+
+
 def agent_reactivate(*, agent: Agent, actor: Actor) -> None:
     """An operator brings a deactivated agent back: its unrevoked, unexpired tokens work again, and
     the tasks its deactivation paused (listed in that agent.deactivate audit row) are resumed, from
@@ -330,11 +341,7 @@ def agent_reactivate(*, agent: Agent, actor: Actor) -> None:
         still_paused = Task.objects.filter(
             pk__in=paused, owner_id=agent.pk, status=Task.Status.PAUSED, deleted_at__isnull=True
         )
-        resumed = []
-        for task in still_paused.order_by("pk"):
-            with contextlib.suppress(Conflict):  # resumed or canceled since it was read
-                task_resume(task=task, actor=actor)
-                resumed.append(str(task.pk))
+        resumed = _each_task(still_paused, task_resume, actor)
         audit_record(
             actor=actor,
             action="agent.reactivate",
@@ -363,11 +370,7 @@ def agent_deactivate(*, agent: Agent, actor: Actor, by_agent: Agent | None = Non
         if not updated:
             return
         active = Task.objects.filter(owner_id=agent.pk, status=Task.Status.ACTIVE, deleted_at__isnull=True)
-        paused = []
-        for task in active.order_by("pk"):
-            with contextlib.suppress(Conflict):  # paused, canceled or completed since it was read
-                task_pause(task=task, actor=actor)
-                paused.append(str(task.pk))
+        paused = _each_task(active, task_pause, actor)
         audit_record(
             actor=actor,
             action="agent.deactivate",
