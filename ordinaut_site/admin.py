@@ -8,7 +8,7 @@ from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from . import services
+from . import audit, services
 from .models import Agent, AgentToken, AgentUsage, AuditLog
 
 
@@ -40,11 +40,11 @@ class AgentAdmin(admin.ModelAdmin):
         return False  # deactivate instead: tasks and audit entries keep their owner
 
     def save_model(self, request: HttpRequest, obj: Agent, form: Any, change: bool) -> None:
-        actor = services.Actor.of_user(request.user)
+        actor = audit.Actor.of_user(request.user)
         if not change:
             obj.scopes = services.scopes_clean(obj.scopes or [])
             super().save_model(request, obj, form, change)
-            services.audit_record(
+            audit.audit_record(
                 actor=actor,
                 action="agent.create",
                 subject_type="agent",
@@ -67,13 +67,13 @@ class AgentAdmin(admin.ModelAdmin):
     @admin.action(description="Issue a new token (shown once)")
     def issue_token(self, request: HttpRequest, queryset: QuerySet[Agent]) -> None:
         for agent in queryset:
-            _, raw = services.token_issue(agent=agent, actor=services.Actor.of_user(request.user))
+            _, raw = services.token_issue(agent=agent, actor=audit.Actor.of_user(request.user))
             messages.warning(request, f"New token for {agent.name} (copy it now, it is not shown again): {raw}")
 
     @admin.action(description="Deactivate (tokens stop working)")
     def deactivate(self, request: HttpRequest, queryset: QuerySet[Agent]) -> None:
         for agent in queryset:
-            services.agent_deactivate(agent=agent, actor=services.Actor.of_user(request.user))
+            services.agent_deactivate(agent=agent, actor=audit.Actor.of_user(request.user))
 
 
 @admin.register(AgentToken)
@@ -90,7 +90,7 @@ class AgentTokenAdmin(admin.ModelAdmin):
     def save_model(self, request: HttpRequest, obj: AgentToken, form: Any, change: bool) -> None:
         services.token_update(
             token=obj,
-            actor=services.Actor.of_user(request.user),
+            actor=audit.Actor.of_user(request.user),
             label=form.cleaned_data["label"],
             expires_at=form.cleaned_data["expires_at"],
         )
@@ -104,7 +104,7 @@ class AgentTokenAdmin(admin.ModelAdmin):
     @admin.action(description="Revoke selected tokens")
     def revoke(self, request: HttpRequest, queryset: QuerySet[AgentToken]) -> None:
         for token in queryset:
-            services.token_revoke(token=token, actor=services.Actor.of_user(request.user))
+            services.token_revoke(token=token, actor=audit.Actor.of_user(request.user))
 
 
 @admin.register(AuditLog)

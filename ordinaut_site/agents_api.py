@@ -12,10 +12,10 @@ from rest_framework.response import Response
 
 from . import selectors, services
 from .api import UUID_LOOKUP, error_responses
+from .audit import Actor
 from .auth import request_agent
 from .budgets import budget_usage
 from .models import ALL_SCOPES, SCOPE_AGENTS_ADMIN, Agent, AgentToken
-from .services import Actor
 
 TOKEN_PREFIX_LOOKUP = "[a-z0-9]{1,16}"  # noqa: S105 - a URL pattern, not a secret
 

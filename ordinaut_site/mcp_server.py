@@ -66,6 +66,7 @@ from . import logs
 from .api import INTERNAL_ERROR_MESSAGE, MAX_OFFSET, LimitOffsetPagination, error_body
 from .api import _flatten_fields as flatten_fields  # the REST handler's own flattening, so messages match
 from .api import _validation_message as validation_message
+from .audit import Actor
 from .errors import NotAuthenticated, OrdinautError, PermissionDenied, ValidationFailed
 from .models import (
     SCOPE_EVENTS_PUBLISH,
@@ -77,7 +78,7 @@ from .models import (
     Agent,
 )
 from .parsers import check_json_limits
-from .services import TOKEN_PREFIX, Actor, token_authenticate
+from .services import TOKEN_PREFIX, token_authenticate
 from .throttling import AgentRateThrottle, AgentWriteRateThrottle
 
 logger = logging.getLogger(__name__)

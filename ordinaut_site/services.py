@@ -1,72 +1,26 @@
-"""Services for agents, tokens and the audit log (the only writers of those rows)."""
+"""Services for agents and tokens (the only writers of those rows)."""
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import hmac
 import secrets
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from . import logs
+from .audit import Actor, audit_record
 from .errors import Conflict, PermissionDenied, ValidationFailed
 from .models import ALL_SCOPES, SCOPE_ADMIN, Agent, AgentToken, AuditLog
+from .signals import agent_deactivated, agent_reactivated
 
 TOKEN_PREFIX = "ord_"  # noqa: S105 - the public marker of Ordinaut tokens, not a secret
 TOKEN_PREFIX_CHARS = 8
 TOKEN_SECRET_BYTES = 32
 # last_used_at is a hint for operators, not an audit trail: write it at most this often.
 TOKEN_LAST_USED_RESOLUTION_S = 60
-
-
-@dataclass(frozen=True)
-class Actor:
-    """Who did something: an agent, an operator (Django user) or the system itself."""
-
-    kind: str
-    id: str = ""
-    name: str = ""
-
-    @classmethod
-    def of_agent(cls, agent: Agent) -> Actor:
-        return cls(AuditLog.ACTOR_AGENT, str(agent.pk), agent.name)
-
-    @classmethod
-    def of_user(cls, user: Any) -> Actor:
-        return cls(AuditLog.ACTOR_USER, str(user.pk), user.get_username())
-
-    @classmethod
-    def system(cls, name: str = "system") -> Actor:
-        return cls(AuditLog.ACTOR_SYSTEM, "", name)
-
-
-SYSTEM = Actor.system()
-
-
-def audit_record(
-    *,
-    actor: Actor,
-    action: str,
-    subject_type: str = "",
-    subject_id: object = "",
-    details: dict[str, Any] | None = None,
-) -> AuditLog:
-    """Append one audit row. Call inside the transaction of the change it records."""
-    return AuditLog.objects.create(
-        actor_kind=actor.kind,
-        actor_id=actor.id,
-        actor_name=actor.name,
-        action=action,
-        subject_type=subject_type,
-        subject_id=str(subject_id or ""),
-        details=details or {},
-        request_id=logs.current("request_id") or "",
-    )
 
 
 def scopes_clean(scopes: list[str] | tuple[str, ...], *, field: str = "scopes") -> list[str]:
@@ -309,25 +263,19 @@ def agent_update(*, agent: Agent, actor: Actor, fields: list[str]) -> None:
         )
 
 
-def _each_task(tasks: Any, transition: Any, actor: Actor) -> list[str]:
-    """Apply a task transition (task_pause, task_resume) to each task, in id order; the ids of those
-    it applied to (a task that changed since it was read is a Conflict, and skipped)."""
-    done = []
-    for task in tasks.order_by("pk"):
-        with contextlib.suppress(Conflict):
-            transition(task=task, actor=actor)
-            done.append(str(task.pk))
-    return done
+def _answers(signal: Any, **kwargs: Any) -> list[str]:
+    """Send an owner signal and gather the task ids its receivers report (tasks/ connects them)."""
+    ids: list[str] = []
+    for _, answer in signal.send(sender=Agent, **kwargs):
+        ids.extend(answer or [])
+    return ids
 
 
 def agent_reactivate(*, agent: Agent, actor: Actor) -> None:
     """An operator brings a deactivated agent back: its unrevoked, unexpired tokens work again, and
     the tasks its deactivation paused (listed in that agent.deactivate audit row) are resumed, from
-    their next occurrence (no backfill). Tasks paused otherwise stay paused. Reactivating an active
-    agent does nothing."""
-    from tasks.models import Task  # tasks.services imports this module
-    from tasks.services import task_resume
-
+    their next occurrence (no backfill), by tasks/' receiver of agent_reactivated. Tasks paused
+    otherwise stay paused. Reactivating an active agent does nothing."""
     with transaction.atomic():
         updated = Agent.objects.filter(pk=agent.pk, is_active=False).update(is_active=True, deactivated_at=None)
         if not updated:
@@ -338,10 +286,7 @@ def agent_reactivate(*, agent: Agent, actor: Actor) -> None:
             .first()
         )
         paused = deactivation.details.get("paused_tasks", []) if deactivation is not None else []
-        still_paused = Task.objects.filter(
-            pk__in=paused, owner_id=agent.pk, status=Task.Status.PAUSED, deleted_at__isnull=True
-        )
-        resumed = _each_task(still_paused, task_resume, actor)
+        resumed = _answers(agent_reactivated, agent=agent, actor=actor, task_ids=paused)
         audit_record(
             actor=actor,
             action="agent.reactivate",
@@ -353,14 +298,12 @@ def agent_reactivate(*, agent: Agent, actor: Actor) -> None:
 
 def agent_deactivate(*, agent: Agent, actor: Actor, by_agent: Agent | None = None) -> None:
     """Agents are never deleted (their tasks and audit trail stay); they stop authenticating, and
-    their active tasks are paused (each audited as task.pause by `actor`; the agent.deactivate row
-    lists them, for agent_reactivate). The fire path also refuses tasks of an inactive owner.
+    their active tasks are paused by tasks/' receiver of agent_deactivated (each audited as
+    task.pause by `actor`; the agent.deactivate row lists them, for agent_reactivate). The fire path
+    also refuses tasks of an inactive owner.
 
     Deactivating an inactive agent does nothing. `by_agent`: see token_issue.
     """
-    from tasks.models import Task  # tasks.services imports this module
-    from tasks.services import task_pause
-
     if by_agent is not None:
         agent_manage_check(manager=by_agent, agent=agent)
     with transaction.atomic():
@@ -369,8 +312,7 @@ def agent_deactivate(*, agent: Agent, actor: Actor, by_agent: Agent | None = Non
         )
         if not updated:
             return
-        active = Task.objects.filter(owner_id=agent.pk, status=Task.Status.ACTIVE, deleted_at__isnull=True)
-        paused = _each_task(active, task_pause, actor)
+        paused = _answers(agent_deactivated, agent=agent, actor=actor)
         audit_record(
             actor=actor,
             action="agent.deactivate",

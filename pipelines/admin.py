@@ -12,8 +12,8 @@ from django.http import HttpRequest
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 
+from ordinaut_site.audit import Actor
 from ordinaut_site.errors import OrdinautError, ValidationFailed
-from ordinaut_site.services import Actor
 
 from . import catalog
 from .models import Tool, ToolServer

@@ -14,6 +14,7 @@ import httpx2
 from django.conf import settings
 from django.utils import timezone
 
+from ordinaut_site.audit import Actor
 from ordinaut_site.errors import (
     Conflict,
     HostNotAllowed,
@@ -26,7 +27,6 @@ from ordinaut_site.errors import (
     ToolUnavailable,
     ValidationFailed,
 )
-from ordinaut_site.services import Actor
 from runs.models import Run
 
 from .templates import expr_evaluate

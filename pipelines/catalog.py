@@ -21,6 +21,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Count, QuerySet
 from django.utils import timezone
 
+from ordinaut_site.audit import Actor, audit_record
 from ordinaut_site.errors import (
     Conflict,
     NotFound,
@@ -28,7 +29,6 @@ from ordinaut_site.errors import (
     ToolServerUnreachable,
     ValidationFailed,
 )
-from ordinaut_site.services import Actor, audit_record
 
 from . import mcp_client
 from .mcp_client import ListedTool, ServerConfig

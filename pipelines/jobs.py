@@ -9,7 +9,7 @@ from celery import shared_task
 from celery.signals import task_postrun, task_prerun
 from django.db import InterfaceError, OperationalError, close_old_connections, connections
 
-from ordinaut_site.services import SYSTEM
+from ordinaut_site.audit import SYSTEM
 
 from .catalog import tool_servers_refresh_all
 from .engine import Next, RetryIn, step_execute

@@ -13,9 +13,9 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from ordinaut_site.api import error_responses
+from ordinaut_site.audit import Actor
 from ordinaut_site.auth import request_agent
 from ordinaut_site.models import SCOPE_ADMIN, SCOPE_TOOLS_READ, SCOPE_TOOLS_WRITE
-from ordinaut_site.services import Actor
 
 from . import catalog
 from .models import SERVER_NAME_MAX_CHARS, SERVER_NAME_PATTERN, ToolServer

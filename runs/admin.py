@@ -14,8 +14,8 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.template.response import TemplateResponse
 
+from ordinaut_site.audit import Actor
 from ordinaut_site.errors import OrdinautError, ValidationFailed
-from ordinaut_site.services import Actor
 
 from . import services
 from .models import Approval, Run, StepRun

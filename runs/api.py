@@ -13,10 +13,10 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from ordinaut_site.api import UUID_LOOKUP, error_responses
+from ordinaut_site.audit import Actor
 from ordinaut_site.auth import request_agent
 from ordinaut_site.errors import NotFound
 from ordinaut_site.models import SCOPE_RUNS_READ, SCOPE_RUNS_WRITE
-from ordinaut_site.services import Actor
 
 from . import selectors, services
 from .models import Approval, Run, StepRun

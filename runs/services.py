@@ -19,8 +19,8 @@ from django.db.models import F, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
+from ordinaut_site.audit import SYSTEM, Actor, audit_record
 from ordinaut_site.errors import ApprovalDeclined, Conflict, StepCanceled, ValidationFailed
-from ordinaut_site.services import SYSTEM, Actor, audit_record
 
 from .models import Approval, Run, StepRun
 from .selectors import model_from_columns

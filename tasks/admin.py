@@ -14,8 +14,8 @@ from django.utils.html import format_html, format_html_join
 from django_celery_beat.admin import PeriodicTaskAdmin
 from django_celery_beat.models import PeriodicTask
 
+from ordinaut_site.audit import Actor
 from ordinaut_site.errors import OrdinautError, ValidationFailed
-from ordinaut_site.services import Actor
 from pipelines.spec import payload_validate
 
 from . import selectors, services

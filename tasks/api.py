@@ -12,10 +12,10 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from ordinaut_site.api import UUID_LOOKUP, error_responses
+from ordinaut_site.audit import Actor
 from ordinaut_site.auth import request_agent
 from ordinaut_site.idempotency import idempotent
 from ordinaut_site.models import SCOPE_TASKS_READ, SCOPE_TASKS_WRITE
-from ordinaut_site.services import Actor
 from runs.api import RunSerializer
 
 from . import selectors, services

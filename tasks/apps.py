@@ -7,3 +7,6 @@ class TasksConfig(AppConfig):
     name = "tasks"
     verbose_name = "Tasks"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        from . import receivers  # noqa: F401 - connects the owner-change receivers

@@ -31,9 +31,9 @@ from django.db import DatabaseError, IntegrityError, transaction
 from django.db.models import QuerySet
 from django.utils import timezone
 
+from ordinaut_site.audit import Actor, audit_record
 from ordinaut_site.errors import Conflict, NotFound, ValidationFailed
 from ordinaut_site.models import Agent
-from ordinaut_site.services import Actor, audit_record
 from runs.models import Run
 
 from . import services

@@ -10,10 +10,10 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from ordinaut_site.api import UUID_LOOKUP
+from ordinaut_site.audit import Actor
 from ordinaut_site.auth import request_agent
 from ordinaut_site.idempotency import idempotent
 from ordinaut_site.models import SCOPE_EVENTS_PUBLISH
-from ordinaut_site.services import Actor
 
 from . import events
 from .api import AgentRefSerializer

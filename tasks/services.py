@@ -19,9 +19,9 @@ from django.db import InterfaceError, OperationalError, transaction
 from django.db.models import Q
 from django.utils import timezone as dj_timezone
 
+from ordinaut_site.audit import SYSTEM, Actor, audit_record
 from ordinaut_site.errors import Conflict, ValidationFailed
 from ordinaut_site.models import Agent
-from ordinaut_site.services import SYSTEM, Actor, audit_record
 from pipelines.spec import payload_validate
 from pipelines.templates import condition_error, condition_evaluate
 from runs.models import Run

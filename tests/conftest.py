@@ -14,10 +14,11 @@ import redis
 from django.conf import settings
 from rest_framework.test import APIClient
 
+from ordinaut_site.audit import Actor
 from ordinaut_site.celery import app
 from ordinaut_site.models import ALL_SCOPES, Agent
 from ordinaut_site.queues import queue_config
-from ordinaut_site.services import Actor, agent_create, token_issue
+from ordinaut_site.services import agent_create, token_issue
 from ordinaut_site.throttling import THROTTLE_KEY_PREFIX
 from tests.support.mcp_servers import TOKEN, TOKEN_ENV
 from tests.support.processes import Worker

@@ -11,8 +11,9 @@ from django.contrib.auth import get_user_model
 from django.test import Client
 from django.utils import timezone
 
+from ordinaut_site.audit import SYSTEM
 from ordinaut_site.models import Agent, AgentToken, AuditLog
-from ordinaut_site.services import SYSTEM, agent_create, token_issue
+from ordinaut_site.services import agent_create, token_issue
 
 pytestmark = pytest.mark.django_db
 

@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 from django.db import DatabaseError, connection, transaction
 
+from ordinaut_site.audit import Actor, audit_record
 from ordinaut_site.models import AuditLog
-from ordinaut_site.services import Actor, audit_record
 
 pytestmark = pytest.mark.django_db
 

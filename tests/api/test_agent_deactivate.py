@@ -6,8 +6,9 @@ from typing import Any
 
 import pytest
 
+from ordinaut_site.audit import SYSTEM
 from ordinaut_site.models import Agent, AuditLog
-from ordinaut_site.services import SYSTEM, agent_deactivate, agent_reactivate
+from ordinaut_site.services import agent_deactivate, agent_reactivate
 from runs.models import Run
 from tasks.models import Task
 from tasks.services import task_fire

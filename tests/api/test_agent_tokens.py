@@ -9,8 +9,9 @@ import pytest
 from django.utils import timezone
 from rest_framework.test import APIClient
 
+from ordinaut_site.audit import SYSTEM
 from ordinaut_site.models import AgentToken, AuditLog
-from ordinaut_site.services import SYSTEM, token_issue
+from ordinaut_site.services import token_issue
 
 pytestmark = pytest.mark.django_db
 

@@ -9,8 +9,8 @@ from urllib.parse import urlencode
 import pytest
 from rest_framework.test import APIClient
 
+from ordinaut_site.audit import Actor, audit_record
 from ordinaut_site.models import AuditLog
-from ordinaut_site.services import Actor, audit_record
 
 pytestmark = pytest.mark.django_db
 

@@ -13,8 +13,8 @@ from django.test import Client
 from django.utils import timezone
 from rest_framework.test import APIClient
 
+from ordinaut_site.audit import Actor
 from ordinaut_site.models import AgentToken, AuditLog
-from ordinaut_site.services import Actor
 from runs.models import Approval, Run
 from runs.services import approval_expire
 from tasks.models import Task

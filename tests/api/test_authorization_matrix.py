@@ -16,8 +16,9 @@ from django.urls import URLPattern, URLResolver, get_resolver
 from drf_spectacular.generators import EndpointEnumerator
 from rest_framework.test import APIClient
 
+from ordinaut_site.audit import Actor
 from ordinaut_site.models import SCOPE_ADMIN, SCOPE_AGENTS_ADMIN, SCOPE_RUNS_WRITE, SCOPE_TASKS_READ, AuditLog
-from ordinaut_site.services import Actor, agent_deactivate, token_issue, token_revoke
+from ordinaut_site.services import agent_deactivate, token_issue, token_revoke
 from runs.models import Run
 from tasks.models import Task
 from tests.support.api_matrix import (

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from django.utils import timezone
 
+from ordinaut_site.audit import Actor
 from ordinaut_site.models import SCOPE_EVENTS_PUBLISH, SCOPE_TASKS_READ
-from ordinaut_site.services import Actor
 from tasks.events import event_publish
 from tasks.models import Event
 from tests.support.api_matrix import assert_error, client_with

@@ -22,10 +22,10 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from ordinaut_site.audit import Actor, audit_record
 from ordinaut_site.auth import request_agent
 from ordinaut_site.idempotency import idempotent
 from ordinaut_site.models import AuditLog, IdempotencyRecord
-from ordinaut_site.services import Actor, audit_record
 from tests.support.processes import wait_for
 
 pytestmark = [pytest.mark.django_db, pytest.mark.urls("tests.api.test_idempotency")]

@@ -16,7 +16,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from django.utils import timezone
 
-from ordinaut_site.services import Actor
+from ordinaut_site.audit import Actor
 from runs.models import Run
 from tasks import services
 from tasks.models import Task

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from asgiref.sync import async_to_sync
 
+from ordinaut_site.audit import SYSTEM
 from ordinaut_site.mcp_server import AgentAccessToken, AgentTokenVerifier, mcp
 from ordinaut_site.models import (
     ALL_SCOPES,
@@ -18,7 +19,7 @@ from ordinaut_site.models import (
     SCOPE_TASKS_READ,
     SCOPE_TASKS_WRITE,
 )
-from ordinaut_site.services import SYSTEM, agent_deactivate, token_issue, token_revoke
+from ordinaut_site.services import agent_deactivate, token_issue, token_revoke
 from runs.models import Approval, Run
 from tasks.models import Task
 from tests.mcp.conftest import ToolCaller

@@ -56,9 +56,10 @@ from django.conf import settings  # noqa: E402
 from django.core.management import call_command  # noqa: E402
 from django.db import connection  # noqa: E402
 
+from ordinaut_site.audit import Actor  # noqa: E402
 from ordinaut_site.celery import app  # noqa: E402
 from ordinaut_site.queues import queue_config  # noqa: E402
-from ordinaut_site.services import Actor, agent_create  # noqa: E402
+from ordinaut_site.services import agent_create  # noqa: E402
 from runs.models import Run  # noqa: E402
 from runs.services import run_create  # noqa: E402
 from tests.support.pipelines import echo_pipeline, make_task  # noqa: E402

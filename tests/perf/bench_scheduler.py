@@ -52,9 +52,10 @@ from django.core.management import call_command  # noqa: E402
 from django.db import connection  # noqa: E402
 from django_celery_beat.models import CrontabSchedule, PeriodicTask, PeriodicTasks  # noqa: E402
 
+from ordinaut_site.audit import Actor  # noqa: E402
 from ordinaut_site.celery import app  # noqa: E402
 from ordinaut_site.queues import queue_config  # noqa: E402
-from ordinaut_site.services import Actor, agent_create  # noqa: E402
+from ordinaut_site.services import agent_create  # noqa: E402
 from runs.models import Run  # noqa: E402
 from tasks import services  # noqa: E402
 from tasks.beat import FIRE_JOB_NAME, beat_rows_sync  # noqa: E402

@@ -12,6 +12,7 @@ from typing import Any
 from django.apps import apps
 from rest_framework.test import APIClient
 
+from ordinaut_site.audit import Actor
 from ordinaut_site.models import (
     ALL_SCOPES,
     SCOPE_ADMIN,
@@ -25,7 +26,7 @@ from ordinaut_site.models import (
     SCOPE_TOOLS_WRITE,
     Agent,
 )
-from ordinaut_site.services import Actor, agent_create, token_issue
+from ordinaut_site.services import agent_create, token_issue
 from pipelines.catalog import tool_server_clean, tool_server_create
 from pipelines.models import Tool as CatalogTool
 from runs.models import Approval, Run

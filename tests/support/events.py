@@ -10,7 +10,7 @@ from typing import Any
 import redis
 from django.conf import settings
 
-from ordinaut_site.services import Actor
+from ordinaut_site.audit import Actor
 from tasks.event_consumer import EventConsumer
 from tasks.events import event_publish, event_stream_add
 from tasks.models import Event

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from ordinaut_site.services import Actor
+from ordinaut_site.audit import Actor
 from pipelines.catalog import tool_server_clean, tool_server_create, tool_server_refresh
 from pipelines.models import ToolServer
 from tests.support.mcp_servers import stdio_command

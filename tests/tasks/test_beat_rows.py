@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from django_celery_beat.models import ClockedSchedule, CrontabSchedule, IntervalSchedule, PeriodicTask
 
-from ordinaut_site.services import Actor
+from ordinaut_site.audit import Actor
 from tasks import services
 from tasks.beat import FIRE_JOB_NAME, NEVER
 from tasks.models import RRuleSchedule, Task

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from django.test import Client
 
-from ordinaut_site.services import Actor
+from ordinaut_site.audit import Actor
 from tasks.events import event_publish
 
 pytestmark = pytest.mark.django_db

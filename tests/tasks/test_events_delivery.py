@@ -8,8 +8,9 @@ from typing import Any
 import pytest
 from rest_framework.test import APIClient
 
+from ordinaut_site.audit import Actor
 from ordinaut_site.models import SCOPE_EVENTS_PUBLISH
-from ordinaut_site.services import Actor, token_issue
+from ordinaut_site.services import token_issue
 from runs.models import Run, StepRun
 from tasks.events import event_deliver, event_publish
 from tasks.models import Event, Task

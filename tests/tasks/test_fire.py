@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 from django.utils import timezone
 
+from ordinaut_site.audit import Actor
 from ordinaut_site.models import AuditLog
-from ordinaut_site.services import Actor
 from runs.models import Run
 from runs.services import run_fail, run_on_terminal
 from tasks import services

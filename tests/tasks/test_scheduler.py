@@ -17,8 +17,8 @@ import pytest
 from django.db.models import F
 from django_celery_beat.models import PeriodicTask
 
+from ordinaut_site.audit import Actor
 from ordinaut_site.celery import app
-from ordinaut_site.services import Actor
 from runs.models import Run
 from tasks import selectors, services
 from tasks.models import Task

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from django.utils import timezone
 
-from ordinaut_site.services import Actor
+from ordinaut_site.audit import Actor
 from tasks import services
 from tasks.models import Task
 

@@ -6,9 +6,10 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from ordinaut_site.audit import Actor
 from ordinaut_site.errors import OrdinautError
 from ordinaut_site.models import ALL_SCOPES
-from ordinaut_site.services import Actor, agent_create, token_issue
+from ordinaut_site.services import agent_create, token_issue
 
 
 class Command(BaseCommand):

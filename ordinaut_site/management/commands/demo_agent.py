@@ -8,8 +8,9 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandParser
 
+from ordinaut_site.audit import Actor
 from ordinaut_site.models import ALL_SCOPES, Agent
-from ordinaut_site.services import Actor, agent_create, token_authenticate, token_issue
+from ordinaut_site.services import agent_create, token_authenticate, token_issue
 
 DEMO_AGENT_NAME = "demo"
 

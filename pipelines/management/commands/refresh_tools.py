@@ -6,8 +6,8 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from ordinaut_site.audit import Actor
 from ordinaut_site.errors import OrdinautError
-from ordinaut_site.services import Actor
 from pipelines import catalog
 from pipelines.models import ToolServer
 
