@@ -392,7 +392,7 @@ ORDINAUT_EVENT_MAX_HOPS = env_int("ORDINAUT_EVENT_MAX_HOPS", 8)
 ORDINAUT_EVENT_MAX_PAYLOAD_BYTES = env_int("ORDINAUT_EVENT_MAX_PAYLOAD_BYTES", 262_144)
 # Celery's Django fixup closes the database connection around every job unless this is set;
 # reconnecting costs more than a short job. Jobs run Django's close_old_connections() instead
-# (pipelines/jobs.py), which honours DB_CONN_MAX_AGE and drops broken connections.
+# (ordinaut_site/jobs.py), which honours DB_CONN_MAX_AGE and drops broken connections.
 CELERY_DB_REUSE_MAX = env_int("CELERY_DB_REUSE_MAX", 1000)
 # django-celery-beat copies these entries into its tables when beat starts.
 CELERY_BEAT_SCHEDULE = {

@@ -1,5 +1,5 @@
-"""Built-in tools of the `orchestrator` namespace: echo, transform, wait, request_approval, http,
-emit_event."""
+"""Built-in tools of the `orchestrator` namespace: echo, transform, wait, request_approval, http (tasks/tools.py
+adds emit_event, which feeds the events intake)."""
 
 from __future__ import annotations
 
@@ -14,20 +14,15 @@ import httpx2
 from django.conf import settings
 from django.utils import timezone
 
-from ordinaut_site.audit import Actor
 from ordinaut_site.errors import (
-    Conflict,
     HostNotAllowed,
     HttpStatusError,
-    StepError,
     TemplateFailed,
     ToolInputInvalid,
     ToolOutputTooLarge,
     ToolTimeout,
     ToolUnavailable,
-    ValidationFailed,
 )
-from runs.models import Run
 
 from .templates import expr_evaluate
 from .tools import AwaitApproval, Suspend, ToolCall, builtin
@@ -136,74 +131,6 @@ def request_approval(payload: dict[str, Any], call: ToolCall) -> Any:
 
 
 # --- emit_event ------------------------------------------------------------------------------
-
-# Matches tasks/events.py TOPIC_REGEX (kept literal here: pipelines/ does not import tasks/ at load).
-EMIT_TOPIC_PATTERN = r"^[A-Za-z0-9._:-]{1,200}$"
-
-
-class EventHopsExceeded(StepError):
-    """A chain of events emitted by steps grew past ORDINAUT_EVENT_MAX_HOPS (a task loop)."""
-
-    code = "event_hops_exceeded"
-
-
-@builtin(
-    "emit_event",
-    description=(
-        "Publishes an event {topic, payload} as the task's owner, so the owner's event tasks whose topic "
-        "matches run next (tasks chain through topics). Each event a step emits counts one hop more than "
-        "the event that started its run; past ORDINAUT_EVENT_MAX_HOPS the step fails (event_hops_exceeded). "
-        "Output: {id, topic}."
-    ),
-    input_schema={
-        "type": "object",
-        "properties": {
-            "topic": {"type": "string", "pattern": EMIT_TOPIC_PATTERN},
-            "payload": {"type": "object"},
-            "source": {"type": "string", "maxLength": 200},
-        },
-        "required": ["topic"],
-        "additionalProperties": False,
-    },
-    output_schema={
-        "type": "object",
-        "properties": {"id": {"type": "string"}, "topic": {"type": "string"}},
-        "required": ["id", "topic"],
-    },
-)
-def emit_event(payload: dict[str, Any], call: ToolCall) -> dict[str, Any]:
-    # The one built-in that feeds a trigger: it calls the events service of tasks/ (the same one as
-    # POST /events), imported here at call time so that pipelines/ does not import tasks/ at load.
-    from tasks.events import event_publish
-
-    run = Run.objects.select_related("task__owner").get(pk=call.run_id)
-    cause = (run.context or {}).get("event")
-    hops = int(cause.get("hops") or 0) + 1 if isinstance(cause, dict) else 1
-    if hops > settings.ORDINAUT_EVENT_MAX_HOPS:
-        raise EventHopsExceeded(
-            f"this run was started by an event {hops - 1} hop(s) from an outside one; emitting {payload['topic']!r} "
-            f"would exceed ORDINAUT_EVENT_MAX_HOPS ({settings.ORDINAUT_EVENT_MAX_HOPS}): is a task emitting a "
-            "topic that leads back to itself?"
-        )
-    owner = run.task.owner
-    try:
-        event = event_publish(
-            publisher=owner,
-            actor=Actor.of_agent(owner),
-            topic=payload["topic"],
-            payload=payload.get("payload") or {},
-            source=payload.get("source") or f"run:{run.pk}",
-            # A step that runs again (its worker died after publishing) finds its event instead.
-            idempotency_key=f"run:{run.pk}:{call.step_id}",
-            hops=hops,
-            emitted_by_run=run,
-        )
-    except ValidationFailed as exc:
-        raise ToolInputInvalid(exc.message) from None
-    except Conflict as exc:
-        raise StepError(f"this step already emitted another event: {exc.message}", code="event_conflict") from None
-    return {"id": str(event.pk), "topic": event.topic}
-
 
 # --- http ------------------------------------------------------------------------------------
 

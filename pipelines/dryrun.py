@@ -10,9 +10,8 @@ from django.conf import settings
 from django.utils import timezone
 
 from ordinaut_site.errors import TemplateFailed
-from runs.services import step_id_of
 
-from .spec import payload_errors
+from .spec import payload_errors, step_id_of
 from .templates import Rendering, condition_evaluate, render
 from .tools import schema_errors, tool_find
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
@@ -179,3 +180,41 @@ def payload_validate(payload: Any) -> dict[str, Any]:
         first, messages = next(iter(errors.items()))
         raise ValidationFailed(f"{first}: {messages[0]}", fields=errors)
     return {"params": payload.get("params") or {}, "pipeline": payload["pipeline"]}
+
+
+def step_id_of(step: dict[str, Any], index: int) -> str:
+    """A step's id: its own, else `step_<n>` (1-based), as templates name it (`steps.<id>`)."""
+    return str(step.get("id") or f"step_{index + 1}")
+
+
+@dataclass(frozen=True)
+class Step:
+    """A typed view of one validated pipeline entry (the payload keeps the JSON the agent sent)."""
+
+    index: int
+    id: str
+    uses: str
+    with_: Any
+    if_: str | None
+    on_error: str
+    timeout_seconds: float | None
+    retry: dict[str, Any]
+
+    @classmethod
+    def of(cls, pipeline: list[dict[str, Any]], index: int) -> Step:
+        entry = pipeline[index]
+        return cls(
+            index=index,
+            id=step_id_of(entry, index),
+            uses=str(entry.get("uses", "")),
+            with_=entry.get("with", {}),
+            if_=entry.get("if"),
+            on_error=entry.get("on_error") or "fail",
+            timeout_seconds=entry.get("timeout_seconds"),
+            retry=entry.get("retry") or {},
+        )
+
+    @property
+    def continues_on_error(self) -> bool:
+        """A failed step fails its run unless it says `on_error: continue`."""
+        return self.on_error == "continue"

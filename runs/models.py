@@ -87,10 +87,6 @@ class Run(models.Model):
             return None
         return (self.started_at - self.scheduled_for).total_seconds()
 
-    @property
-    def is_terminal(self) -> bool:
-        return self.status in self.TERMINAL
-
 
 class StepRun(models.Model):
     class Status(models.TextChoices):

@@ -9,4 +9,7 @@ class TasksConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from . import receivers  # noqa: F401 - connects the owner-change receivers
+        from . import (
+            receivers,  # noqa: F401 - connects the owner-change and run-finished receivers
+            tools,  # noqa: F401 - registers orchestrator.emit_event
+        )

@@ -1,4 +1,5 @@
-"""What tasks/ does when the cross-cutting package reports an owner change (ordinaut_site.signals)."""
+"""What tasks/ does when the layers it builds on report a change: an owner deactivated or reactivated
+(ordinaut_site.signals), a run finished or held runs found by the sweeper (runs.signals)."""
 
 from __future__ import annotations
 
@@ -11,9 +12,11 @@ from ordinaut_site.audit import Actor
 from ordinaut_site.errors import Conflict
 from ordinaut_site.models import Agent
 from ordinaut_site.signals import agent_deactivated, agent_reactivated
+from runs.models import Run
+from runs.signals import held_runs_found, run_finished
 
 from .models import Task
-from .services import task_pause, task_resume
+from .services import task_pause, task_release_held, task_resume
 
 
 def _each_task(tasks: Any, transition: Any, actor: Actor) -> list[str]:
@@ -41,3 +44,16 @@ def resume_owner_tasks(*, agent: Agent, actor: Actor, task_ids: list[str], **_: 
         pk__in=task_ids, owner_id=agent.pk, status=Task.Status.PAUSED, deleted_at__isnull=True
     )
     return _each_task(still_paused, task_resume, actor)
+
+
+@receiver(run_finished, dispatch_uid="tasks.release_next_held_run")
+def release_next_held_run(*, run: Run, **_: Any) -> None:
+    """overlap=queue: a run's end is the next held run's turn. Other tasks pay nothing here."""
+    if run.task.overlap == Task.Overlap.QUEUE:
+        task_release_held(task_id=run.task_id)
+
+
+@receiver(held_runs_found, dispatch_uid="tasks.release_lost_held_runs")
+def release_lost_held_runs(*, task_ids: list[Any], **_: Any) -> int:
+    """The sweeper found held runs; start those whose turn it is (their release was lost)."""
+    return sum(task_release_held(task_id=task_id) is not None for task_id in task_ids)

@@ -25,7 +25,14 @@ from ordinaut_site.models import Agent
 from pipelines.spec import payload_validate
 from pipelines.templates import condition_error, condition_evaluate
 from runs.models import Run
-from runs.services import ScheduledRun, run_cancel, run_create, runs_create_scheduled, runs_record_skipped
+from runs.services import (
+    ScheduledRun,
+    run_cancel,
+    run_create,
+    run_start_held,
+    runs_create_scheduled,
+    runs_record_skipped,
+)
 
 from .beat import beat_rows_sync
 from .models import Task
@@ -435,7 +442,7 @@ def _fire(occurrences: list[Occurrence], now: datetime) -> list[Run]:
             if task.overlap == Task.Overlap.SKIP:
                 reason = "overlap"
             elif task.overlap == Task.Overlap.QUEUE:
-                hold = True  # starts when the runs before it have finished (runs.services.run_release_held)
+                hold = True  # starts when the runs before it have finished (task_release_held)
             else:  # cancel_previous
                 for previous in active[key]:
                     if previous is not None:
@@ -481,6 +488,17 @@ def _fire(occurrences: list[Occurrence], now: datetime) -> list[Run]:
     if len(created) < len(items):
         logger.info("%d occurrence(s) already had a run", len(items) - len(created))
     return created
+
+
+def task_release_held(*, task_id: Any) -> Run | None:
+    """overlap=queue: start the task's oldest held run once none of its runs is active (after a
+    run ends, and from the sweeper for a release lost with a crashed worker)."""
+    with transaction.atomic():
+        # The same lock the fire job takes: a run it holds back is either seen by run_start_held
+        # or sees that nothing is active any more, so no held run is left behind.
+        if not Task.objects.select_for_update().filter(pk=task_id).exists():
+            return None
+        return run_start_held(task_id=task_id)
 
 
 def _complete_if_exhausted(task: Task, scheduled_for: datetime) -> None:

@@ -18,7 +18,8 @@ from django.utils import timezone
 
 from ordinaut_site.celery import app
 from runs.models import Run
-from runs.services import ScheduledRun, run_create, run_dispatch, run_release_held, runs_create_scheduled, runs_sweep
+from runs.services import ScheduledRun, run_create, run_dispatch, runs_create_scheduled, runs_sweep
+from tasks.services import task_release_held
 from tests.support.pipelines import drive, echo_pipeline, make_task
 
 pytestmark = pytest.mark.django_db
@@ -128,7 +129,7 @@ def test_a_queued_occurrence_released_with_a_long_jitter_is_held(
         )
 
     with django_capture_on_commit_callbacks(execute=True):
-        assert run_release_held(task_id=task.pk) is not None
+        assert task_release_held(task_id=task.pk) is not None
 
     assert published == []
     held.refresh_from_db()

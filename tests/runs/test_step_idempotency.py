@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from pipelines.engine import Next, step_execute
+from runs.engine import Next, step_execute
 from runs.models import Run, StepRun
 from runs.services import RunAlreadyExists, run_create
 from tasks.models import Task

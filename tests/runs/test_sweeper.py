@@ -12,11 +12,13 @@ import pytest
 from django.db import connection, transaction
 from django.utils import timezone
 
+from ordinaut_site.audit import SYSTEM
 from ordinaut_site.models import AuditLog
-from pipelines.engine import Next, step_execute
 from runs import services
+from runs.engine import Next, step_execute
 from runs.models import Approval, Run, StepRun
 from runs.services import run_create, runs_sweep
+from runs.signals import run_finished
 from tests.support.pipelines import approval_payload, drive, echo_pipeline, make_task, run_in_process
 
 pytestmark = pytest.mark.django_db
@@ -28,7 +30,7 @@ LATER = timedelta(hours=2)
 def dispatched(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
     """Chains the services send, recorded instead of published (the sweeper's output)."""
     sent: list[dict[str, Any]] = []
-    monkeypatch.setattr(services, "run_dispatch", lambda **kwargs: sent.append(kwargs))
+    monkeypatch.setattr(services.dispatch, "run_dispatch", lambda **kwargs: sent.append(kwargs))
     return sent
 
 
@@ -104,7 +106,7 @@ def test_a_sweep_skips_a_run_another_transaction_holds_without_waiting(
     decision) while a sweep runs in a third thread. SKIP LOCKED: the sweep passes it by at once;
     once the lock is released, the next sweep dispatches it, once."""
     sent: list[dict[str, Any]] = []
-    monkeypatch.setattr(services, "run_dispatch", lambda **kwargs: sent.append(kwargs))
+    monkeypatch.setattr(services.dispatch, "run_dispatch", lambda **kwargs: sent.append(kwargs))
     run = run_create(task=make_task(agent.agent, echo_pipeline(1)), trigger="manual")
     sent.clear()  # its first dispatch (committed at once here): the chain that was "lost"
     later = timezone.now() + LATER
@@ -194,7 +196,7 @@ def test_an_expired_approval_with_on_error_continue_lets_the_if_react(
     agent: Any, django_capture_on_commit_callbacks: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     run = run_in_process(agent.agent, approval_payload(on_error="continue", timeout_seconds=60))
-    monkeypatch.setattr(services, "run_dispatch", lambda **kwargs: None)
+    monkeypatch.setattr(services.dispatch, "run_dispatch", lambda **kwargs: None)
     with django_capture_on_commit_callbacks(execute=True):
         runs_sweep(now=timezone.now() + LATER)
     assert Run.objects.get(pk=run.pk).status == "running"
@@ -207,19 +209,24 @@ def test_an_expired_approval_with_on_error_continue_lets_the_if_react(
 
 
 def test_terminal_hook_is_called_for_every_terminal_transition(
-    agent: Any, monkeypatch: pytest.MonkeyPatch, django_capture_on_commit_callbacks: Any
+    agent: Any, monkeypatch: pytest.MonkeyPatch, django_capture_on_commit_callbacks: Any, request: Any
 ) -> None:
     seen: list[tuple[str, str]] = []
-    monkeypatch.setattr(services, "run_on_terminal", lambda *, run: seen.append((str(run.pk), run.status)))
-    monkeypatch.setattr(services, "run_dispatch", lambda **kwargs: None)
+
+    def record(*, run: Run, **_: Any) -> None:
+        seen.append((str(run.pk), run.status))
+
+    run_finished.connect(record, dispatch_uid="test-terminal-hook")
+    request.addfinalizer(lambda: run_finished.disconnect(dispatch_uid="test-terminal-hook"))
+    monkeypatch.setattr(services.dispatch, "run_dispatch", lambda **kwargs: None)
 
     with django_capture_on_commit_callbacks(execute=True):
         ok = run_in_process(agent.agent, echo_pipeline(1))
         failed = run_in_process(agent.agent, {"pipeline": [{"uses": "nowhere.tool"}]})
         canceled = run_create(task=make_task(agent.agent, echo_pipeline(1)), trigger="manual")
-        services.run_cancel(run=canceled, actor=services.SYSTEM)
+        services.run_cancel(run=canceled, actor=SYSTEM)
         rejected = run_in_process(agent.agent, approval_payload())
-        services.approval_decide(run=rejected, approve=False, actor=services.SYSTEM)
+        services.approval_decide(run=rejected, approve=False, actor=SYSTEM)
         empty = run_create(task=make_task(agent.agent, {"pipeline": []}), trigger="manual")
         services.run_finish_empty(run_id=empty.pk)
 

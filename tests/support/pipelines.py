@@ -33,7 +33,7 @@ def make_task(owner: Any, payload: dict[str, Any], **fields: Any) -> Any:
 def drive(run_id: Any, *, start: int = 0, max_jobs: int = 100) -> list[Any]:
     """Run a run's steps in this process, as the chain would, without a broker: a retry or a
     short wait is re-run at once (its countdown is recorded, not waited). Returns the outcomes."""
-    from pipelines.engine import Next, RetryIn, step_execute
+    from runs.engine import Next, RetryIn, step_execute
 
     outcomes: list[Any] = []
     index = start

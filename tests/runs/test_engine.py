@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from pipelines.dryrun import pipeline_dry_run
-from pipelines.engine import Next, RetryIn, RetryPolicy, retry_delay_s
+from runs.engine import Next, RetryIn, RetryPolicy, retry_delay_s
 from runs.models import Run, StepRun
 from runs.services import run_create
 from tests.support.pipelines import drive, make_task
@@ -291,7 +291,7 @@ def test_short_wait_is_a_countdown_on_the_same_message(agent: Any) -> None:
     task = make_task(agent.agent, {"pipeline": [{"id": "pause", "uses": "orchestrator.wait", "with": {"seconds": 60}}]})
     run = run_create(task=task, trigger="manual")
 
-    from pipelines.engine import step_execute
+    from runs.engine import step_execute
 
     outcome = step_execute(run_id=str(run.pk), index=0, claim_id="m")
 

@@ -1,4 +1,4 @@
-"""The step engine: executes one step of a run and records it through runs/ services."""
+"""The step engine: executes one step of a run (the step job's body) and records it through the run services."""
 
 from __future__ import annotations
 
@@ -25,13 +25,15 @@ from ordinaut_site.errors import (
     ToolOutputTooLarge,
     ToolTimeout,
 )
-from runs import services as run_services
-from runs.models import Run, StepRun
-from runs.selectors import run_get_for_step, step_outputs
+from pipelines.spec import Step
+from pipelines.storable import storable_json, storable_text
+from pipelines.templates import Rendering, condition_evaluate, has_templates, reads_steps, render
+from pipelines.tools import AwaitApproval, Suspend, ToolCall, schema_errors, tool_resolve
 
-from .storable import storable_json, storable_text
-from .templates import Rendering, condition_evaluate, has_templates, reads_steps, render
-from .tools import AwaitApproval, Suspend, ToolCall, schema_errors, tool_resolve
+from . import services as run_services
+from .models import Run, StepRun
+from .selectors import run_get_for_step, step_outputs
+from .services import After
 
 logger = logging.getLogger(__name__)
 
@@ -64,9 +66,9 @@ class RetryPolicy:
     backoff_max_s: float
 
 
-def retry_policy(*, task: Any, step: dict[str, Any]) -> RetryPolicy:
+def retry_policy(*, task: Any, step: Step) -> RetryPolicy:
     """The step's `retry`, filled in from the task's defaults (max_retries counts retries)."""
-    retry = step.get("retry") or {}
+    retry = step.retry
     return RetryPolicy(
         max_attempts=int(retry.get("max_attempts") or task.max_retries + 1),
         backoff_s=float(retry.get("backoff_seconds", task.retry_backoff_seconds)),
@@ -146,8 +148,8 @@ def _step_execute(run: Run, index: int, claim_id: str) -> Outcome:
         return Next.STOP
     if index >= len(run.pipeline):
         return Next.STOP
-    step = run.pipeline[index]
-    timeout_s = run_services.step_timeout_s(task=run.task, step=step)
+    step = Step.of(run.pipeline, index)
+    timeout_s = run_services.step_timeout_s(task=run.task, step=run.pipeline[index])
 
     # The claim also starts a queued run (queued -> running), in the same transaction.
     claim = run_services.step_claim(run=run, index=index, claim_id=claim_id, timeout_s=timeout_s)
@@ -156,13 +158,13 @@ def _step_execute(run: Run, index: int, claim_id: str) -> Outcome:
     record = claim.step
     attempt = _Attempt(record, claim.at)
     policy = retry_policy(task=run.task, step=step)
-    rendered: Any = step.get("with", {})
+    rendered: Any = step.with_
 
     try:
         if record.resume_at is None and record.attempts > policy.max_attempts:
             # Only redeliveries get here: each time the step's worker died mid-call.
             raise AttemptsExhausted(f"gave up after {record.attempts - 1} attempts whose worker was lost")
-        condition = step.get("if")
+        condition = step.if_
         templated = has_templates(rendered)
         context: dict[str, Any] | None = None
         if condition is not None or templated:
@@ -170,9 +172,7 @@ def _step_execute(run: Run, index: int, claim_id: str) -> Outcome:
         if condition is not None and context is not None:
             decision, _ = condition_evaluate(condition, context)
             if not decision:
-                if run_services.step_skip(step=record):
-                    return _advance(run, index, None)
-                return Next.STOP
+                return _next(run_services.step_skipped(run=run, step=record))
         if templated and context is not None:
             rendered = render(rendered, context, Rendering())
         tool = tool_resolve(record.uses)
@@ -201,27 +201,21 @@ def _step_execute(run: Run, index: int, claim_id: str) -> Outcome:
         )
         return Next.STOP
     except StepError as exc:
-        return _failed(run, attempt, step, rendered, exc, policy)
+        return _failed(run, attempt, rendered, exc, policy)
     except (OperationalError, InterfaceError):
-        raise  # the database, not the tool: the job retries (pipelines/jobs.py)
+        raise  # the database, not the tool: the job retries (runs/jobs.py)
     except SoftTimeLimitExceeded:
-        return _failed(run, attempt, step, rendered, ToolTimeout(f"the step ran past {timeout_s:g}s"), policy)
+        return _failed(run, attempt, rendered, ToolTimeout(f"the step ran past {timeout_s:g}s"), policy)
     except Exception as exc:  # a tool bug is the step's failure, never a lost run
         logger.exception("tool %s raised", record.uses)
         error = StepError(f"{type(exc).__name__}: {exc}"[:1000], code="tool_error", retryable=False)
-        return _failed(run, attempt, step, rendered, error, policy)
+        return _failed(run, attempt, rendered, error, policy)
 
     history = attempt.end("succeeded")
-    last = index == len(run.pipeline) - 1
     try:
         with _savepoint():
-            won = run_services.step_succeed(
-                step=record,
-                input=rendered,
-                output=output,
-                output_json=output_json,
-                history=history,
-                finish_run=run if last else None,
+            after = run_services.step_succeeded(
+                run=run, step=record, input=rendered, output=output, output_json=output_json, history=history
             )
     except (OperationalError, InterfaceError):
         raise  # the database, not the step: the job retries
@@ -231,10 +225,9 @@ def _step_execute(run: Run, index: int, claim_id: str) -> Outcome:
         logger.exception("could not record the success of step %s", record.step_id)
         message = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
         error = ToolOutputInvalid(f"the step's result could not be stored: {message}")
-        return _failed(run, attempt, step, rendered, error, policy)
-    if not won:
-        return Next.STOP  # someone else finished or reset it meanwhile (or the run was canceled)
-    return Next.STOP if last else Next.CONTINUE
+        return _failed(run, attempt, rendered, error, policy)
+    # None: someone else finished or reset the step meanwhile (or the run was canceled).
+    return _next(after)
 
 
 def _savepoint() -> Any:
@@ -258,11 +251,9 @@ def _stored_output(output: Any) -> str:
     return text
 
 
-def _advance(run: Run, index: int, output: Any) -> Outcome:
-    if index == len(run.pipeline) - 1:
-        run_services.run_succeed(run=run, result=output)
-        return Next.STOP
-    return Next.CONTINUE
+def _next(after: After | None) -> Outcome:
+    """The chain goes on only when the after-step rule says the next step runs."""
+    return Next.CONTINUE if after is After.NEXT_STEP else Next.STOP
 
 
 def _suspend(run: Run, record: StepRun, rendered: Any, until: datetime) -> Outcome:
@@ -277,9 +268,7 @@ def _suspend(run: Run, record: StepRun, rendered: Any, until: datetime) -> Outco
     return RetryIn(max(0.0, remaining))
 
 
-def _failed(
-    run: Run, attempt: _Attempt, step: dict[str, Any], rendered: Any, exc: StepError, policy: RetryPolicy
-) -> Outcome:
+def _failed(run: Run, attempt: _Attempt, rendered: Any, exc: StepError, policy: RetryPolicy) -> Outcome:
     record = attempt.record
     error = exc.as_dict()
     # Messages quote what tools and servers said, which may hold a NUL the database refuses.
@@ -295,15 +284,7 @@ def _failed(
             return RetryIn(delay)
         return Next.STOP
     history = attempt.end("failed", error=error)
-    with transaction.atomic():
-        if not run_services.step_fail(step=record, input=rendered, error=error, history=history):
-            return Next.STOP
-        if step.get("on_error") == "continue":
-            return _advance(run, record.index, None)
-        run_services.run_fail(
-            run=run, error={"code": error["code"], "message": error["message"], "step_id": record.step_id}
-        )
-    return Next.STOP
+    return _next(run_services.step_failed(run=run, step=record, input=rendered, error=error, history=history))
 
 
 def _after_redelivery(run: Run, index: int) -> Outcome:
@@ -313,20 +294,15 @@ def _after_redelivery(run: Run, index: int) -> Outcome:
     current = run_services.step_get(run=run, index=index)
     if current is None or current.status not in StepRun.DONE:
         return Next.STOP
-    continued = run.pipeline[index].get("on_error") == "continue"
-    if current.status == StepRun.Status.FAILED and not continued:
-        error = current.error or {}
-        run_services.run_fail(
-            run=run,
-            error={
-                "code": error.get("code", "step_failed"),
-                "message": error.get("message", ""),
-                "step_id": current.step_id,
-            },
-        )
-        return Next.STOP
-    if index == len(run.pipeline) - 1:
-        run_services.run_succeed(run=run, result=current.output)
+    after = run_services.run_after_step(
+        run=run,
+        index=index,
+        step_id=current.step_id,
+        failed=current.status == StepRun.Status.FAILED,
+        output=current.output,
+        error=current.error,
+    )
+    if after is After.RUN_ENDED:
         return Next.STOP
     following = run_services.step_get(run=run, index=index + 1)
     if following is not None and following.status == StepRun.Status.PENDING:

@@ -1,0 +1,138 @@
+"""Recovery: the sweeper that re-dispatches runs past their deadline and expires due approvals, and
+the start of runs held for their turn (overlap=queue)."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from datetime import datetime
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from ..models import Approval, Run, StepRun
+from ..signals import held_runs_found
+from .approvals import approval_expire
+from .deadlines import grace, jitter_parked, queued_deadline
+from .dispatch import dispatch_on_commit
+from .state import After, run_after_step, run_mark_running, skip_locked
+
+logger = logging.getLogger(__name__)
+
+# Runs the sweeper handles per pass; the next pass takes the rest.
+SWEEP_BATCH = 200
+
+
+def runs_sweep(*, now: datetime | None = None, limit: int = SWEEP_BATCH) -> dict[str, int]:
+    """One pass of the recovery sweeper: expire due approvals, then re-dispatch runs whose
+    deadline passed (lost publish, dead worker, parked wait now due). Safe on several workers."""
+    now = now or timezone.now()
+    expired = 0
+    due_approvals = (
+        Approval.objects.filter(status=Approval.Status.PENDING, expires_at__lte=now)
+        .order_by("expires_at")
+        .values_list("run_id", flat=True)[:limit]
+    )
+    for run_id in list(due_approvals):
+        expired += approval_expire(run_id=run_id, now=now)
+    recovered = 0
+    stuck = (
+        Run.objects.filter(status__in=[Run.Status.QUEUED, Run.Status.RUNNING], deadline_at__lte=now)
+        .order_by("deadline_at")
+        .values_list("pk", flat=True)[:limit]
+    )
+    for run_id in list(stuck):
+        recovered += run_recover(run_id=run_id, now=now)
+    # Held runs (overlap=queue) whose release was lost with a crashed worker: their task's owner
+    # (tasks/) decides whether one may start now.
+    waiting = list(held(Run.objects.order_by()).values_list("task_id", flat=True).distinct()[:limit])
+    if waiting:
+        for _, answer in held_runs_found.send(sender=Run, task_ids=waiting):
+            recovered += int(answer or 0)
+    if expired or recovered:
+        logger.info("sweeper: %s approvals expired, %s runs re-dispatched", expired, recovered)
+    return {"approvals_expired": expired, "runs_recovered": recovered}
+
+
+def held(queryset: Any) -> Any:
+    """Runs waiting for their turn (overlap=queue): queued, never dispatched, no deadline."""
+    return queryset.filter(status=Run.Status.QUEUED, deadline_at__isnull=True, dispatch_count=0)
+
+
+def run_start_held(*, task_id: Any) -> Run | None:
+    """Start the oldest run of the task held for its turn, once no other run of it is active. The
+    caller holds the task's row lock (tasks.services.task_release_held), so a run the fire job
+    holds back meanwhile is either seen here or sees that nothing is active any more."""
+    runs = Run.objects.filter(task_id=task_id)
+    waiting = held(runs)
+    if runs.filter(status__in=Run.ACTIVE).exclude(pk__in=waiting.values("pk")).exists():
+        return None
+    run = waiting.select_related("task").order_by("scheduled_for", "created_at").first()
+    if run is None:
+        return None
+    run.deadline_at = queued_deadline(timezone.now(), run.jitter_seconds)
+    run.save(update_fields=["deadline_at"])
+    if not jitter_parked(run.jitter_seconds):
+        dispatch_on_commit(run, countdown=run.jitter_seconds)
+    return run
+
+
+def run_recover(*, run_id: uuid.UUID, now: datetime | None = None) -> bool:
+    """Re-dispatch a run stuck past its deadline from its first unfinished step. A step left
+    running by a lost message goes back to pending, so the new message can claim it."""
+    now = now or timezone.now()
+    with transaction.atomic():
+        # SKIP LOCKED: two sweepers never handle the same run; the other one moves on.
+        run = (
+            skip_locked(Run.objects.select_related("task"))
+            .filter(pk=run_id, status__in=[Run.Status.QUEUED, Run.Status.RUNNING], deadline_at__lte=now)
+            .first()
+        )
+        if run is None:
+            return False
+        # The conditional update is the claim where SKIP LOCKED is not available (SQLite).
+        claimed = Run.objects.filter(pk=run.pk, status=run.status, deadline_at=run.deadline_at).update(
+            deadline_at=now + grace(settings.ORDINAUT_QUEUED_GRACE_S)
+        )
+        if not claimed:
+            return False
+        steps = list(StepRun.objects.filter(run=run).order_by("index"))
+        unfinished = [s for s in steps if s.status in (StepRun.Status.PENDING, StepRun.Status.RUNNING)]
+        if not unfinished:
+            _finish_recovered(run, steps)
+            return True
+        first = unfinished[0]
+        StepRun.objects.filter(run=run, index__gte=first.index, status=StepRun.Status.RUNNING).update(
+            status=StepRun.Status.PENDING, claim_id=""
+        )
+        Run.objects.filter(pk=run.pk).update(current_step=first.index)
+        if run.dispatch_count == 0 and run.status == Run.Status.QUEUED:
+            logger.info("starting run %s: its jitter, held in the database, is over", run.pk)
+        else:
+            logger.warning(
+                "re-dispatching run %s from step %s (%s past its deadline)", run.pk, first.index, now - run.deadline_at
+            )
+        dispatch_on_commit(run, from_index=first.index)
+    return True
+
+
+def _finish_recovered(run: Run, steps: list[StepRun]) -> None:
+    """Every step is done but the run was not closed (the worker died in between): close it by
+    the after-step rule, step by step."""
+    if run.status == Run.Status.QUEUED:
+        run_mark_running(run=run)
+    for step in steps:
+        after = run_after_step(
+            run=run,
+            index=step.index,
+            step_id=step.step_id,
+            failed=step.status == StepRun.Status.FAILED,
+            output=step.output,
+            error=step.error,
+        )
+        if after is After.RUN_ENDED:
+            return
+    if not steps:
+        run_after_step(run=run, index=0, step_id="", failed=False)

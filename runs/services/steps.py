@@ -1,0 +1,359 @@
+"""A step run's status changes: the claim a step job makes, and how each attempt ends (succeeded,
+failed, skipped, retried later, suspended), with the run following by the rule in state.py."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.utils import timezone
+
+from ..models import Run, StepRun
+from ..selectors import model_from_columns
+from .deadlines import logical_now, running_deadline, step_timeout_s
+from .state import After, after_terminal, is_last_step, run_after_step, run_extend_deadline, run_mark_running
+
+# --- Step transitions --------------------------------------------------------------------------
+
+
+@dataclass
+class Claim:
+    """A step this message now owns, and when this attempt began."""
+
+    step: StepRun
+    at: datetime
+
+
+def step_claim(*, run: Run, index: int, claim_id: str, timeout_s: float) -> Claim | None:
+    """pending -> running for this message, or resume a step this same message was running
+    (broker redelivery, retry countdown). None when another message owns it, it is done, or the
+    run is no longer queued or running. Resuming a step that suspended itself (a wait) is not a
+    new attempt. In the same transaction the run records its progress (current step, deadline)
+    and, if it was queued, starts (queued -> running, with its logical `now` when it had none);
+    the in-memory run follows."""
+    now = timezone.now()
+    deadline = running_deadline(now, timeout_s)
+    if connection.vendor == "postgresql":
+        step = _step_claim_one_statement(run=run, index=index, claim_id=claim_id, now=now, deadline=deadline)
+    else:
+        step = _step_claim_orm(run=run, index=index, claim_id=claim_id, now=now, deadline=deadline)
+    return None if step is None else Claim(step, now)
+
+
+# On PostgreSQL the claim is one statement: the conditional UPDATEs of the step and of the run in
+# data-modifying CTEs, the claimed row returned. One round trip and one commit instead of six and
+# two: the claim is the largest part of what each step pays the database.
+_CLAIM_SQL = """
+WITH claimed AS (
+    UPDATE runs_steprun
+       SET status = 'running',
+           claim_id = %(claim_id)s,
+           attempts = CASE WHEN resume_at IS NULL THEN attempts + 1 ELSE attempts END,
+           started_at = COALESCE(started_at, %(now)s)
+     WHERE run_id = %(run_id)s AND index = %(index)s
+       AND (status = 'pending' OR (status = 'running' AND claim_id = %(claim_id)s))
+       AND EXISTS (SELECT 1 FROM runs_run WHERE id = %(run_id)s AND status IN ('queued', 'running'))
+ RETURNING id, run_id, index, step_id, uses, status, attempts, input, claim_id, attempt_history,
+           resume_at, started_at
+), progressed AS (
+    UPDATE runs_run
+       SET current_step = %(index)s,
+           deadline_at = %(deadline)s,
+           status = 'running',
+           started_at = COALESCE(started_at, %(now)s),
+           context = CASE WHEN context->>'now' IS NULL
+                          THEN jsonb_set(context, '{now}', to_jsonb(%(now_local)s::text))
+                          ELSE context END
+     WHERE id = %(run_id)s AND status IN ('queued', 'running') AND EXISTS (SELECT 1 FROM claimed)
+ RETURNING status, started_at, context
+)
+SELECT claimed.*, progressed.* FROM claimed LEFT JOIN progressed ON true
+"""
+_CLAIM_COLUMNS = (
+    "id",
+    "run_id",
+    "index",
+    "step_id",
+    "uses",
+    "status",
+    "attempts",
+    "input",
+    "claim_id",
+    "attempt_history",
+    "resume_at",
+    "started_at",
+)
+
+
+def _step_claim_one_statement(
+    *, run: Run, index: int, claim_id: str, now: datetime, deadline: datetime
+) -> StepRun | None:
+    params: dict[str, Any] = {
+        "claim_id": claim_id,
+        "now": now,
+        "run_id": run.pk,
+        "index": index,
+        "deadline": deadline,
+        "now_local": logical_now(run.task, now),
+    }
+    with connection.cursor() as cursor:
+        cursor.execute(_CLAIM_SQL, params)
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    values = dict(zip(_CLAIM_COLUMNS, row[: len(_CLAIM_COLUMNS)], strict=True))
+    for name in ("input", "attempt_history"):  # jsonb arrives as text, as for the ORM's JSONField
+        if isinstance(values[name], str):
+            values[name] = json.loads(values[name])
+    run_status, run_started_at, run_context = row[len(_CLAIM_COLUMNS) :]
+    if run_status is not None:
+        run.status, run.started_at = run_status, run_started_at
+        run.context = json.loads(run_context) if isinstance(run_context, str) else run_context
+    return model_from_columns(StepRun, values)  # type: ignore[no-any-return]
+
+
+def _step_claim_orm(*, run: Run, index: int, claim_id: str, now: datetime, deadline: datetime) -> StepRun | None:
+    with transaction.atomic():
+        if run.status == Run.Status.QUEUED and not run_mark_running(run=run):
+            run.refresh_from_db(fields=["status", "started_at", "context"])
+        if run.status != Run.Status.RUNNING:
+            return None
+        # Row lock where the database has one (SQLite's IMMEDIATE transactions lock it all).
+        found = list(StepRun.objects.select_for_update().filter(run_id=run.pk, index=index).order_by()[:1])
+        if not found:
+            return None
+        step = found[0]
+        mine = step.status == StepRun.Status.RUNNING and step.claim_id == claim_id
+        if step.status != StepRun.Status.PENDING and not mine:
+            return None
+        if step.resume_at is None:
+            step.attempts += 1
+        step.status, step.claim_id = StepRun.Status.RUNNING, claim_id
+        step.started_at = step.started_at or now
+        StepRun.objects.filter(pk=step.pk).update(
+            status=step.status, claim_id=claim_id, attempts=step.attempts, started_at=step.started_at
+        )
+        Run.objects.filter(pk=run.pk).update(current_step=index, deadline_at=deadline)
+    return step
+
+
+def step_get(*, run: Run, index: int) -> StepRun | None:
+    return StepRun.objects.filter(run=run, index=index).first()
+
+
+def _finish_fields(step: StepRun) -> dict[str, Any]:
+    now = timezone.now()
+    duration = None
+    if step.started_at is not None:
+        duration = max(0, int((now - step.started_at).total_seconds() * 1000))
+    return {"finished_at": now, "duration_ms": duration, "resume_at": None}
+
+
+def owned_by_claim(step: StepRun) -> Any:
+    return StepRun.objects.filter(pk=step.pk, status=StepRun.Status.RUNNING, claim_id=step.claim_id)
+
+
+# The other statement every step runs; on PostgreSQL written out, for the same reason as the claim.
+_SUCCEED_SQL = """
+UPDATE runs_steprun
+   SET status = 'succeeded', input = %s::jsonb, output = %s::jsonb, error = NULL,
+       attempt_history = %s::jsonb, finished_at = %s, duration_ms = %s, resume_at = NULL
+ WHERE id = %s AND status = 'running' AND claim_id = %s
+"""
+
+
+def _jsonb(value: Any) -> str | None:
+    """A JSONField value as SQL sees it: Python None is SQL NULL, as the ORM stores it."""
+    return None if value is None else json.dumps(value)
+
+
+# The last step of a run: the step and its run succeed in one statement.
+_SUCCEED_LAST_SQL = """
+WITH done AS (
+    UPDATE runs_steprun
+       SET status = 'succeeded', input = %(input)s::jsonb, output = %(output)s::jsonb, error = NULL,
+           attempt_history = %(history)s::jsonb, finished_at = %(now)s, duration_ms = %(duration)s,
+           resume_at = NULL
+     WHERE id = %(step_id)s AND status = 'running' AND claim_id = %(claim_id)s
+ RETURNING id
+), finished AS (
+    UPDATE runs_run
+       SET status = 'succeeded', result = %(output)s::jsonb, finished_at = %(now)s, deadline_at = NULL,
+           current_step = %(steps)s
+     WHERE id = %(run_id)s AND status = 'running' AND EXISTS (SELECT 1 FROM done)
+ RETURNING id
+)
+SELECT (SELECT count(*) FROM done), (SELECT count(*) FROM finished)
+"""
+
+
+def step_succeed(
+    *,
+    step: StepRun,
+    input: Any,
+    output: Any,
+    output_json: str | None = None,
+    history: list[dict[str, Any]] | None = None,
+    finish_run: Run | None = None,
+) -> bool:
+    """running -> succeeded, only for the message that claimed it. With `finish_run` (the last
+    step), its run succeeds too, with the output as its result, in the same transaction.
+    `output_json`: the output already serialized (the engine's size check made it), reused."""
+    fields = _finish_fields(step)
+    if history is not None:
+        fields["attempt_history"] = history
+    if connection.vendor == "postgresql" and history is not None:
+        # Python None is SQL NULL, as the ORM stores it, not the JSON text "null".
+        output_text = output_json if output_json is not None and output is not None else _jsonb(output)
+        if finish_run is not None:
+            return _step_and_run_succeed(step, finish_run, input, output, output_text, history, fields)
+        params = [
+            _jsonb(input),
+            output_text,
+            json.dumps(history),
+            fields["finished_at"],
+            fields["duration_ms"],
+            step.pk,
+            step.claim_id,
+        ]
+        with connection.cursor() as cursor:
+            cursor.execute(_SUCCEED_SQL, params)
+            return bool(cursor.rowcount)
+    with transaction.atomic():
+        won = bool(
+            owned_by_claim(step).update(
+                status=StepRun.Status.SUCCEEDED, input=input, output=output, error=None, **fields
+            )
+        )
+        if won and finish_run is not None:
+            run_after_step(run=finish_run, index=step.index, step_id=step.step_id, failed=False, output=output)
+    return won
+
+
+def _step_and_run_succeed(
+    step: StepRun,
+    run: Run,
+    input: Any,
+    output: Any,
+    output_text: str | None,
+    history: list[dict[str, Any]],
+    fields: dict[str, Any],
+) -> bool:
+    params: dict[str, Any] = {
+        "input": _jsonb(input),
+        "output": output_text,
+        "history": json.dumps(history),
+        "now": fields["finished_at"],
+        "duration": fields["duration_ms"],
+        "step_id": step.pk,
+        "claim_id": step.claim_id,
+        "run_id": run.pk,
+        "steps": len(run.pipeline),
+    }
+    with connection.cursor() as cursor:
+        cursor.execute(_SUCCEED_LAST_SQL, params)
+        step_done, run_done = cursor.fetchone()
+    if run_done:
+        run.result = output
+        after_terminal(run, Run.Status.SUCCEEDED)
+    return bool(step_done)
+
+
+def step_fail(
+    *,
+    step: StepRun,
+    input: Any,
+    error: dict[str, Any],
+    history: list[dict[str, Any]] | None = None,
+    output: Any = None,
+) -> bool:
+    fields = _finish_fields(step)
+    if history is not None:
+        fields["attempt_history"] = history
+    return bool(
+        owned_by_claim(step).update(status=StepRun.Status.FAILED, input=input, output=output, error=error, **fields)
+    )
+
+
+def step_skip(*, step: StepRun) -> bool:
+    """running -> skipped: its `if` was false. No attempt was made; the output is null."""
+    return bool(
+        owned_by_claim(step).update(
+            status=StepRun.Status.SKIPPED, attempts=0, input=None, output=None, error=None, **_finish_fields(step)
+        )
+    )
+
+
+def step_retry_later(
+    *, run: Run, step: StepRun, input: Any, error: dict[str, Any], history: list[dict[str, Any]], delay_s: float
+) -> bool:
+    """The attempt failed transiently: the step stays running under the same claim (the retry
+    message has the same id) and the sweeper waits out the delay before calling it lost."""
+    won = bool(owned_by_claim(step).update(input=input, error=error, attempt_history=history))
+    if won:
+        timeout_s = step_timeout_s(task=run.task, step=run.pipeline[step.index])
+        run_extend_deadline(run=run, seconds=delay_s + timeout_s + settings.ORDINAUT_RUNNING_GRACE_S)
+    return won
+
+
+def step_suspend(*, run: Run, step: StepRun, input: Any, until: datetime, parked: bool) -> bool:
+    """The tool asked to be called again at `until` (orchestrator.wait). Short waits come back
+    by countdown; parked ones are re-dispatched by the sweeper once `until` passes."""
+    won = bool(owned_by_claim(step).update(input=input, resume_at=until))
+    if won:
+        now = timezone.now()
+        if parked:
+            deadline = until
+        else:
+            timeout_s = step_timeout_s(task=run.task, step=run.pipeline[step.index])
+            deadline = running_deadline(until, timeout_s)
+        Run.objects.filter(pk=run.pk, status=Run.Status.RUNNING).update(deadline_at=max(deadline, now))
+    return won
+
+
+# --- Approvals ---------------------------------------------------------------------------------
+
+
+# --- How the engine ends an attempt: the step's record, then the run by the after-step rule -----
+
+
+def step_succeeded(
+    *, run: Run, step: StepRun, input: Any, output: Any, output_json: str | None, history: list[dict[str, Any]]
+) -> After | None:
+    """Record the success of the step this message claimed and move the run on; None when the
+    claim was lost meanwhile (another message finished or reset it, or the run was canceled).
+    When the step is the last one, the run's success is written in the same statement."""
+    last = is_last_step(run, step.index)
+    won = step_succeed(
+        step=step,
+        input=input,
+        output=output,
+        output_json=output_json,
+        history=history,
+        finish_run=run if last else None,
+    )
+    if not won:
+        return None
+    return After.RUN_ENDED if last else After.NEXT_STEP
+
+
+def step_failed(
+    *, run: Run, step: StepRun, input: Any, error: dict[str, Any], history: list[dict[str, Any]]
+) -> After | None:
+    """Record the final failure of the claimed step (no retry left) and move the run on by the
+    after-step rule; None when the claim was lost meanwhile."""
+    with transaction.atomic():
+        if not step_fail(step=step, input=input, error=error, history=history):
+            return None
+        return run_after_step(run=run, index=step.index, step_id=step.step_id, failed=True, error=error)
+
+
+def step_skipped(*, run: Run, step: StepRun) -> After | None:
+    """The step's `if` was false: record it skipped and move the run on; None when the claim was lost."""
+    if not step_skip(step=step):
+        return None
+    return run_after_step(run=run, index=step.index, step_id=step.step_id, failed=False, output=None)
