@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/ordinaut
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/15
 
-.PHONY: run test check lint format requirements bench-b3 reliability-r4 clean
+.PHONY: run test test-sqlite check lint format requirements bench-b3 reliability-r4 clean
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Ordinaut needs Python 3.11 or newer; found " + sys.version.split()[0])'
@@ -24,11 +24,28 @@ $(VENV)/.dev: $(VENV)/.base requirements/dev.txt
 run: $(VENV)/.base
 	$(BIN)/python -m ordinaut_site.quickstart
 
-## test: set up and run the whole suite against PostgreSQL and Redis
+# The SQLite lane: the quick start's database runs the spine, engine, scheduler and sweeper tests
+# too, so the ORM side of every PostgreSQL fast path (step claim, step success, step load) is tested.
+SQLITE_LANE ?= tests/e2e/test_spine.py tests/tasks/test_scheduler.py tests/tasks/test_fire.py \
+	tests/runs/test_engine.py tests/runs/test_step_records.py tests/runs/test_step_idempotency.py \
+	tests/runs/test_sweeper.py tests/pipelines/test_dry_run.py
+SQLITE_LANE_DIR ?= var/test-sqlite
+
+## test: set up and run the whole suite against PostgreSQL and Redis, then the SQLite lane
 test: $(VENV)/.dev
 	DATABASE_URL="$(TEST_DATABASE_URL)" REDIS_URL="$(TEST_REDIS_URL)" \
 	SECRET_KEY="test-only-secret-key-not-for-production" \
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	@if [ -z "$(PYTEST_ARGS)" ]; then $(MAKE) --no-print-directory test-sqlite; fi
+
+## test-sqlite: the SQLite lane alone (a file database, so the real worker and beat share it)
+test-sqlite: $(VENV)/.dev
+	@echo "[test] SQLite lane: $(SQLITE_LANE)"
+	rm -rf "$(SQLITE_LANE_DIR)" && mkdir -p "$(SQLITE_LANE_DIR)"
+	DATABASE_URL="sqlite:///$(abspath $(SQLITE_LANE_DIR))/ordinaut.sqlite3" \
+	TEST_DATABASE_NAME="$(abspath $(SQLITE_LANE_DIR))/test.sqlite3" REDIS_URL="$(TEST_REDIS_URL)" \
+	SECRET_KEY="test-only-secret-key-not-for-production" \
+	$(BIN)/python -m pytest -q $(SQLITE_LANE)
 
 ## check: lint and type-check
 check: $(VENV)/.dev
