@@ -42,15 +42,21 @@ class AgentAdmin(admin.ModelAdmin):
     def save_model(self, request: HttpRequest, obj: Agent, form: Any, change: bool) -> None:
         actor = audit.Actor.of_user(request.user)
         if not change:
-            obj.scopes = services.scopes_clean(obj.scopes or [])
-            super().save_model(request, obj, form, change)
-            audit.audit_record(
-                actor=actor,
-                action="agent.create",
-                subject_type="agent",
-                subject_id=obj.pk,
-                details={"scopes": obj.scopes, "is_active": obj.is_active},
+            # The same service as POST /agents and `manage.py create_agent` (scopes cleaned, audited);
+            # the form's instance becomes the created row, so the admin's redirect finds it.
+            created = services.agent_create(name=obj.name, scopes=obj.scopes or [], contact=obj.contact, actor=actor)
+            rest = [name for name in form.changed_data if name not in ("name", "scopes", "contact", "is_active")]
+            if rest:  # the budgets, say: an update of the new agent, audited as such
+                for name in rest:
+                    setattr(created, name, getattr(obj, name))
+                services.agent_update(agent=created, actor=actor, fields=rest)
+            if not obj.is_active:
+                services.agent_deactivate(agent=created, actor=actor)
+                created.refresh_from_db()
+            obj.__dict__.update(
+                {field.attname: getattr(created, field.attname) for field in Agent._meta.concrete_fields}
             )
+            obj._state.adding = False
             return
         # Switching is_active goes through the services, which set deactivated_at (and pause or
         # resume the agent's tasks) and write their own audit rows; the other fields are an update.

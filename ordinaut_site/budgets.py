@@ -1,4 +1,4 @@
-"""Per-agent daily budgets on metered tool calls and cost units (DESIGN.md section 9).
+"""Per-agent daily budgets on metered tool calls and cost units (docs/operations.md).
 
 A tool's cost comes from the catalog (default 1). Built-ins that reach nothing outside Ordinaut
 (echo, transform, wait, request_approval) cost 0 and are not metered. Each metered call is

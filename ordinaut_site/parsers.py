@@ -91,7 +91,7 @@ def read_limited(stream: IO[bytes]) -> bytes:
 
 
 class JSONParser(parsers.JSONParser):
-    """Strict JSON in UTF-8 with the limits of DESIGN.md section 9; every violation is a clear 400."""
+    """Strict JSON in UTF-8 with the limits in docs/configuration.md; every violation is a clear 400."""
 
     def parse(self, stream: IO[bytes], media_type: str | None = None, parser_context: Any = None) -> Any:
         raw = read_limited(stream)

@@ -123,7 +123,7 @@ class AutoSchema(openapi.AutoSchema):
 
 
 def strip_trailing_slashes(endpoints: list[tuple[Any, ...]], **kwargs: Any) -> list[tuple[Any, ...]]:
-    """Preprocessing hook: document "/tasks/{id}" as API.md writes it (the router also accepts "/")."""
+    """Preprocessing hook: document "/tasks/{id}" as docs/api.md writes it (the router also accepts "/")."""
     return [(path.rstrip("/") or "/", *rest) for path, *rest in endpoints]
 
 

@@ -27,7 +27,7 @@ urlpatterns = [
         name="openapi",
     ),
     re_path(r"^docs/?$", SpectacularSwaggerView.as_view(url_name="openapi"), name="docs"),
-    # django_prometheus.urls routes "metrics" alone; API.md: a trailing slash is accepted too.
+    # django_prometheus.urls routes "metrics" alone; docs/api.md: a trailing slash is accepted too.
     re_path(r"^metrics/?$", prometheus_exports.ExportToDjangoView, name="prometheus-django-metrics"),
     path("", include(router.urls)),
     path("", include("tasks.urls")),

@@ -40,7 +40,6 @@ from .schedules import SCHEDULED_KINDS, Schedule, parse_schedule, schedule_valid
 
 logger = logging.getLogger(__name__)
 
-UTC = UTC
 MAX_SNOOZE_S = 366 * 86400
 SCHEDULE_FIELDS = ("schedule_kind", "schedule_expr", "timezone")
 

@@ -152,3 +152,35 @@ def test_the_token_form_shows_scopes_read_only(operator_client: Client, agent: A
     token = agent.tokens.get()
     form = operator_client.get(f"/admin/ordinaut/agenttoken/{token.pk}/change/").context["adminform"].form
     assert set(form.fields) == {"label", "expires_at"}
+
+
+def test_an_agent_added_in_the_admin_is_created_by_the_service_and_audited(operator_client: Client) -> None:
+    response = operator_client.post(
+        "/admin/ordinaut/agent/add/",
+        {
+            "name": "  reporter ",
+            "scopes": json.dumps(["runs:read", "tasks:read", "runs:read"]),
+            "initial-scopes": "[]",
+            "contact": "ops@example.com",
+            "is_active": "on",
+            "tool_calls_per_day": "50",
+            "cost_units_per_day": "",
+            "tokens-TOTAL_FORMS": "0",
+            "tokens-INITIAL_FORMS": "0",
+            "tokens-MIN_NUM_FORMS": "0",
+            "tokens-MAX_NUM_FORMS": "1000",
+        },
+    )
+    assert response.status_code == 302, response.content[:2000]
+    agent = Agent.objects.get(name="reporter")
+    assert (agent.scopes, agent.contact, agent.tool_calls_per_day) == (
+        ["runs:read", "tasks:read"],
+        "ops@example.com",
+        50,
+    )
+    created = AuditLog.objects.get(action="agent.create", subject_id=str(agent.pk))
+    assert (created.actor_kind, created.actor_name, created.details) == (
+        "user",
+        "operator",
+        {"scopes": ["runs:read", "tasks:read"]},
+    ), "agent_create's own audit row, naming the operator"
