@@ -1,5 +1,7 @@
 """Admin for tasks (schedule text, next fire times, run now/pause/resume/snooze), events (read-only)
-and beat rows."""
+and beat rows: django-celery-beat's pages, where the rows of Ordinaut tasks (PeriodicTask and its
+crontab, interval, clocked and RRULE rows) are read-only and link to their task, because the task
+is their truth (tasks/beat.py rewrites them from it). Other beat rows stay editable."""
 
 from __future__ import annotations
 
@@ -8,11 +10,17 @@ from typing import Any
 from django import forms
 from django.contrib import admin, messages
 from django.db.models import QuerySet
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse
+from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
-from django_celery_beat.admin import PeriodicTaskAdmin
-from django_celery_beat.models import PeriodicTask
+from django_celery_beat.admin import (
+    ClockedScheduleAdmin,
+    CrontabScheduleAdmin,
+    IntervalScheduleAdmin,
+    PeriodicTaskAdmin,
+)
+from django_celery_beat.models import ClockedSchedule, CrontabSchedule, IntervalSchedule, PeriodicTask
 
 from ordinaut_site.audit import Actor
 from ordinaut_site.errors import OrdinautError, ValidationFailed
@@ -68,8 +76,17 @@ class TaskAdminForm(forms.ModelForm):
 @admin.register(Task)
 class TaskAdmin(admin.ModelAdmin):
     form = TaskAdminForm
-    list_display = ["title", "owner", "status", "schedule_kind", "schedule_text", "next_run_at", "last_run_at"]
-    list_filter = ["status", "schedule_kind", "overlap"]
+    list_display = [
+        "title",
+        "owner",
+        "status",
+        "schedule_kind",
+        "schedule_text",
+        "next_run_at",
+        "last_run_at",
+        "parked",
+    ]
+    list_filter = ["status", "schedule_kind", "overlap", ("schedule_parked_at", admin.EmptyFieldListFilter)]
     search_fields = ["title", "description", "owner__name"]
     readonly_fields = [
         "id",
@@ -79,6 +96,8 @@ class TaskAdmin(admin.ModelAdmin):
         "next_run_at",
         "last_run_at",
         "snoozed_until",
+        "schedule_error",
+        "schedule_parked_at",
         "created_at",
         "updated_at",
         "deleted_at",
@@ -89,6 +108,10 @@ class TaskAdmin(admin.ModelAdmin):
     @admin.display(description="schedule")
     def schedule_text(self, task: Task) -> str:
         return describe(task.schedule_kind, task.schedule_expr, task.timezone)
+
+    @admin.display(description="parked", boolean=True)
+    def parked(self, task: Task) -> bool:
+        return task.schedule_parked_at is not None
 
     @admin.display(description="next fire times")
     def upcoming(self, task: Task) -> str:
@@ -194,22 +217,128 @@ class RRuleScheduleInline(admin.StackedInline):
     extra = 0
     readonly_fields = ["rrule", "timezone"]
 
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False  # RRULE rows exist only for Ordinaut tasks, and are written from the task
 
-admin.site.unregister(PeriodicTask)
+
+def _task_link(task: Task | None) -> str:
+    if task is None:
+        return "-"
+    return format_html('<a href="{}">{}</a>', reverse("admin:tasks_task_change", args=[task.pk]), task.title)
 
 
-@admin.register(PeriodicTask)
-class OrdinautPeriodicTaskAdmin(PeriodicTaskAdmin):
-    """dcb's admin, plus the RRULE of RRULE tasks; rows of Ordinaut tasks are edited on the Task."""
+class OwnedByTaskAdmin(admin.ModelAdmin):
+    """A beat-row admin that refuses changes and deletions of the rows an Ordinaut task owns
+    (a POST to their change form is answered 403), shows the task and links to it."""
 
-    inlines = [RRuleScheduleInline]
+    owner_lookup: str  # how Task reaches this model
+
+    def owning_task(self, obj: Any) -> Task | None:
+        if obj is None or obj.pk is None:
+            return None
+        return Task.objects.filter(**{self.owner_lookup: obj}).first()
+
+    @admin.display(description="Ordinaut task")
+    def ordinaut_task_link(self, obj: Any) -> str:
+        return _task_link(self.owning_task(obj))
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
+        return [*super().get_readonly_fields(request, obj), "ordinaut_task_link"]
 
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        if obj is not None and Task.objects.filter(periodic_task=obj).exists():
+        if self.owning_task(obj) is not None:
             return False
         return super().has_change_permission(request, obj)
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        if obj is not None and Task.objects.filter(periodic_task=obj).exists():
+        if self.owning_task(obj) is not None:
             return False
         return super().has_delete_permission(request, obj)
+
+    def change_view(
+        self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        task = self.owning_task(self.get_object(request, object_id))
+        if task is not None and request.method == "GET":
+            messages.info(
+                request,
+                format_html(
+                    "This row belongs to the Ordinaut task {} and is written from it: change the task instead.",
+                    _task_link(task),
+                ),
+            )
+        return super().change_view(request, object_id, form_url, extra_context)
+
+
+class OwnedScheduleAdmin(OwnedByTaskAdmin):
+    def get_fields(self, request: HttpRequest, obj: Any = None) -> Any:
+        fields = list(super().get_fields(request, obj))
+        if self.owning_task(obj) is not None and "ordinaut_task_link" not in fields:
+            fields.insert(0, "ordinaut_task_link")
+        return fields
+
+
+for model in (PeriodicTask, CrontabSchedule, IntervalSchedule, ClockedSchedule):
+    admin.site.unregister(model)
+
+
+@admin.register(PeriodicTask)
+class OrdinautPeriodicTaskAdmin(OwnedByTaskAdmin, PeriodicTaskAdmin):
+    """dcb's admin, plus the RRULE of RRULE tasks and a link to the task; rows of Ordinaut tasks
+    are edited on the Task. The bulk actions leave those rows alone too."""
+
+    owner_lookup = "periodic_task"
+    inlines = [RRuleScheduleInline]
+    list_display = (*PeriodicTaskAdmin.list_display, "ordinaut_task_link")
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[PeriodicTask]:
+        return super().get_queryset(request).select_related("ordinaut_task")
+
+    def owning_task(self, obj: Any) -> Task | None:
+        if obj is None or obj.pk is None:
+            return None
+        return getattr(obj, "ordinaut_task", None)  # reverse one-to-one: absent for other rows
+
+    def get_fieldsets(self, request: HttpRequest, obj: Any = None) -> Any:
+        fieldsets = list(super().get_fieldsets(request, obj))
+        if self.owning_task(obj) is not None:
+            fieldsets.insert(0, ("Ordinaut", {"fields": ["ordinaut_task_link"]}))
+        return fieldsets
+
+    def _foreign_only(self, request: HttpRequest, queryset: QuerySet[PeriodicTask]) -> QuerySet[PeriodicTask]:
+        owned = queryset.filter(ordinaut_task__isnull=False).count()
+        if owned:
+            messages.warning(request, f"{owned} row(s) of Ordinaut tasks left as they are: act on the task instead.")
+        return queryset.filter(ordinaut_task__isnull=True)
+
+    @admin.action(description="Enable selected tasks")
+    def enable_tasks(self, request: HttpRequest, queryset: QuerySet[PeriodicTask]) -> None:
+        super().enable_tasks(request, self._foreign_only(request, queryset))
+
+    @admin.action(description="Disable selected tasks")
+    def disable_tasks(self, request: HttpRequest, queryset: QuerySet[PeriodicTask]) -> None:
+        super().disable_tasks(request, self._foreign_only(request, queryset))
+
+    @admin.action(description="Toggle activity of selected tasks")
+    def toggle_tasks(self, request: HttpRequest, queryset: QuerySet[PeriodicTask]) -> None:
+        super().toggle_tasks(request, self._foreign_only(request, queryset))
+
+    @admin.action(description="Run selected tasks")
+    def run_tasks(self, request: HttpRequest, queryset: QuerySet[PeriodicTask]) -> None:
+        # An Ordinaut task runs by hand through the task's own "Run now" (a manual run).
+        super().run_tasks(request, self._foreign_only(request, queryset))
+
+
+@admin.register(CrontabSchedule)
+class OrdinautCrontabScheduleAdmin(OwnedScheduleAdmin, CrontabScheduleAdmin):
+    owner_lookup = "periodic_task__crontab"
+
+
+@admin.register(IntervalSchedule)
+class OrdinautIntervalScheduleAdmin(OwnedScheduleAdmin, IntervalScheduleAdmin):
+    owner_lookup = "periodic_task__interval"
+
+
+@admin.register(ClockedSchedule)
+class OrdinautClockedScheduleAdmin(OwnedScheduleAdmin, ClockedScheduleAdmin):
+    owner_lookup = "periodic_task__clocked"

@@ -44,6 +44,12 @@ class TaskSerializer(serializers.ModelSerializer):
     condition = serializers.CharField(max_length=2000, required=False, allow_null=True, allow_blank=True)
     created_by = AgentRefSerializer(source="owner", read_only=True)
     schedule_description = serializers.SerializerMethodField()
+    schedule_error = serializers.CharField(
+        read_only=True,
+        allow_null=True,
+        help_text="Why beat parked the task (its schedule could not be evaluated; it does not fire until "
+        "the schedule is changed or fixed), or null.",
+    )
 
     class Meta:
         model = Task
@@ -69,11 +75,22 @@ class TaskSerializer(serializers.ModelSerializer):
             "next_run_at",
             "last_run_at",
             "snoozed_until",
+            "schedule_error",
+            "schedule_parked_at",
             "created_by",
             "created_at",
             "updated_at",
         ]
-        read_only_fields = ["id", "status", "next_run_at", "last_run_at", "snoozed_until", "created_at", "updated_at"]
+        read_only_fields = [
+            "id",
+            "status",
+            "next_run_at",
+            "last_run_at",
+            "snoozed_until",
+            "schedule_parked_at",
+            "created_at",
+            "updated_at",
+        ]
 
     def get_schedule_description(self, task: Task) -> str:
         return describe(task.schedule_kind, task.schedule_expr, task.timezone)
@@ -89,6 +106,7 @@ class TaskSerializer(serializers.ModelSerializer):
     def to_representation(self, instance: Task) -> dict[str, Any]:
         data = super().to_representation(instance)
         data["condition"] = data["condition"] or None
+        data["schedule_error"] = data["schedule_error"] or None
         return data
 
 

@@ -9,7 +9,13 @@ class TasksConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
+        from ordinaut_site.health import register_check
+
         from . import (
+            health,
             receivers,  # noqa: F401 - connects the owner-change and run-finished receivers
             tools,  # noqa: F401 - registers orchestrator.emit_event
         )
+
+        register_check("events_consumer", health.check_events_consumer)
+        register_check("beat", health.check_beat)

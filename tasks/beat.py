@@ -24,7 +24,8 @@ RECORD_MISSED_JOB_NAME = "tasks.record_missed"
 PERIODIC_TASK_PREFIX = "ordinaut:task:"
 # RRULE rows need a dcb schedule to be valid; a one-off clock that never comes is harmless.
 NEVER = datetime(9999, 12, 31, tzinfo=UTC)
-SCHEDULE_FIELDS = ("crontab", "interval", "clocked", "solar")
+# The schedule foreign keys of a PeriodicTask (exactly one is set); not the Task's schedule fields.
+PERIODIC_SCHEDULE_FIELDS = ("crontab", "interval", "clocked", "solar")
 
 
 def periodic_task_name(task: Task) -> str:
@@ -93,8 +94,8 @@ def beat_rows_sync(task: Task) -> PeriodicTask | None:
             periodic = PeriodicTask(
                 name=periodic_task_name(task), task=FIRE_JOB_NAME, kwargs=json.dumps({"task_id": str(task.pk)})
             )
-        stale = [getattr(periodic, f) for f in SCHEDULE_FIELDS if f != field and getattr(periodic, f, None)]
-        for name in SCHEDULE_FIELDS:
+        stale = [getattr(periodic, f) for f in PERIODIC_SCHEDULE_FIELDS if f != field and getattr(periodic, f, None)]
+        for name in PERIODIC_SCHEDULE_FIELDS:
             setattr(periodic, name, row if name == field else None)
         periodic.one_off = field == "clocked"  # dcb requires clocked rows to be one-off
         periodic.enabled = True

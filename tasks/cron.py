@@ -41,7 +41,7 @@ class CronSpec:
     weekdays: frozenset[int]  # 0 = Sunday .. 6 = Saturday
     dom_star: bool
     dow_star: bool
-    normalized: str  # numeric form, dow 7 folded into 0
+    normalized: str  # numeric form, dow 7 folded into 0; parse_cron(normalized) == this spec
 
     def day_matches(self, day: date) -> bool:
         if day.month not in self.months:
@@ -130,8 +130,10 @@ def parse_cron(expr: str) -> CronSpec:
         raise CronError(f"needs 5 fields (minute hour day-of-month month day-of-week), got {len(parts)}: {expr!r}")
     minutes, hours, days, months, weekdays = (_parse_field(part, i) for i, part in enumerate(parts))
     weekdays = {day % 7 for day in weekdays}  # 7 is Sunday too
+    # A field starting with "*" ("*", "*/2") is kept as written: it is numeric already, and the
+    # star matters (the day-of-month/day-of-week OR rule), so parsing `normalized` gives this spec.
     normalized = " ".join(
-        "*" if part == "*" else ",".join(str(v) for v in sorted(values))
+        part if part.startswith("*") else ",".join(str(v) for v in sorted(values))
         for part, values in zip(parts, (minutes, hours, days, months, weekdays), strict=True)
     )
     return CronSpec(

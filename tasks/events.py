@@ -39,12 +39,13 @@ from runs.models import Run
 from . import services
 from .models import Event, Task
 
+# The patterns are re-exported: the API serializers and the emit_event tool validate with them.
+from .topics import TOPIC, TOPIC_FILTER
+from .topics import TOPIC_FILTER_REGEX as TOPIC_FILTER_REGEX
+from .topics import TOPIC_REGEX as TOPIC_REGEX
+
 logger = logging.getLogger(__name__)
 
-TOPIC_REGEX = r"^[A-Za-z0-9._:-]{1,200}$"
-TOPIC_FILTER_REGEX = r"^[A-Za-z0-9._:*?-]{1,200}$"
-_TOPIC = re.compile(TOPIC_REGEX)
-_TOPIC_FILTER = re.compile(TOPIC_FILTER_REGEX)
 SOURCE_MAX_CHARS = 200
 # Fields of a stream entry: the event's id (the consumer loads the row) and, for people reading
 # the stream with redis-cli, its topic. The payload stays in Postgres.
@@ -82,12 +83,12 @@ def stream_id_key(stream_id: str) -> tuple[int, int]:
 
 
 def topic_validate(topic: Any, *, field: str = "topic") -> str:
-    if not isinstance(topic, str) or not _TOPIC.match(topic):
+    if not isinstance(topic, str) or not TOPIC.match(topic):
         raise ValidationFailed.on(field, "must be 1 to 200 characters among letters, digits and . _ : -")
     return topic
 
 
-def payload_validate(payload: Any, *, field: str = "payload") -> dict[str, Any]:
+def event_payload_validate(payload: Any, *, field: str = "payload") -> dict[str, Any]:
     if not isinstance(payload, dict):
         raise ValidationFailed.on(field, "must be a JSON object")
     size = len(json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode())
@@ -124,7 +125,7 @@ def event_publish(
     `stream_id` is set on the returned event when the caller is not inside a transaction (the
     stream entry is added as this returns); inside one, it is added when that commits."""
     topic = topic_validate(topic)
-    payload = payload_validate(payload)
+    payload = event_payload_validate(payload)
     source = (source or "")[:SOURCE_MAX_CHARS]
     if idempotency_key:
         earlier = Event.objects.filter(publisher=publisher, idempotency_key=idempotency_key).first()
@@ -312,7 +313,7 @@ def event_list(
     """Events newest first; `topic` exact or a glob with `*` and `?` (`email.*`)."""
     events = event_visible_to(agent)
     if topic:
-        if not _TOPIC_FILTER.match(topic):
+        if not TOPIC_FILTER.match(topic):
             raise ValidationFailed.on("topic", "must be a topic, or a glob of one with * and ?")
         if "*" not in topic and "?" not in topic:
             events = events.filter(topic=topic)

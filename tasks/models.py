@@ -10,6 +10,9 @@ from django.db import models
 from django.db.models import Q
 from django.utils import timezone as dj_timezone
 
+from .beat_schedule import OccurrenceSchedule, rrule_schedule
+from .schedules import ScheduleKind
+
 
 def default_timezone() -> str:
     return settings.TIME_ZONE
@@ -22,13 +25,7 @@ class Task(models.Model):
         CANCELED = "canceled"
         COMPLETED = "completed"
 
-    class Kind(models.TextChoices):
-        CRON = "cron"
-        RRULE = "rrule"
-        ONCE = "once"
-        INTERVAL = "interval"
-        EVENT = "event"
-        MANUAL = "manual"
+    Kind = ScheduleKind
 
     class Overlap(models.TextChoices):
         SKIP = "skip"
@@ -80,13 +77,24 @@ class Task(models.Model):
         help_text="The django-celery-beat row that drives this task (one per task, never shared).",
     )
 
+    # Set by beat when the task's beat row cannot be evaluated: the task is parked (beat fires the
+    # others, not this one) until its schedule changes or the row can be read again.
+    schedule_error = models.TextField(blank=True, default="", editable=False)
+    schedule_parked_at = models.DateTimeField(null=True, blank=True, editable=False)
+
     created_at = models.DateTimeField(default=dj_timezone.now, editable=False)
     updated_at = models.DateTimeField(auto_now=True)
     deleted_at = models.DateTimeField(null=True, blank=True, editable=False, help_text="Set by DELETE.")
 
     class Meta:
         ordering = ["-created_at"]
-        indexes = [models.Index(fields=["owner", "-created_at"])]
+        indexes = [
+            models.Index(fields=["owner", "-created_at"]),
+            # /health counts parked tasks on every call; there are few or none.
+            models.Index(
+                fields=["schedule_parked_at"], condition=Q(schedule_parked_at__isnull=False), name="task_parked"
+            ),
+        ]
         constraints = [
             models.CheckConstraint(condition=Q(priority__lte=9), name="task_priority_0_9"),
             models.CheckConstraint(condition=Q(max_retries__lte=20), name="task_max_retries_0_20"),
@@ -115,7 +123,8 @@ class Task(models.Model):
 class RRuleSchedule(models.Model):
     """An RFC 5545 recurrence rule as a beat schedule (django-celery-beat has no RRULE model).
 
-    Like dcb's schedule models, `.schedule` gives the celery schedule object. The PeriodicTask
+    Like dcb's schedule models, `.schedule` gives the celery schedule object (the one beat uses for
+    the task, see tasks/beat_schedule.py). The PeriodicTask
     of an RRULE task also points at a far-future one-off ClockedSchedule, so the row stays valid
     for django-celery-beat (and the stock scheduler, if ever run, never fires it).
     """
@@ -133,13 +142,8 @@ class RRuleSchedule(models.Model):
         return f"{self.rrule.splitlines()[-1]} ({self.timezone})"
 
     @property
-    def schedule(self) -> Any:
-        from .beat_schedule import OccurrenceSchedule
-        from .schedules import parse_schedule
-
-        parsed = parse_schedule(Task.Kind.RRULE, self.rrule, self.timezone)
-        assert parsed is not None  # an RRULE always has a schedule
-        return OccurrenceSchedule(parsed)
+    def schedule(self) -> OccurrenceSchedule:
+        return rrule_schedule(rrule=self.rrule, tz_name=self.timezone)
 
 
 class Event(models.Model):

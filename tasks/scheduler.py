@@ -1,7 +1,9 @@
 """Ordinaut's beat scheduler: django-celery-beat's DatabaseScheduler, made exact, safe and scalable.
 
 What it changes against the stock scheduler, and why:
-- Occurrences of Ordinaut tasks come from tasks/schedules.py (the same function as the preview),
+- Each Ordinaut entry is built from the task's django-celery-beat row (tasks/beat_schedule.py,
+  `beat_row_schedule`: crontab, interval, clocked or RRULE row -> OccurrenceSchedule), whose
+  occurrences come from tasks/schedules.py (the same function as the preview and next_runs),
   not from celery's `is_due(last_run_at)`: nominal times with the DST rules, never "now" with
   seconds. Each dispatch carries the nominal `scheduled_for`; the fire job makes it a run whose
   trigger key is unique, so a duplicate dispatch creates nothing.
@@ -15,6 +17,10 @@ What it changes against the stock scheduler, and why:
 - No full reload per change: rows changed since the last look (PeriodicTask.date_changed) are
   reloaded each second, and a cheap id/version reconcile catches deletions. The heap holds due
   times; every due entry of a tick is sent in one batch.
+- Each entry is isolated: a row that raises while it is built or evaluated is logged and its task
+  parked (Task.schedule_error, shown by the API, the admin and /health); every other entry keeps
+  firing. The task is unparked when its row changes and can be evaluated again.
+- A heartbeat in Redis every few seconds (HEARTBEAT_KEY), which /health reports as beat's age.
 Rows that are not Ordinaut tasks (CELERY_BEAT_SCHEDULE entries, operators' own periodic tasks)
 keep django-celery-beat's semantics.
 """
@@ -34,21 +40,31 @@ from typing import Any
 import redis
 from django.conf import settings
 from django.db import DatabaseError, InterfaceError, close_old_connections, connection, transaction
+from django.db.models import CharField
+from django.db.models.functions import Cast
 from django_celery_beat.models import PeriodicTask
 from django_celery_beat.schedulers import DatabaseScheduler, ModelEntry
 
-from ordinaut_site.errors import ValidationFailed
+from ordinaut_site.errors import OrdinautError
 
 from .beat import FIRE_BATCH_JOB_NAME, FIRE_JOB_NAME, RECORD_MISSED_JOB_NAME
+from .beat_schedule import CRONTAB_TIMEZONE_TEXT, beat_row_schedule
 from .models import Task
-from .schedules import Schedule, next_due, parse_schedule
+from .schedules import Schedule, next_due, next_run
 from .services import catchup_window_s
 
 logger = logging.getLogger(__name__)
 
-UTC = UTC
 LEADER_KEY = "ordinaut:beat:leader"
 HEARTBEAT_KEY = "ordinaut:beat:last_tick"
+# The leader writes its heartbeat this often (a Redis round trip each time; every tick would be
+# up to one a second for nobody's benefit), and the key outlives a dead beat by HEARTBEAT_EXPIRE_S.
+# /health calls beat silent once the heartbeat is older than BEAT_SILENT_S (tasks/health.py).
+HEARTBEAT_INTERVAL_S = 5.0
+HEARTBEAT_EXPIRE_S = 3600
+# A foreign (non-Ordinaut) row that raised when evaluated is looked at again after this long.
+FOREIGN_RETRY_S = 60.0
+SCHEDULE_ERROR_MAX_CHARS = 1000
 LEADER_RETRY_S = 0.5
 SYNC_INTERVAL_S = 1.0
 RECONCILE_INTERVAL_S = 30.0
@@ -80,24 +96,40 @@ class TaskEntry:
     pt_version: datetime
     task_id: Any
     schedule_version: int
-    schedule: Schedule
+    schedule: Schedule  # the occurrence function of the row's OccurrenceSchedule
     cursor: datetime
     wake: datetime | None
     catchup_window_s: int
     name: str
+    next_run_at: datetime | None = None  # as of the last collect, for the cursor write
 
     @property
     def version(self) -> tuple[datetime, int]:
         return (self.pt_version, self.schedule_version)
 
-    def next_due(self) -> datetime | None:
-        return next_due(self.schedule, cursor=self.cursor, wake=self.wake)
+    def next_due(self, cursor: datetime | None = None) -> datetime | None:
+        return next_due(self.schedule, cursor=self.cursor if cursor is None else cursor, wake=self.wake)
 
     def next_run(self) -> datetime | None:
         """When the task will next actually run (what Task.next_run_at shows)."""
-        if self.wake is not None and self.wake > self.cursor:
-            return self.wake
-        return self.schedule.next_after(self.cursor)
+        return next_run(self.schedule, cursor=self.cursor, wake=self.wake)
+
+
+@dataclass(eq=False)
+class ParkedEntry:
+    """An Ordinaut task whose beat row raised when built or evaluated: kept (never queued) so that
+    beat does not try it again until the row or the task's schedule version changes."""
+
+    pt_id: int
+    pt_version: datetime
+    task_id: Any
+    schedule_version: int
+    name: str
+    error: str
+
+    @property
+    def version(self) -> tuple[datetime, int]:
+        return (self.pt_version, self.schedule_version)
 
 
 @dataclass(eq=False)
@@ -114,7 +146,7 @@ class ForeignEntry:
         return (self.pt_version, 0)
 
 
-Entry = TaskEntry | ForeignEntry
+Entry = TaskEntry | ForeignEntry | ParkedEntry
 
 
 @dataclass
@@ -224,7 +256,15 @@ class OrdinautScheduler(DatabaseScheduler):
     # --- loading ------------------------------------------------------------------------------
 
     def _rows(self) -> Any:
-        return PeriodicTask.objects.select_related("ordinaut_task", "crontab", "interval", "clocked", "solar")
+        # The crontab's timezone comes as text (see CRONTAB_TIMEZONE_TEXT): one row holding a name
+        # that is not a timezone must fail its own entry, not the query that loads them all.
+        return (
+            PeriodicTask.objects.select_related(
+                "ordinaut_task", "crontab", "interval", "clocked", "solar", "rrule_schedule"
+            )
+            .defer("crontab__timezone")
+            .annotate(**{CRONTAB_TIMEZONE_TEXT: Cast("crontab__timezone", CharField())})
+        )
 
     def _full_load(self) -> None:
         close_old_connections()
@@ -283,33 +323,35 @@ class OrdinautScheduler(DatabaseScheduler):
 
     def _install(self, row: PeriodicTask) -> None:
         self._entries.pop(row.pk, None)
-        task = getattr(row, "ordinaut_task", None)
-        entry: Entry | None
-        if row.task == FIRE_JOB_NAME and task is not None:
-            entry = self._task_entry(row, task)
-        elif row.task == FIRE_JOB_NAME:
-            entry = None  # the task row is gone; nothing to fire
-        else:
-            try:
-                entry = ForeignEntry(row.pk, row.date_changed, ModelEntry(row, app=self.app), row.name)
-            except Exception:
-                logger.exception("cannot load periodic task %s", row.name)
-                entry = None
-        if entry is None:
+        if row.task == FIRE_JOB_NAME:
+            task = getattr(row, "ordinaut_task", None)
+            if task is not None:  # else the task row is gone; nothing to fire
+                self._install_task(row, task)
+            return
+        try:
+            entry = ForeignEntry(row.pk, row.date_changed, ModelEntry(row, app=self.app), row.name)
+        except Exception:
+            logger.exception("cannot load periodic task %s", row.name)
             return
         self._entries[row.pk] = entry
         self._push(entry, self._first_due(entry))
 
-    def _task_entry(self, row: PeriodicTask, task: Task) -> TaskEntry | None:
+    def _install_task(self, row: PeriodicTask, task: Task) -> None:
         if task.status != Task.Status.ACTIVE or task.deleted_at is not None:
-            return None
+            return
         try:
-            schedule = parse_schedule(task.schedule_kind, task.schedule_expr, task.timezone)
-        except ValidationFailed as exc:
-            logger.error("task %s has an invalid schedule, not firing it: %s", task.pk, exc.message)
-            return None
-        if schedule is None:
-            return None
+            entry = self._task_entry(row, task)
+            first = self._first_due(entry)
+        except Exception as exc:  # whatever a corrupt row raises parks its task, nothing else
+            self._park(row.pk, row.date_changed, task.pk, task.schedule_version, row.name, exc)
+            return
+        if task.schedule_parked_at is not None:
+            self._unpark(task.pk)
+        self._entries[row.pk] = entry
+        self._push(entry, first)
+
+    def _task_entry(self, row: PeriodicTask, task: Task) -> TaskEntry:
+        schedule = beat_row_schedule(row, task_kind=task.schedule_kind, task_timezone=task.timezone).occurrence
         return TaskEntry(
             pt_id=row.pk,
             pt_version=row.date_changed,
@@ -322,10 +364,28 @@ class OrdinautScheduler(DatabaseScheduler):
             name=row.name,
         )
 
+    def _park(self, pt_id: int, pt_version: datetime, task_id: Any, version: int, name: str, exc: Exception) -> None:
+        """Keep the task out of the heap and say so on the task, for the version beat loaded (a
+        fix committed meanwhile is not marked parked; beat loads and judges it next)."""
+        error = exc.message if isinstance(exc, OrdinautError) else f"{type(exc).__name__}: {exc}"
+        error = error[:SCHEDULE_ERROR_MAX_CHARS]
+        logger.error("task %s: its beat row %s cannot be evaluated; parked: %s", task_id, name, error, exc_info=exc)
+        self._entries[pt_id] = ParkedEntry(pt_id, pt_version, task_id, version, name, error)
+        Task.objects.filter(pk=task_id, schedule_version=version).update(
+            schedule_error=error, schedule_parked_at=datetime.now(UTC)
+        )
+
+    @staticmethod
+    def _unpark(task_id: Any) -> None:
+        logger.info("task %s: its beat row can be evaluated again; unparked", task_id)
+        Task.objects.filter(pk=task_id).update(schedule_error="", schedule_parked_at=None)
+
     def _first_due(self, entry: Entry) -> float | None:
         if isinstance(entry, TaskEntry):
             due = entry.next_due()
             return None if due is None else due.timestamp()
+        if isinstance(entry, ParkedEntry):
+            return None
         try:
             is_due, delay = entry.model_entry.is_due()
         except Exception:
@@ -370,10 +430,10 @@ class OrdinautScheduler(DatabaseScheduler):
         return max(0.0, min(self._queue[0][0] - self.clock(), self.max_interval))
 
     def _heartbeat(self, monotonic: float) -> None:
-        if monotonic - self._last_heartbeat >= 1.0:
+        if monotonic - self._last_heartbeat >= HEARTBEAT_INTERVAL_S:
             self._last_heartbeat = monotonic
             with contextlib.suppress(redis.RedisError):
-                self._redis.set(HEARTBEAT_KEY, f"{time.time():.3f}", ex=120)
+                self._redis.set(HEARTBEAT_KEY, f"{time.time():.3f}", ex=HEARTBEAT_EXPIRE_S)
 
     def _collect(self, now_ts: float) -> Batch:
         batch = Batch()
@@ -385,32 +445,45 @@ class OrdinautScheduler(DatabaseScheduler):
             if isinstance(entry, ForeignEntry):
                 batch.foreign.append(entry)
                 continue
-            self._collect_task(entry, now, batch)
+            if isinstance(entry, TaskEntry):
+                self._collect_task(entry, now, batch)
         return batch
 
     def _collect_task(self, entry: TaskEntry, now: datetime, batch: Batch) -> None:
-        due = entry.next_due()
+        """Add the entry's owed occurrences to the batch. Computed first, added after: an entry
+        whose schedule raises half-way is parked and adds nothing."""
+        cursor = entry.cursor
         missed: list[datetime] = []
-        oldest_allowed = now - timedelta(seconds=entry.catchup_window_s)
-        # After downtime: occurrences older than the catch-up window are recorded, not run.
-        while due is not None and due < oldest_allowed and len(missed) < MAX_MISSED_RECORDED:
-            missed.append(due)
-            entry.cursor = due
-            due = entry.next_due()
-        if due is not None and due < oldest_allowed:
-            logger.warning(
-                "task %s missed more than %d occurrences; skipping ahead without recording the rest",
-                entry.task_id,
-                MAX_MISSED_RECORDED,
-            )
-            entry.cursor = oldest_allowed
-            due = entry.next_due()
+        fire: datetime | None = None
+        try:
+            due = entry.next_due(cursor)
+            oldest_allowed = now - timedelta(seconds=entry.catchup_window_s)
+            # After downtime: occurrences older than the catch-up window are recorded, not run.
+            while due is not None and due < oldest_allowed and len(missed) < MAX_MISSED_RECORDED:
+                missed.append(due)
+                cursor = due
+                due = entry.next_due(cursor)
+            if due is not None and due < oldest_allowed:
+                logger.warning(
+                    "task %s missed more than %d occurrences; skipping ahead without recording the rest",
+                    entry.task_id,
+                    MAX_MISSED_RECORDED,
+                )
+                cursor = oldest_allowed
+                due = entry.next_due(cursor)
+            if due is not None and due <= now:
+                fire = cursor = due
+                due = entry.next_due(cursor)
+            entry.cursor = cursor
+            next_run_at = entry.next_run()  # evaluated here, where a failure parks this entry only
+        except Exception as exc:
+            self._park(entry.pt_id, entry.pt_version, entry.task_id, entry.schedule_version, entry.name, exc)
+            return
         if missed:
             batch.missed[entry.task_id] = missed
-        if due is not None and due <= now:
-            batch.fires.append((entry, due))
-            entry.cursor = due
-            due = entry.next_due()
+        if fire is not None:
+            batch.fires.append((entry, fire))
+        entry.next_run_at = next_run_at
         batch.cursors[entry.task_id] = entry
         self._push(entry, None if due is None else due.timestamp())
         if due is None:
@@ -438,7 +511,12 @@ class OrdinautScheduler(DatabaseScheduler):
         self._save_cursors(list(batch.cursors.values()))
 
     def _send_foreign(self, entry: ForeignEntry, producer: Any) -> None:
-        is_due, delay = entry.model_entry.is_due()
+        try:
+            is_due, delay = entry.model_entry.is_due()
+        except Exception:
+            logger.exception("cannot evaluate periodic task %s; trying again in %.0fs", entry.name, FOREIGN_RETRY_S)
+            self._push(entry, self.clock() + FOREIGN_RETRY_S)
+            return
         if is_due:
             self.apply_async(entry.model_entry, producer=producer, advance=False)
             entry.model_entry = next(entry.model_entry)
@@ -450,7 +528,7 @@ class OrdinautScheduler(DatabaseScheduler):
         """Persist cursors and next_run_at, only where the schedule version is still the one loaded."""
         if not entries:
             return
-        rows = [(str(e.task_id), e.cursor, e.next_run(), e.schedule_version, e.pt_id) for e in entries]
+        rows = [(str(e.task_id), e.cursor, e.next_run_at, e.schedule_version, e.pt_id) for e in entries]
         with transaction.atomic():
             if connection.vendor == "postgresql":
                 with connection.cursor() as cursor:

@@ -1,7 +1,7 @@
 """Schedules of every kind behind one interface: validation, the next occurrence after an instant,
-and a human description. Preview and beat both call `next_after`, so they cannot disagree.
+and a human description. Preview, next_runs and beat all call `next_after`, so they cannot disagree.
 
-Wall-clock rules (DESIGN.md section 4, RFC 5545 section 3.3.5): cron and RRULE occurrences are
+Wall-clock rules (RFC 5545 section 3.3.5): cron and RRULE occurrences are
 computed as local times in the task's timezone; a local time inside a spring-forward gap is read
 with the UTC offset in force before the gap (02:30 -> 03:30 new time); an ambiguous local time
 (fall-back) fires once, at its first instant. zoneinfo's fold=0 gives exactly these readings.
@@ -17,14 +17,26 @@ from typing import Any, Protocol
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from cron_descriptor import ExpressionDescriptor, FormatException, MissingFieldException, Options
+from django.db import models
 
 from ordinaut_site.errors import ValidationFailed
 
 from .cron import CronError, CronSpec, parse_cron
-from .models import Task
 from .rrules import RRuleError, RRuleSpec, describe_rrule, dtstart_default, parse_rrule, with_dtstart
+from .topics import TOPIC_GLOB
 
-UTC = UTC
+
+class ScheduleKind(models.TextChoices):
+    """Task.Kind: defined here, below the model, so that schedules never import the model."""
+
+    CRON = "cron"
+    RRULE = "rrule"
+    ONCE = "once"
+    INTERVAL = "interval"
+    EVENT = "event"
+    MANUAL = "manual"
+
+
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # DST shifts are at most a couple of hours; near a transition, scan this far around a candidate
 # because the local -> UTC mapping is not monotonic there.
@@ -38,7 +50,7 @@ EARLIEST = datetime(1, 1, 2, tzinfo=UTC)
 LATEST = datetime(9999, 12, 30, tzinfo=UTC)
 SUPPORTED_RANGE = f"{EARLIEST.date().isoformat()} to {LATEST.date().isoformat()} UTC"
 _DURATION = re.compile(r"^P(?:(\d+)W)?(?:(\d+)D)?(?:T(?:(\d+)H)?(?:(\d+)M)?(?:(\d+(?:\.\d+)?)S)?)?$", re.IGNORECASE)
-SCHEDULED_KINDS = (Task.Kind.CRON, Task.Kind.RRULE, Task.Kind.ONCE, Task.Kind.INTERVAL)
+SCHEDULED_KINDS = (ScheduleKind.CRON, ScheduleKind.RRULE, ScheduleKind.ONCE, ScheduleKind.INTERVAL)
 
 _ZONES: frozenset[str] | None = None
 
@@ -122,7 +134,7 @@ class IntervalSchedule:
 
     seconds: int
     tz: ZoneInfo
-    kind: str = Task.Kind.INTERVAL
+    kind: str = ScheduleKind.INTERVAL
 
     def next_after(self, after: datetime) -> datetime | None:
         elapsed = (after - EPOCH).total_seconds()
@@ -140,7 +152,7 @@ class IntervalSchedule:
 class OnceSchedule:
     at: datetime  # aware UTC
     tz: ZoneInfo
-    kind: str = Task.Kind.ONCE
+    kind: str = ScheduleKind.ONCE
 
     def next_after(self, after: datetime) -> datetime | None:
         return self.at if self.at > after else None
@@ -219,22 +231,22 @@ def parse_schedule(kind: str, expr: str, tz_name: str, *, now: datetime | None =
     Raises ValidationFailed naming the field. `now` only supplies an RRULE's default DTSTART."""
     tz = timezone_validate(tz_name)
     text = (expr or "").strip()
-    if kind in (Task.Kind.MANUAL, Task.Kind.EVENT):
+    if kind in (ScheduleKind.MANUAL, ScheduleKind.EVENT):
         return None
     if not text:
         raise ValidationFailed.on("schedule_expr", f"is required for schedule_kind {kind!r}")
-    if kind == Task.Kind.CRON:
+    if kind == ScheduleKind.CRON:
         try:
             spec = parse_cron(text)
         except CronError as exc:
             raise ValidationFailed.on("schedule_expr", str(exc)) from None
         return WallClockSchedule(kind, tz, spec.local_candidates, lambda: _describe_cron(text, spec))
-    if kind == Task.Kind.RRULE:
+    if kind == ScheduleKind.RRULE:
         rule = _parse_rrule(text, tz, now)
         return WallClockSchedule(kind, tz, rule.local_candidates, lambda: describe_rrule(rule))
-    if kind == Task.Kind.INTERVAL:
+    if kind == ScheduleKind.INTERVAL:
         return IntervalSchedule(interval_seconds(text), tz)
-    if kind == Task.Kind.ONCE:
+    if kind == ScheduleKind.ONCE:
         return OnceSchedule(once_instant(text, tz), tz)
     raise ValidationFailed.on("schedule_kind", f"unknown kind {kind!r}")
 
@@ -251,9 +263,9 @@ def schedule_normalize(kind: str, expr: str, tz_name: str, *, now: datetime) -> 
     """The expression to store. An RRULE without DTSTART gets one (local midnight of today), so
     its occurrences never depend on when it is evaluated. Other kinds are stored as written."""
     text = (expr or "").strip()
-    if kind == Task.Kind.MANUAL:
+    if kind == ScheduleKind.MANUAL:
         return ""
-    if kind == Task.Kind.RRULE:
+    if kind == ScheduleKind.RRULE:
         tz = timezone_validate(tz_name)
         return with_dtstart(text, _parse_rrule(text, tz, now), tz)
     return text
@@ -271,7 +283,7 @@ def schedule_validate(*, kind: str, expr: str, tz: str, now: datetime | None = N
     at least one occurrence after `now`."""
     now = now or datetime.now(UTC)
     normalized = schedule_normalize(kind, expr, tz, now=now)
-    if kind == Task.Kind.EVENT:
+    if kind == ScheduleKind.EVENT:
         event_topic_validate(normalized)
     schedule = parse_schedule(kind, normalized, tz, now=now)
     if schedule is not None and schedule.next_after(now) is None:
@@ -279,24 +291,38 @@ def schedule_validate(*, kind: str, expr: str, tz: str, now: datetime | None = N
     return normalized
 
 
-_TOPIC = re.compile(r"^[A-Za-z0-9._:*?\-\[\]]{1,200}$")
-
-
 def event_topic_validate(topic: str) -> None:
     if not topic:
         raise ValidationFailed.on("schedule_expr", "an event task needs a topic, exact or glob (email.*)")
-    if not _TOPIC.match(topic):
+    if not TOPIC_GLOB.match(topic):
         raise ValidationFailed.on("schedule_expr", "an event topic holds letters, digits and . _ : - * ? [ ]")
 
 
+# A task's cursor is the instant up to which beat has dispatched its occurrences; its wake is the
+# snooze's end (Task.snoozed_until). A snooze is pending while its wake is after the cursor: the
+# occurrences it covers are still dispatched (and recorded as skipped), then the wake-up runs.
+# These two functions are the only place that rule is written; beat, the fire job, next_runs and
+# next_run_at all call them.
+
+
+def _pending_wake(cursor: datetime, wake: datetime | None) -> datetime | None:
+    return wake if wake is not None and wake > cursor else None
+
+
 def next_due(schedule: Schedule, *, cursor: datetime, wake: datetime | None) -> datetime | None:
-    """The next time beat dispatches for a task whose occurrences up to `cursor` are dispatched:
-    the next occurrence, or a pending snooze wake-up (`wake`) if that comes first."""
+    """The next time beat dispatches for the task: the next occurrence after `cursor`, or the
+    pending snooze wake-up if that comes first. None: nothing is owed any more."""
     nominal = schedule.next_after(cursor)
-    pending_wake = wake if wake is not None and wake > cursor else None
-    if nominal is None or (pending_wake is not None and pending_wake < nominal):
-        return pending_wake
+    pending = _pending_wake(cursor, wake)
+    if nominal is None or (pending is not None and pending < nominal):
+        return pending
     return nominal
+
+
+def next_run(schedule: Schedule, *, cursor: datetime, wake: datetime | None) -> datetime | None:
+    """The next time the task actually runs (Task.next_run_at): a pending snooze wake-up, else
+    the next occurrence after `cursor`."""
+    return _pending_wake(cursor, wake) or schedule.next_after(cursor)
 
 
 def occurrences(schedule: Schedule, *, after: datetime, count: int) -> list[datetime]:
@@ -316,9 +342,9 @@ def occurrence_json(at: datetime, tz: ZoneInfo) -> dict[str, Any]:
 
 
 def describe(kind: str, expr: str, tz_name: str) -> str:
-    if kind == Task.Kind.MANUAL:
+    if kind == ScheduleKind.MANUAL:
         return "Runs only when started by hand (run_now)."
-    if kind == Task.Kind.EVENT:
+    if kind == ScheduleKind.EVENT:
         return f"Runs when an event with topic {expr!r} arrives."
     try:
         schedule = parse_schedule(kind, expr, tz_name)

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
 from datetime import datetime
 from typing import Any
 
+from django.db import DatabaseError
 from django.db.models import QuerySet
 from django.utils import timezone
+from django_celery_beat.models import PeriodicTask
 
 from ordinaut_site.errors import NotFound, ValidationFailed
 from ordinaut_site.models import Agent
 
+from .beat_schedule import beat_row_schedule
 from .models import Task
 from .schedules import (
     PREVIEW_MAX,
@@ -22,6 +26,8 @@ from .schedules import (
     parse_schedule,
     schedule_validate,
 )
+
+logger = logging.getLogger(__name__)
 
 
 def task_visible_to(agent: Agent) -> QuerySet[Task]:
@@ -55,10 +61,21 @@ def task_list(
 
 
 def task_next_runs(*, task: Task, count: int) -> list[dict[str, Any]]:
-    """What beat will dispatch next for this task, computed the way beat computes it. Occurrences
-    a snooze covers are listed with `"skipped": "snoozed"`."""
-    schedule = parse_schedule(task.schedule_kind, task.schedule_expr, task.timezone)
-    if schedule is None or task.status != Task.Status.ACTIVE:
+    """What beat will dispatch next for this task, computed the way beat computes it: from the
+    task's beat row, with the same schedule class and next_due. Occurrences a snooze covers are
+    listed with `"skipped": "snoozed"`. Nothing for a parked task: beat does not fire it."""
+    if task.status != Task.Status.ACTIVE or task.periodic_task_id is None or task.schedule_parked_at is not None:
+        return []
+    rows = PeriodicTask.objects.select_related("crontab", "interval", "clocked", "rrule_schedule")
+    try:
+        periodic = rows.filter(pk=task.periodic_task_id, enabled=True).first()
+        if periodic is None:
+            return []
+        schedule = beat_row_schedule(periodic, task_kind=task.schedule_kind, task_timezone=task.timezone).occurrence
+    except DatabaseError:
+        raise
+    except Exception:  # beat parks the task when it loads this row; until then, nothing is listed
+        logger.warning("task %s: its beat row cannot be evaluated", task.pk, exc_info=True)
         return []
     cursor = max(task.fired_through or timezone.now(), timezone.now())
     out: list[dict[str, Any]] = []

@@ -36,7 +36,8 @@ from runs.services import (
 
 from .beat import beat_rows_sync
 from .models import Task
-from .schedules import SCHEDULED_KINDS, Schedule, parse_schedule, schedule_validate
+from .schedules import SCHEDULED_KINDS, Schedule, next_due, parse_schedule, schedule_validate
+from .schedules import next_run as schedule_next_run
 
 logger = logging.getLogger(__name__)
 
@@ -63,10 +64,7 @@ def next_run(task: Task, schedule: Schedule | None) -> datetime | None:
     beat's cursor. None for paused, finished, event and manual tasks."""
     if schedule is None or task.status != Task.Status.ACTIVE or task.deleted_at is not None:
         return None
-    cursor = task.fired_through or dj_timezone.now()
-    if task.snoozed_until is not None and task.snoozed_until > cursor:
-        return task.snoozed_until
-    return schedule.next_after(cursor)
+    return schedule_next_run(schedule, cursor=task.fired_through or dj_timezone.now(), wake=task.snoozed_until)
 
 
 def _reset_cursor(task: Task, now: datetime) -> None:
@@ -502,10 +500,8 @@ def task_release_held(*, task_id: Any) -> Run | None:
 
 def _complete_if_exhausted(task: Task, scheduled_for: datetime) -> None:
     schedule = task_schedule(task)
-    if schedule is None or schedule.next_after(scheduled_for) is not None:
-        return
-    if task.snoozed_until is not None and task.snoozed_until > scheduled_for:
-        return  # the snooze wake-up is still to come
+    if schedule is None or next_due(schedule, cursor=scheduled_for, wake=task.snoozed_until) is not None:
+        return  # an occurrence, or the snooze wake-up, is still to come
     Task.objects.filter(pk=task.pk, status=Task.Status.ACTIVE).update(
         status=Task.Status.COMPLETED, next_run_at=None, fired_through=scheduled_for
     )
