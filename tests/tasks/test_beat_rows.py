@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 from django_celery_beat.models import ClockedSchedule, CrontabSchedule, IntervalSchedule, PeriodicTask
@@ -11,7 +13,9 @@ from django_celery_beat.models import ClockedSchedule, CrontabSchedule, Interval
 from ordinaut_site.audit import Actor
 from tasks import services
 from tasks.beat import FIRE_JOB_NAME, NEVER
+from tasks.beat_schedule import ScheduleRowError, beat_row_schedule
 from tasks.models import RRuleSchedule, Task
+from tasks.schedules import occurrences, parse_schedule
 
 pytestmark = pytest.mark.django_db
 ACTOR = Actor.system("tests")
@@ -101,3 +105,38 @@ def test_every_schedule_change_bumps_the_row_so_beat_sees_it(make_task: Any) -> 
     before = _row(task).date_changed
     services.task_update(task=task, actor=ACTOR, fields={"schedule_expr": "0 10 * * *"})
     assert _row(task).date_changed > before
+
+
+@pytest.mark.parametrize(
+    ("kind", "expr", "tz"),
+    [
+        ("cron", "30 8 * * MON-FRI", "Europe/Chisinau"),
+        ("cron", "0 9 */2 * MON", "UTC"),  # the star keeps the day-of-month/day-of-week AND rule
+        ("cron", "0 9 1,15 * MON", "America/New_York"),  # both restricted: the OR rule
+        ("cron", "@hourly", "Asia/Kolkata"),
+        ("cron", "*/7 2-3 * JAN,JUL 7", "Europe/London"),
+        ("rrule", "FREQ=WEEKLY;BYDAY=MO;BYHOUR=9;BYMINUTE=0", "Europe/Chisinau"),
+        ("interval", "PT15M", "UTC"),
+        ("once", "2030-01-01T09:00:00+02:00", "Europe/Chisinau"),
+    ],
+)
+def test_the_beat_row_gives_the_occurrences_the_task_says(make_task: Any, kind: str, expr: str, tz: str) -> None:
+    """Beat reads the row; the API validated the task's fields: both give the same occurrences."""
+    task = make_task(kind, expr, tz)
+    row = PeriodicTask.objects.select_related("crontab", "interval", "clocked", "rrule_schedule").get(
+        pk=task.periodic_task_id
+    )
+    from_row = beat_row_schedule(row, task_kind=kind, task_timezone=tz)
+    from_task = parse_schedule(kind, task.schedule_expr, tz)
+    assert from_task is not None
+    after = datetime(2029, 3, 1, tzinfo=UTC)
+    assert occurrences(from_row.occurrence, after=after, count=40) == occurrences(from_task, after=after, count=40)
+    assert from_row.occurrence.tz == ZoneInfo(tz)
+
+
+def test_a_beat_row_of_another_kind_than_the_task_is_refused(make_task: Any) -> None:
+    task = make_task("rrule", "FREQ=DAILY;BYHOUR=7", "UTC")
+    RRuleSchedule.objects.filter(periodic_task_id=task.periodic_task_id).delete()  # only the placeholder clock is left
+    row = PeriodicTask.objects.get(pk=task.periodic_task_id)
+    with pytest.raises(ScheduleRowError, match="holds a once schedule; the task is rrule"):
+        beat_row_schedule(row, task_kind="rrule", task_timezone="UTC")

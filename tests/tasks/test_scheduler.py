@@ -14,6 +14,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
+from django.db import connection
 from django.db.models import F
 from django_celery_beat.models import PeriodicTask
 
@@ -22,7 +23,7 @@ from ordinaut_site.celery import app
 from runs.models import Run
 from tasks import selectors, services
 from tasks.models import Task
-from tasks.scheduler import LEADER_KEY, OrdinautScheduler, TaskEntry
+from tasks.scheduler import LEADER_KEY, OrdinautScheduler, ParkedEntry, TaskEntry
 from tests.support.dst import KINDS, TIMES, ZONES, daily, expected_local, window_start
 from tests.support.processes import wait_for
 
@@ -265,3 +266,102 @@ def test_a_change_made_while_beat_dispatches_is_not_overwritten(
     scheduler.tick()  # sends the old schedule's occurrence, then must not move the new cursor
     task.refresh_from_db()
     assert (task.fired_through, task.next_run_at) == expected
+
+
+# --- Each entry is isolated: a beat row that raises parks its task, the others keep firing -------
+
+
+def _corrupt(sql: str, *params: Any) -> None:
+    """Write a beat row straight to the database, past every validation (as a bad migration, a
+    hand edit or a restore might)."""
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+
+
+class Exploding:
+    """A schedule that raises when evaluated (standing in for a bug in an occurrence function)."""
+
+    kind = "interval"
+    tz = ZoneInfo("UTC")
+
+    def next_after(self, after: datetime) -> datetime | None:
+        raise RuntimeError("occurrence function blew up")
+
+    def describe(self) -> str:
+        return "explodes"
+
+
+def test_rows_that_raise_park_their_task_and_the_others_keep_firing(
+    make_task: Any, make_scheduler: Any, clock: Clock, worker: Any, agent: Any
+) -> None:
+    t0 = datetime(2027, 1, 1, tzinfo=UTC)
+    good = [make_task("interval", "PT1M", overlap="allow", title=f"good {i}") for i in range(3)]
+    bad_zone = make_task("cron", "* * * * *", overlap="allow", title="bad zone")
+    bad_interval = make_task("interval", "PT1M", overlap="allow", title="bad interval")
+    bad_rrule = make_task("rrule", "FREQ=MINUTELY", overlap="allow", title="bad rrule")
+    for task in (*good, bad_zone, bad_interval, bad_rrule):
+        start_at(task, t0)
+    crontab = PeriodicTask.objects.get(pk=bad_zone.periodic_task_id).crontab_id
+    _corrupt("UPDATE django_celery_beat_crontabschedule SET timezone = %s WHERE id = %s", "Mars/Olympus", crontab)
+    interval = PeriodicTask.objects.get(pk=bad_interval.periodic_task_id).interval_id
+    _corrupt("UPDATE django_celery_beat_intervalschedule SET every = 0 WHERE id = %s", interval)
+    _corrupt(
+        "UPDATE tasks_rruleschedule SET rrule = %s WHERE periodic_task_id = %s",
+        "FREQ=NEVER",
+        bad_rrule.periodic_task_id,
+    )
+
+    clock.at = t0
+    scheduler = make_scheduler()
+    drive(scheduler, clock, t0 + timedelta(minutes=5, seconds=1))
+    assert scheduler._loaded, "no reload of everything: the bad rows failed their own entries only"
+
+    for task in good:
+        runs = wait_for(partial(settled_since, task, t0, 5), message=f"{task.title} to fire five times")
+        assert [when(r) - t0 for r in runs] == [timedelta(minutes=m) for m in range(1, 6)]
+    for task in (bad_zone, bad_interval, bad_rrule):
+        task.refresh_from_db()
+        assert runs_of(task) == []
+        assert task.schedule_parked_at is not None
+        assert task.schedule_error
+        body = agent.client.get(f"/tasks/{task.pk}").json()
+        assert body["schedule_error"] == task.schedule_error
+        assert body["schedule_parked_at"] is not None
+        assert agent.client.get(f"/tasks/{task.pk}/next_runs").json()["occurrences"] == []
+    assert "Mars/Olympus" in Task.objects.get(pk=bad_zone.pk).schedule_error
+    assert "interval of 0 seconds" in Task.objects.get(pk=bad_interval.pk).schedule_error
+    parked = {e.task_id for e in scheduler._entries.values() if isinstance(e, ParkedEntry)}
+    assert parked == {bad_zone.pk, bad_interval.pk, bad_rrule.pk}
+
+    # Saving the task rewrites its beat row from the task: beat loads it again and unparks it.
+    services.task_update(task=Task.objects.get(pk=bad_interval.pk), actor=ACTOR, fields={"title": "fixed"})
+    scheduler._last_sync = 0.0
+    scheduler.tick()
+    fixed = Task.objects.get(pk=bad_interval.pk)
+    assert (fixed.schedule_error, fixed.schedule_parked_at) == ("", None)
+    assert isinstance(scheduler._entries[fixed.periodic_task_id], TaskEntry)
+
+
+def test_a_schedule_that_raises_while_beat_collects_parks_only_its_task(
+    make_task: Any, make_scheduler: Any, clock: Clock, worker: Any
+) -> None:
+    t0 = datetime(2027, 1, 1, tzinfo=UTC)
+    good, bad = make_task("interval", "PT1M", overlap="allow"), make_task("interval", "PT1M", overlap="allow")
+    start_at(good, t0)
+    start_at(bad, t0)
+    clock.at = t0
+    scheduler = make_scheduler()
+    scheduler.tick()
+    kept = scheduler._entries[good.periodic_task_id]
+    entry = scheduler._entries[bad.periodic_task_id]
+    assert isinstance(entry, TaskEntry)
+    entry.schedule = Exploding()  # due on the heap at t0 + 1 min, raises when beat looks again
+
+    drive(scheduler, clock, t0 + timedelta(minutes=3, seconds=1))
+    assert scheduler._entries[good.periodic_task_id] is kept, "the good entry was not reloaded"
+    runs = wait_for(partial(settled_since, good, t0, 3), message="the good task's three runs")
+    assert [when(r) - t0 for r in runs] == [timedelta(minutes=m) for m in (1, 2, 3)]
+    bad.refresh_from_db()
+    assert runs_of(bad) == []
+    assert bad.schedule_error == "RuntimeError: occurrence function blew up"
+    assert isinstance(scheduler._entries[bad.periodic_task_id], ParkedEntry)
