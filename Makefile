@@ -62,12 +62,12 @@ requirements: $(VENV)/.dev
 	$(BIN)/pip-compile --quiet --strip-extras --no-header --no-emit-index-url --no-emit-find-links requirements/base.in -o requirements/base.txt
 	$(BIN)/pip-compile --quiet --strip-extras --no-header --no-emit-index-url --no-emit-find-links requirements/dev.in -o requirements/dev.txt
 
-## bench-b3: B3 scheduler benchmark (QUICK=1 for the one-minute-scale variant); see BENCHMARKS.md
+## bench-b3: B3 scheduler benchmark (QUICK=1 for the one-minute-scale variant); see docs/benchmarks.md
 bench-b3: $(VENV)/.dev
 	$(BIN)/python tests/perf/bench_scheduler.py $(if $(QUICK),--quick,)
 
 ## reliability-r4: R4 schemathesis long profile, >= 1,000 generated requests (EXAMPLES=N per operation and mode,
-## default 50; QUICK=1 for 20; R4_SEED=N replays a run); report in var/reliability-r4.json. See BENCHMARKS.md
+## default 50; QUICK=1 for 20; R4_SEED=N replays a run); report in var/reliability-r4.json. See docs/benchmarks.md
 reliability-r4: $(VENV)/.dev
 	DATABASE_URL="$(TEST_DATABASE_URL)" REDIS_URL="$(TEST_REDIS_URL)" \
 	SECRET_KEY="test-only-secret-key-not-for-production" \

@@ -40,7 +40,7 @@ from tests.support.pipelines import echo_pipeline, manual_task_body
 
 pytestmark = pytest.mark.django_db
 
-# Routes outside the agents' API: public by API.md, or the Django admin (operators, session auth).
+# Routes outside the agents' API: public by docs/api.md, or the Django admin (operators, session auth).
 PUBLIC_DRF_ROUTES = {("GET", "/openapi.json"), ("GET", "/docs")}
 NON_API_ROUTE_PREFIXES = ("admin/", "^health", "^metrics")
 

@@ -1,4 +1,4 @@
-"""Every error, whichever layer raises it, answers in the one shape with X-Request-ID (API.md)."""
+"""Every error, whichever layer raises it, answers in the one shape with X-Request-ID (docs/api.md)."""
 
 from __future__ import annotations
 

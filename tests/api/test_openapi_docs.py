@@ -42,7 +42,7 @@ def test_schema_needs_no_token_and_ignores_a_bad_one() -> None:
     assert Client().get("/openapi.json", HTTP_AUTHORIZATION="Bearer nonsense").status_code == 200
 
 
-# API.md: a trailing slash is accepted too, on the routes outside the API as on the API's own.
+# docs/api.md: a trailing slash is accepted too, on the routes outside the API as on the API's own.
 @pytest.mark.parametrize(
     ("url", "content_type"),
     [("/openapi.json", "application/json"), ("/docs", "text/html"), ("/metrics", "text/plain")],

@@ -1,4 +1,4 @@
-"""POST /tool-servers: an agent holding `admin` registers a streamable HTTP MCP server (DESIGN 7).
+"""POST /tool-servers: an agent holding `admin` registers a streamable HTTP MCP server (docs/mcp.md).
 No connection is made (refresh discovers the tools); stdio servers are for operators only."""
 
 from __future__ import annotations

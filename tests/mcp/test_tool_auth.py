@@ -30,7 +30,7 @@ pytestmark = pytest.mark.django_db
 
 SOME_ID = str(uuid.uuid4())
 MANUAL = {"title": "t", "schedule_kind": "manual", "payload": echo_pipeline(1)}
-# Each tool, the REST endpoint it stands for (API.md), and arguments that pass its input schema.
+# Each tool, the REST endpoint it stands for (docs/mcp.md), and arguments that pass its input schema.
 TOOLS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "create_task": ("POST", "/tasks", MANUAL),
     "list_tasks": ("GET", "/tasks", {}),

@@ -1,4 +1,4 @@
-"""B1 and B2 (BENCHMARKS.md): 5-step no-op pipeline runs against a bare 5-task Celery chain.
+"""B1 and B2 (docs/benchmarks.md): 5-step no-op pipeline runs against a bare 5-task Celery chain.
 
 Run:  .venv/bin/python tests/perf/bench_pipeline.py            (about 3 minutes)
       .venv/bin/python tests/perf/bench_pipeline.py --quick    (about 1 minute)

@@ -1,4 +1,4 @@
-"""B3 (BENCHMARKS.md): beat with 10,000 active tasks, 1,000 due in the same minute, one schedule
+"""B3 (docs/benchmarks.md): beat with 10,000 active tasks, 1,000 due in the same minute, one schedule
 edit per second. Ordinaut's scheduler against stock django-celery-beat on the same rows.
 
 Run:  make bench-b3            (10,000 tasks; about 8 minutes)
@@ -363,8 +363,8 @@ def main() -> int:
         }
     goal = report["ordinaut"]
     exact = goal["missed"] == 0 and goal["duplicates"] == 0
-    # BENCHMARKS.md measures lateness to the first step's start; the fire (run created) is the
-    # scheduler's own part of it. Both verdicts are reported, the BENCHMARKS.md one as goal_met.
+    # docs/benchmarks.md measures lateness to the first step's start; the fire (run created) is the
+    # scheduler's own part of it. Both verdicts are reported, the docs/benchmarks.md one as goal_met.
     report["fire_goal_met"] = exact and goal["lateness_p99_s"] <= 1.0 and (goal["lateness_max_s"] or 0) <= 2.0
     report["goal_met"] = (
         exact and (goal["start_lateness_p99_s"] or 0) <= 1.0 and (goal["start_lateness_max_s"] or 0) <= 2.0

@@ -1,4 +1,4 @@
-"""The two example tasks of the seed README (../shared/seed/ordinaut-README.md), verbatim."""
+"""The two example tasks of the original Ordinaut README, verbatim (docs/pipelines.md shows them)."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 Run with `make reliability-r4` (EXAMPLES=N cases per operation and mode, default 50; QUICK=1 for
 20, about 1,200 cases; R4_SEED=N replays a run). Prints a progress line per operation, the case count and the
-result, and writes var/reliability-r4.json. Goal (BENCHMARKS.md): no 5xx, every 4xx in the error
+result, and writes var/reliability-r4.json. Goal (docs/benchmarks.md): no 5xx, every 4xx in the error
 shape, every response as the schema says. The checks are tests/support/fuzz.py's.
 """
 

@@ -120,7 +120,7 @@ MATRIX = [
     Endpoint("GET", "/approvals", SCOPE_RUNS_READ, 200),
     Endpoint("GET", "/approvals/{id}", SCOPE_RUNS_READ, 200, target="approval"),
     # Tools and tool servers (a catalog shared by all agents: nothing is owned). Registering a
-    # server needs admin (DESIGN 7); refreshing the world's server asks a real MCP server on loopback.
+    # server needs admin (docs/mcp.md); refreshing the world's server asks a real MCP server on loopback.
     Endpoint("GET", "/tools", SCOPE_TOOLS_READ, 200),
     Endpoint("GET", "/tools/{name}", SCOPE_TOOLS_READ, 200, target="tool"),
     Endpoint("GET", "/tool-servers", SCOPE_TOOLS_READ, 200),

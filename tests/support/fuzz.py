@@ -146,7 +146,7 @@ def drf_coercion_only(case: Any) -> bool:
 
 
 def error_shape(ctx: Any, response: Any, case: Any) -> bool | None:
-    """Ordinaut's own check: X-Request-ID on every answer; every error in the one shape of API.md."""
+    """Ordinaut's own check: X-Request-ID on every answer; every error in the one shape of docs/api.md."""
     request_id = response.headers.get(REQUEST_ID_HEADER.lower()) or response.headers.get(REQUEST_ID_HEADER)
     if isinstance(request_id, list):
         request_id = request_id[0] if request_id else None
