@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from typing import Any, TypeAlias
 
 from django.conf import settings
 from django.db import models
@@ -25,7 +25,7 @@ class Task(models.Model):
         CANCELED = "canceled"
         COMPLETED = "completed"
 
-    Kind = ScheduleKind
+    Kind: TypeAlias = ScheduleKind  # defined in tasks/schedules.py, which must not import this module
 
     class Overlap(models.TextChoices):
         SKIP = "skip"

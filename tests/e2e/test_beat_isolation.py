@@ -43,7 +43,7 @@ def beat(worker_logs: Path, redis_client: Any, worker: Any) -> Iterator[Any]:
 
 
 def test_a_row_that_raises_is_parked_and_fifty_others_keep_firing(make_task: Any, beat: Any, agent: Any) -> None:
-    no_steps = {"params": {}, "pipeline": []}  # the runs are what counts here, not their steps
+    no_steps: dict[str, Any] = {"params": {}, "pipeline": []}  # the runs are what counts here, not their steps
     good = [
         make_task("interval", str(EVERY_S), overlap="allow", title=f"good {i}", payload=no_steps)
         for i in range(GOOD_TASKS)
