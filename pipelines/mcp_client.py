@@ -1,7 +1,8 @@
 """A synchronous MCP client for workers and commands: list a server's tools, call one tool.
 
 Each call is one `anyio.run` with a fresh connection: the SDK's client and its streams belong to
-the event loop that made them, so nothing is shared across calls or across a prefork worker's fork. Every failure comes out as a StepError saying whether to retry:
+the event loop that made them, so nothing is shared across calls or across a prefork worker's
+fork. Every failure comes out as a StepError saying whether to retry:
 an error result (`isError`) is permanent unless the server marks it retryable (`_meta.retryable`);
 connection errors, protocol errors and timeouts are transient; HTTP 401/403 is permanent.
 """
