@@ -46,7 +46,7 @@ INTERNAL_ERROR_MESSAGE = "Internal error; it has been logged."
 
 
 def error_code_for(status: int) -> str:
-    """The API error code of an HTTP status (API.md), "error" for one it does not name."""
+    """The API error code of an HTTP status (docs/api.md), "error" for one it does not name."""
     return _DRF_CODES.get(status, "internal_error" if status >= 500 else "error")
 
 
@@ -87,7 +87,7 @@ def _validation_message(fields: dict[str, list[str]]) -> str:
 
 
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
-    """Every API error in the shape of API.md, including DRF's own and unexpected ones."""
+    """Every API error in the shape of docs/api.md, including DRF's own and unexpected ones."""
     exc = _translate_django_error(exc)
     if isinstance(exc, OrdinautError):
         response = Response(error_body(exc.code, exc.message, exc.fields), status=exc.status)
@@ -140,7 +140,7 @@ def _translate_django_error(exc: Exception) -> Exception:
 
 
 class Router(routers.SimpleRouter):
-    """API.md: a trailing slash is accepted too (and never redirected)."""
+    """docs/api.md: a trailing slash is accepted too (and never redirected)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -152,7 +152,7 @@ MAX_OFFSET = 999_999_999
 
 
 class LimitOffsetPagination(pagination.LimitOffsetPagination):
-    """`?limit=&offset=` (API.md). Out of range or not a whole number is a 400, never silently ignored."""
+    """`?limit=&offset=` (docs/api.md). Out of range or not a whole number is a 400, never silently ignored."""
 
     default_limit = 50
     max_limit = 500

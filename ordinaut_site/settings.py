@@ -1,4 +1,4 @@
-"""Django and Celery settings, read from the environment (12-factor; README lists every variable)."""
+"""Django and Celery settings, read from the environment (12-factor; docs/configuration.md lists every variable)."""
 
 from __future__ import annotations
 

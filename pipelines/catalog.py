@@ -278,7 +278,7 @@ def tool_server_clean(
     enabled: bool = True,
     from_api: bool = False,
 ) -> ServerFields:
-    """Check a server's settings. Through the API (DESIGN 7): HTTP servers only, and headers only
+    """Check a server's settings. Through the API (docs/mcp.md): HTTP servers only, and headers only
     from variables named with ORDINAUT_TOOL_HEADER_ENV_PREFIX (an agent must not be able to send,
     say, DATABASE_URL to a server of its choosing). Operators may do both."""
     _check_name(name)

@@ -196,7 +196,7 @@ class ToolServerViewSet(viewsets.GenericViewSet):
     scope_map = {
         "list": SCOPE_TOOLS_READ,
         "retrieve": SCOPE_TOOLS_READ,
-        # DESIGN 7: agents register servers only with `admin` (and HTTP servers only).
+        # docs/mcp.md: agents register servers only with `admin` (and HTTP servers only).
         "create": SCOPE_ADMIN,
         "refresh": SCOPE_TOOLS_WRITE,
     }

@@ -1,7 +1,7 @@
 """Events: publishing (the Event row, then its entry on the Redis stream), reading them back, and
 delivering one to the event tasks it matches. The consumer loop is tasks/event_consumer.py.
 
-Postgres is the truth and the stream only the nudge (DESIGN.md sections 2 and 8): an event is
+Postgres is the truth and the stream only the nudge (docs/events.md, docs/architecture.md): an event is
 stored first and added to the stream after commit. When Redis cannot take it, the row keeps an empty
 `stream_id` and the events consumer adds it later (`events_republish`); an unconsumed event whose
 stream entry is gone (trimmed, or Redis lost its data) is added again too (`events_restore`).
