@@ -57,7 +57,7 @@ def error_body(code: str, message: str, fields: dict[str, Any] | None = None) ->
     return {"error": error, "request_id": logs.current("request_id") or ""}
 
 
-def _flatten_fields(detail: Any, prefix: str = "") -> dict[str, list[str]]:
+def flatten_fields(detail: Any, prefix: str = "") -> dict[str, list[str]]:
     """DRF's nested ValidationError detail -> {"a.b.0.c": ["message", ...]}."""
     out: dict[str, list[str]] = {}
     if isinstance(detail, dict):
@@ -65,19 +65,19 @@ def _flatten_fields(detail: Any, prefix: str = "") -> dict[str, list[str]]:
             name = f"{prefix}.{key}" if prefix else str(key)
             if key == "non_field_errors" and not prefix:
                 name = "non_field_errors"
-            out.update(_flatten_fields(value, name))
+            out.update(flatten_fields(value, name))
     elif isinstance(detail, list):
         if all(not isinstance(item, (dict, list)) for item in detail):
             out[prefix or "non_field_errors"] = [str(item) for item in detail]
         else:
             for index, item in enumerate(detail):
-                out.update(_flatten_fields(item, f"{prefix}.{index}" if prefix else str(index)))
+                out.update(flatten_fields(item, f"{prefix}.{index}" if prefix else str(index)))
     else:
         out[prefix or "non_field_errors"] = [str(detail)]
     return out
 
 
-def _validation_message(fields: dict[str, list[str]]) -> str:
+def validation_message(fields: dict[str, list[str]]) -> str:
     first_field, messages = next(iter(fields.items()))
     message = messages[0] if messages else "invalid"
     if first_field == "non_field_errors":
@@ -113,8 +113,8 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
     status = response.status_code
     code = error_code_for(status)
     if isinstance(exc, exceptions.ValidationError):
-        fields = _flatten_fields(exc.detail)
-        body = error_body("validation_error", _validation_message(fields), fields)
+        fields = flatten_fields(exc.detail)
+        body = error_body("validation_error", validation_message(fields), fields)
     elif isinstance(exc, exceptions.ParseError):
         body = error_body("validation_error", f"Malformed request body: {exc.detail}")
     else:
@@ -134,7 +134,7 @@ def _translate_django_error(exc: Exception) -> Exception:
     if isinstance(exc, DjangoValidationError):
         if hasattr(exc, "error_dict"):
             fields = {name: [str(m) for m in messages] for name, messages in exc.message_dict.items()}
-            return ValidationFailed(_validation_message(fields), fields=fields)
+            return ValidationFailed(validation_message(fields), fields=fields)
         return ValidationFailed("; ".join(str(m) for m in exc.messages))
     return exc
 

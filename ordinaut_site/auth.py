@@ -58,6 +58,17 @@ def required_scope(view: APIView, request: Request) -> str | None:
     return getattr(view, "required_scope", None)
 
 
+def view_scope(view_class: type[APIView], action: str | None = None) -> str:
+    """The scope a REST view class declares for `action` (its `scope_map`), else its `required_scope`:
+    the one table MCP tools read too, so a tool and its REST twin cannot need different scopes."""
+    scope_map: dict[str, str] = getattr(view_class, "scope_map", {})
+    scope = scope_map.get(action) if action else None
+    scope = scope or getattr(view_class, "required_scope", None)
+    if not scope:
+        raise LookupError(f"{view_class.__name__} declares no scope for {action!r}")
+    return scope
+
+
 class HasScope(permissions.BasePermission):
     """Authenticated agent holding the scope the view declares (views must declare one)."""
 

@@ -5,7 +5,8 @@ Use `@idempotent` on a DRF view method (under `@action` when there is one):
     @idempotent
     def create(self, request): ...
 
-Keys are per agent and per endpoint (method + path). Only a successful (2xx) response is
+MCP tools use `remembered` directly, with the tool's `idempotency_key` argument and the same
+store. Keys are per agent and per endpoint (method + path, or the MCP tool). Only a successful (2xx) response is
 remembered; a request that failed left nothing behind and may be retried with the same key.
 """
 
@@ -62,9 +63,7 @@ def _key_of(request: Request) -> str | None:
     key = request.headers.get(IDEMPOTENCY_HEADER)
     if key is None:
         return None
-    if not _KEY.match(key):
-        raise ValidationFailed.on(IDEMPOTENCY_HEADER, "must be 1 to 255 printable ASCII characters without spaces")
-    return key
+    return key_check(key)
 
 
 def _claim(*, agent: Agent, key: str, endpoint: str, digest: str) -> tuple[IdempotencyRecord, bool]:
@@ -96,14 +95,65 @@ def _claim(*, agent: Agent, key: str, endpoint: str, digest: str) -> tuple[Idemp
     return existing, False
 
 
-def _replay(record: IdempotencyRecord, digest: str) -> Response:
-    if record.request_hash != digest:
-        raise Conflict(
-            f"{IDEMPOTENCY_HEADER} {record.key!r} was already used on this endpoint with a different request body.",
-            fields={IDEMPOTENCY_HEADER: ["already used with a different request body"]},
-        )
-    # API.md: the replay answers 200 whatever the first status was (201, 202), with the same body.
-    return Response(record.response_body, status=200, headers={REPLAYED_HEADER: "true"})
+class _NotRemembered(Exception):
+    """Unwinds `remembered` on an answer that is not a success: its work rolls back, no key is kept."""
+
+    def __init__(self, answer: Any) -> None:
+        self.answer = answer
+
+
+def key_check(key: str, *, field: str = IDEMPOTENCY_HEADER) -> str:
+    if not _KEY.match(key):
+        raise ValidationFailed.on(field, "must be 1 to 255 printable ASCII characters without spaces")
+    return key
+
+
+def arguments_hash(arguments: Any) -> str:
+    """SHA-256 of JSON arguments in canonical form (key order and spacing do not count)."""
+    canonical = json.dumps(arguments, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def remembered(
+    *,
+    agent: Agent,
+    key: str,
+    endpoint: str,
+    digest: str,
+    work: Callable[[], tuple[int, Any]],
+    field: str = IDEMPOTENCY_HEADER,
+) -> tuple[int, Any, bool]:
+    """Do `work()` once per (agent, key, endpoint): (status, JSON body, replayed).
+
+    The first call runs `work` (which answers a status and a JSON body) and keeps its answer when
+    the status is a success; a later call with the same request digest gets that answer back with
+    replayed=True; one with another digest is a Conflict naming `field`. The record and the work
+    it stands for commit together (or not at all), so a crash between them cannot leave a key that
+    claims work which never happened; work that raises keeps nothing either.
+    """
+    try:
+        with transaction.atomic():
+            record, owned = _claim(agent=agent, key=key, endpoint=endpoint, digest=digest)
+            if not owned:
+                if record.request_hash != digest:
+                    over_http = field == IDEMPOTENCY_HEADER
+                    where, other = (
+                        ("endpoint", "a different request body") if over_http else ("tool", "other arguments")
+                    )
+                    raise Conflict(
+                        f"{field} {record.key!r} was already used on this {where} with {other}.",
+                        fields={field: [f"already used with {other}"]},
+                    )
+                return record.response_status or 200, record.response_body, True
+            status, body = work()
+            if not 200 <= status < 300:
+                raise _NotRemembered((status, body))
+            record.response_status = status
+            record.response_body = body
+            record.save(update_fields=["response_status", "response_body"])
+    except _NotRemembered as refused:
+        status, body = refused.answer
+    return status, body, False
 
 
 def idempotent(view_method: ViewMethod) -> ViewMethod:
@@ -114,22 +164,24 @@ def idempotent(view_method: ViewMethod) -> ViewMethod:
         key = _key_of(request)
         if key is None:
             return view_method(view, request, *args, **kwargs)
-        agent = request_agent(request)
-        digest = request_hash(request)
-        # The record and the work it stands for commit together (or not at all), so a crash
-        # between them cannot leave a key that claims work which never happened.
-        with transaction.atomic():
-            record, owned = _claim(agent=agent, key=key, endpoint=endpoint_of(request), digest=digest)
-            if not owned:
-                return _replay(record, digest)
+        responses: list[Response] = []
+
+        def work() -> tuple[int, Any]:
             response = view_method(view, request, *args, **kwargs)
-            if not 200 <= response.status_code < 300:
-                transaction.set_rollback(True)
-                return response
-            record.response_status = response.status_code
-            record.response_body = json.loads(JSONRenderer().render(response.data) or b"null")
-            record.save(update_fields=["response_status", "response_body"])
-        return response
+            responses.append(response)
+            return response.status_code, json.loads(JSONRenderer().render(response.data) or b"null")
+
+        _status, body, replayed = remembered(
+            agent=request_agent(request),
+            key=key,
+            endpoint=endpoint_of(request),
+            digest=request_hash(request),
+            work=work,
+        )
+        if replayed:
+            # docs/api.md: the replay answers 200 whatever the first status was (201, 202), with the same body.
+            return Response(body, status=200, headers={REPLAYED_HEADER: "true"})
+        return responses[0]
 
     wrapper.idempotent = True  # type: ignore[attr-defined]  # read by the OpenAPI schema (Idempotency-Key header)
     return wrapper

@@ -50,13 +50,45 @@ def parse_rate(rate: str) -> tuple[int, int] | None:
     return count, period
 
 
-class WindowThrottle(throttling.BaseThrottle):
-    """At most N requests per fixed window of P seconds per identity.
+def window_wait(scope: str, identity: str, rate_text: str) -> float | None:
+    """Count one request of `identity` against `rate_text` ('600/min', 'off', ...) in the fixed
+    window of its period: None while the window has room, else the seconds until the next window.
 
     A Redis INCR per request (atomic across web processes, O(1)), where DRF's SimpleRateThrottle
     rewrites a list of timestamps. A burst can reach 2N across a window edge; that is accepted.
     Redis being down fails open (logged): a rate limit must not take the API down with it.
     """
+    rate = parse_rate(rate_text)
+    if rate is None:
+        return None
+    count, period = rate
+    now = time.time()
+    window = int(now // period)
+    key = f"{THROTTLE_KEY_PREFIX}:{scope}:{identity}:{period}:{window}"
+    try:
+        cache.add(key, 0, timeout=period + 1)
+        used = cache.incr(key)
+    except Exception:
+        logger.warning("rate limit check failed; allowing the request", exc_info=True)
+        return None
+    if used <= count:
+        return None
+    return (window + 1) * period - now
+
+
+def agent_wait(agent: Agent, *, writes: bool) -> float | None:
+    """The per-agent limits of a call that is not an HTTP request (an MCP tool): ORDINAUT_RATE_LIMIT,
+    and ORDINAUT_WRITE_RATE_LIMIT too when it changes something. Counted in the same windows as the
+    REST API's, so REST and MCP share one budget. None, or the seconds to wait."""
+    identity = f"agent:{agent.pk}"
+    wait = window_wait(AgentRateThrottle.scope, identity, settings.ORDINAUT_RATE_LIMIT)
+    if wait is None and writes:
+        wait = window_wait(AgentWriteRateThrottle.scope, identity, settings.ORDINAUT_WRITE_RATE_LIMIT)
+    return wait
+
+
+class WindowThrottle(throttling.BaseThrottle):
+    """At most N requests per fixed window of P seconds per identity (see window_wait)."""
 
     scope = ""
 
@@ -72,23 +104,8 @@ class WindowThrottle(throttling.BaseThrottle):
         if found is None:
             return True
         identity, rate_text = found
-        rate = parse_rate(rate_text)
-        if rate is None:
-            return True
-        count, period = rate
-        now = time.time()
-        window = int(now // period)
-        key = f"{THROTTLE_KEY_PREFIX}:{self.scope}:{identity}:{period}:{window}"
-        try:
-            cache.add(key, 0, timeout=period + 1)
-            used = cache.incr(key)
-        except Exception:
-            logger.warning("rate limit check failed; allowing the request", exc_info=True)
-            return True
-        if used <= count:
-            return True
-        self.wait_s = (window + 1) * period - now
-        return False
+        self.wait_s = window_wait(self.scope, identity, rate_text)
+        return self.wait_s is None
 
     def wait(self) -> float | None:
         return self.wait_s

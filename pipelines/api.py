@@ -15,9 +15,17 @@ from ordinaut_site.models import SCOPE_TASKS_READ
 
 from .dryrun import pipeline_dry_run
 
+# What agents read about a task's payload (REST schema and MCP argument descriptions).
+PAYLOAD_HELP = (
+    'What a run does: {"params": {...}, "pipeline": [step, ...]}. A step is {"id", "uses": '
+    '"server.tool", "with": {...}, "if"?, "save_as"?, "retry"?, "timeout_seconds"?, "on_error"?: '
+    '"fail"|"continue"}. Strings may hold ${...} JMESPath templates over {params, steps, event, '
+    "task, run, now}, e.g. ${steps.fetch.items} or ${now+24h}. Check it first with validate_pipeline."
+)
+
 
 class ValidateRequestSerializer(serializers.Serializer):
-    payload = serializers.JSONField(help_text='{"params": {...}, "pipeline": [step, ...]}')
+    payload = serializers.JSONField(help_text=PAYLOAD_HELP)
     params = serializers.DictField(required=False, help_text="Merged over the payload's params.")
     step_outputs = serializers.DictField(
         required=False, help_text="Fake outputs of upstream steps, by step id (missing ones are null)."

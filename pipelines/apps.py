@@ -14,3 +14,5 @@ class PipelinesConfig(AppConfig):
         from .tools import resolver_add
 
         resolver_add(CATALOG)
+
+        from . import mcp_tools  # noqa: F401 - registers validate_pipeline and list_tools on /mcp

@@ -16,11 +16,19 @@ from ordinaut_site.audit import Actor
 from ordinaut_site.auth import request_agent
 from ordinaut_site.idempotency import idempotent
 from ordinaut_site.models import SCOPE_TASKS_READ, SCOPE_TASKS_WRITE
+from pipelines.api import PAYLOAD_HELP
 from runs.api import RunSerializer
 
 from . import selectors, services
 from .models import Task
 from .schedules import PREVIEW_MAX, describe
+
+KIND_HELP = (
+    "How the task is triggered: cron (schedule_expr '0 9 * * 1-5', names and @daily allowed), rrule "
+    "(RFC 5545, 'FREQ=WEEKLY;BYDAY=MO;BYHOUR=9', optional DTSTART line), once (ISO 8601 time, naive = "
+    "the task's timezone), interval (seconds or ISO 8601 duration 'PT15M', on a grid from the epoch), "
+    "event (a topic, exact or glob 'email.*'), manual (empty; only run_now)."
+)
 
 
 class AgentRefSerializer(serializers.Serializer):
@@ -29,19 +37,58 @@ class AgentRefSerializer(serializers.Serializer):
 
 
 class TaskSerializer(serializers.ModelSerializer):
-    title = serializers.CharField(min_length=1, max_length=200)
-    description = serializers.CharField(max_length=2000, required=False, allow_blank=True)
-    schedule_expr = serializers.CharField(max_length=2000, required=False, allow_blank=True, trim_whitespace=True)
-    timezone = serializers.CharField(max_length=64, required=False)
-    payload = serializers.JSONField()
-    priority = serializers.IntegerField(min_value=0, max_value=9, required=False)
-    max_retries = serializers.IntegerField(min_value=0, max_value=20, required=False)
-    retry_backoff_seconds = serializers.FloatField(min_value=0, max_value=3600, required=False)
-    retry_backoff_max_seconds = serializers.FloatField(min_value=0, max_value=3600, required=False)
-    timeout_seconds = serializers.IntegerField(min_value=1, required=False, allow_null=True)
-    catchup_window_seconds = serializers.IntegerField(min_value=0, max_value=30 * 86400, required=False)
-    jitter_seconds = serializers.IntegerField(min_value=0, max_value=3600, required=False)
-    condition = serializers.CharField(max_length=2000, required=False, allow_null=True, allow_blank=True)
+    # The help texts are what agents read: in /openapi.json and as the MCP tools' argument descriptions.
+    title = serializers.CharField(min_length=1, max_length=200, help_text="A short name, 1..200 characters.")
+    description = serializers.CharField(
+        max_length=2000, required=False, allow_blank=True, help_text="Free text, up to 2000 characters."
+    )
+    schedule_expr = serializers.CharField(
+        max_length=2000,
+        required=False,
+        allow_blank=True,
+        trim_whitespace=True,
+        help_text="The schedule in the syntax of schedule_kind (empty for manual).",
+    )
+    timezone = serializers.CharField(
+        max_length=64,
+        required=False,
+        help_text=f"IANA timezone the schedule is read in (default {settings.TIME_ZONE}).",
+    )
+    payload = serializers.JSONField(help_text=PAYLOAD_HELP)
+    priority = serializers.IntegerField(
+        min_value=0, max_value=9, required=False, help_text="0 (lowest) to 9 (highest); default 5."
+    )
+    max_retries = serializers.IntegerField(
+        min_value=0, max_value=20, required=False, help_text="Default retries of a failing step, 0..20."
+    )
+    retry_backoff_seconds = serializers.FloatField(
+        min_value=0, max_value=3600, required=False, help_text="First retry delay in seconds, doubled each attempt."
+    )
+    retry_backoff_max_seconds = serializers.FloatField(
+        min_value=0, max_value=3600, required=False, help_text="Longest retry delay in seconds."
+    )
+    timeout_seconds = serializers.IntegerField(
+        min_value=1,
+        required=False,
+        allow_null=True,
+        help_text="Default step timeout in seconds (null: the server default).",
+    )
+    catchup_window_seconds = serializers.IntegerField(
+        min_value=0,
+        max_value=30 * 86400,
+        required=False,
+        help_text="After downtime, occurrences younger than this still run (default 300).",
+    )
+    jitter_seconds = serializers.IntegerField(
+        min_value=0, max_value=3600, required=False, help_text="A random delay 0..N seconds before the first step."
+    )
+    condition = serializers.CharField(
+        max_length=2000,
+        required=False,
+        allow_null=True,
+        allow_blank=True,
+        help_text="JMESPath over {task, event, last_run, now}; falsy skips the occurrence (null: none).",
+    )
     created_by = AgentRefSerializer(source="owner", read_only=True)
     schedule_description = serializers.SerializerMethodField()
     schedule_error = serializers.CharField(
@@ -81,6 +128,12 @@ class TaskSerializer(serializers.ModelSerializer):
             "created_at",
             "updated_at",
         ]
+        extra_kwargs = {
+            "schedule_kind": {"help_text": KIND_HELP},
+            "overlap": {
+                "help_text": "When the previous run is still active: skip (default), allow, queue or cancel_previous."
+            },
+        }
         read_only_fields = [
             "id",
             "status",

@@ -13,6 +13,7 @@ class TasksConfig(AppConfig):
 
         from . import (
             health,
+            mcp_tools,  # noqa: F401 - registers the task, schedule and event tools on /mcp
             receivers,  # noqa: F401 - connects the owner-change and run-finished receivers
             tools,  # noqa: F401 - registers orchestrator.emit_event
         )

@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # Lowest first: a module may import its own app and the apps before it, never those after.
 LAYERS = ("ordinaut_site", "pipelines", "runs", "tasks")
 # The modules of the cross-cutting package whose job is to put the apps together.
-WIRING = {"ordinaut_site.urls", "ordinaut_site.asgi", "ordinaut_site.mcp_server"}
+WIRING = {"ordinaut_site.urls", "ordinaut_site.asgi"}
 
 
 def layering_violations(graph: ImportGraph) -> list[str]:
