@@ -1,5 +1,5 @@
 """Admin for the tool catalog: tool servers (add, change, refresh; variable names only, no secrets)
-and their tools (read-only but for the budget cost). Every write goes through pipelines/catalog.py."""
+and their tools (read-only but for the budget cost). Every write goes through pipelines/services.py."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from django.utils.html import format_html, format_html_join
 from ordinaut_site.audit import Actor
 from ordinaut_site.errors import OrdinautError, ValidationFailed
 
-from . import catalog
+from . import selectors, services
 from .models import Tool, ToolServer
 
 EDITABLE = [
@@ -41,7 +41,7 @@ class ToolServerAdminForm(forms.ModelForm):
         data = super().clean() or {}
         given: dict[str, Any] = {name: data.get(name) for name in EDITABLE if name in data}
         try:
-            self.server_fields = catalog.tool_server_clean(**given)
+            self.server_fields = services.tool_server_clean(**given)
         except ValidationFailed as exc:
             for name, problems in exc.fields.items():
                 self.add_error(name if name in self.fields else None, "; ".join(problems))
@@ -67,7 +67,7 @@ class ToolServerAdmin(admin.ModelAdmin):
     actions = ["refresh"]
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[ToolServer]:
-        return catalog.tool_server_list()
+        return selectors.tool_server_list()
 
     @admin.display(description="url or command")
     def target(self, server: ToolServer) -> str:
@@ -110,12 +110,12 @@ class ToolServerAdmin(admin.ModelAdmin):
         actor = Actor.of_user(request.user)
         if change:
             original = ToolServer.objects.get(pk=obj.pk)
-            catalog.tool_server_update(server=original, fields=form.server_fields, actor=actor)
+            services.tool_server_update(server=original, fields=form.server_fields, actor=actor)
             return
-        created = catalog.tool_server_create(fields=form.server_fields, actor=actor)
+        created = services.tool_server_create(fields=form.server_fields, actor=actor)
         obj.pk = created.pk
         try:
-            result = catalog.tool_server_refresh(server=created, actor=actor)
+            result = services.tool_server_refresh(server=created, actor=actor)
         except OrdinautError as exc:
             messages.warning(request, f"{created.name}: registered, but {exc.message}")
         else:
@@ -129,18 +129,18 @@ class ToolServerAdmin(admin.ModelAdmin):
         return deleted, counts, perms_needed, protected
 
     def delete_model(self, request: HttpRequest, obj: ToolServer) -> None:
-        catalog.tool_server_delete(server=obj, actor=Actor.of_user(request.user))
+        services.tool_server_delete(server=obj, actor=Actor.of_user(request.user))
 
     def delete_queryset(self, request: HttpRequest, queryset: QuerySet[ToolServer]) -> None:
         for server in queryset:
-            catalog.tool_server_delete(server=server, actor=Actor.of_user(request.user))
+            services.tool_server_delete(server=server, actor=Actor.of_user(request.user))
 
     @admin.action(description="Refresh the tools (tools/list)")
     def refresh(self, request: HttpRequest, queryset: QuerySet[ToolServer]) -> None:
         actor = Actor.of_user(request.user)
         for server in queryset:
             try:
-                result = catalog.tool_server_refresh(server=server, actor=actor)
+                result = services.tool_server_refresh(server=server, actor=actor)
             except OrdinautError as exc:
                 messages.error(request, exc.message)
             else:
@@ -178,4 +178,4 @@ class ToolAdmin(admin.ModelAdmin):
 
     def save_model(self, request: HttpRequest, obj: Tool, form: Any, change: bool) -> None:
         original = Tool.objects.select_related("server").get(pk=obj.pk)
-        catalog.tool_set_cost(tool=original, cost=int(form.cleaned_data["cost"]), actor=Actor.of_user(request.user))
+        services.tool_set_cost(tool=original, cost=int(form.cleaned_data["cost"]), actor=Actor.of_user(request.user))

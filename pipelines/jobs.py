@@ -6,7 +6,7 @@ from celery import shared_task
 
 from ordinaut_site.audit import SYSTEM
 
-from .catalog import tool_servers_refresh_all
+from .services import tool_servers_refresh_all
 
 
 @shared_task(name="pipelines.refresh_tool_servers", ignore_result=True)

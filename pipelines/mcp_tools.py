@@ -12,7 +12,7 @@ from ordinaut_site.auth import view_scope
 from ordinaut_site.mcp_server import DEFAULT_PAGE, READ_ONLY, Limit, Offset, call, mcp, page, validated
 from ordinaut_site.models import Agent
 
-from . import catalog
+from . import selectors
 from .api import PAYLOAD_HELP, PipelineValidateView, ValidateRequestSerializer
 from .dryrun import pipeline_dry_run
 from .tools_api import ToolListQuerySerializer, ToolViewSet, tool_data
@@ -64,6 +64,6 @@ async def list_tools(
 
     def work(agent: Agent) -> Any:
         query = validated(ToolListQuerySerializer, {"server": server, "search": search})
-        return page([tool_data(tool) for tool in catalog.catalog_tools(**query)], limit, offset)
+        return page([tool_data(tool) for tool in selectors.catalog_tools(**query)], limit, offset)
 
     return await call("list_tools", view_scope(ToolViewSet, "list"), work)

@@ -1,5 +1,5 @@
 """Tool catalog endpoints of the agents' API: GET /tools, /tools/{name}, /tool-servers (list,
-one, register) and POST /tool-servers/{name}/refresh. Logic lives in pipelines/catalog.py."""
+one, register) and POST /tool-servers/{name}/refresh. Logic lives in pipelines/services.py and selectors.py."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from ordinaut_site.audit import Actor
 from ordinaut_site.auth import request_agent
 from ordinaut_site.models import SCOPE_ADMIN, SCOPE_TOOLS_READ, SCOPE_TOOLS_WRITE
 
-from . import catalog
+from . import selectors, services
 from .models import SERVER_NAME_MAX_CHARS, SERVER_NAME_PATTERN, ToolServer
 from .models import Tool as CatalogTool
 from .tools import Tool
@@ -145,7 +145,7 @@ class ToolServerCreateSerializer(serializers.Serializer):
     timeout_seconds = serializers.FloatField(
         required=False,
         default=30.0,
-        min_value=catalog.MIN_TIMEOUT_S,
+        min_value=services.MIN_TIMEOUT_S,
         max_value=settings.ORDINAUT_MAX_STEP_TIMEOUT_S,
         help_text="Longest a tools/list or a tool call may take.",
     )
@@ -177,7 +177,7 @@ class ToolViewSet(viewsets.GenericViewSet):
     def list(self, request: Request) -> Response:
         query = ToolListQuerySerializer(data=request.query_params)
         query.is_valid(raise_exception=True)
-        tools = catalog.catalog_tools(
+        tools = selectors.catalog_tools(
             server=query.validated_data.get("server"), search=query.validated_data.get("search")
         )
         page = self.paginate_queryset([tool_data(tool) for tool in tools])
@@ -185,7 +185,7 @@ class ToolViewSet(viewsets.GenericViewSet):
 
     @extend_schema(summary="One tool, by its full name (`server.tool`)", responses=ToolSerializer)
     def retrieve(self, request: Request, name: str) -> Response:
-        return Response(tool_data(catalog.catalog_tool_get(name=name)))
+        return Response(tool_data(selectors.catalog_tool_get(name=name)))
 
 
 class ToolServerViewSet(viewsets.GenericViewSet):
@@ -202,16 +202,16 @@ class ToolServerViewSet(viewsets.GenericViewSet):
     }
 
     def get_queryset(self) -> Any:
-        return catalog.tool_server_list()
+        return selectors.tool_server_list()
 
     @extend_schema(summary="Registered MCP tool servers (variable names only, never secrets)")
     def list(self, request: Request) -> Response:
-        page = self.paginate_queryset(catalog.tool_server_list())
+        page = self.paginate_queryset(selectors.tool_server_list())
         return self.get_paginated_response(ToolServerSerializer(page, many=True).data)
 
     @extend_schema(summary="One tool server")
     def retrieve(self, request: Request, name: str) -> Response:
-        return Response(ToolServerSerializer(catalog.tool_server_get(name=name)).data)
+        return Response(ToolServerSerializer(selectors.tool_server_get(name=name)).data)
 
     @extend_schema(
         summary="Register a streamable HTTP MCP server (scope admin); refresh discovers its tools",
@@ -223,10 +223,10 @@ class ToolServerViewSet(viewsets.GenericViewSet):
     def create(self, request: Request) -> Response:
         body = ToolServerCreateSerializer(data=request.data)
         body.is_valid(raise_exception=True)
-        fields = catalog.tool_server_clean(**body.validated_data, from_api=True)
-        server = catalog.tool_server_create(fields=fields, actor=Actor.of_agent(request_agent(request)))
+        fields = services.tool_server_clean(**body.validated_data, from_api=True)
+        server = services.tool_server_create(fields=fields, actor=Actor.of_agent(request_agent(request)))
         return Response(
-            ToolServerSerializer(catalog.tool_server_get(name=server.name)).data, status=status.HTTP_201_CREATED
+            ToolServerSerializer(selectors.tool_server_get(name=server.name)).data, status=status.HTTP_201_CREATED
         )
 
     @extend_schema(
@@ -238,8 +238,8 @@ class ToolServerViewSet(viewsets.GenericViewSet):
     )
     @action(detail=True, methods=["post"])
     def refresh(self, request: Request, name: str) -> Response:
-        server = catalog.tool_server_get(name=name)
-        result = catalog.tool_server_refresh(server=server, actor=Actor.of_agent(request_agent(request)))
+        server = selectors.tool_server_get(name=name)
+        result = services.tool_server_refresh(server=server, actor=Actor.of_agent(request_agent(request)))
         return Response(
             {
                 "server": ToolServerSerializer(result.server).data,

@@ -8,9 +8,11 @@ Each tool needs the scope its REST twin declares; create_task, run_now and publi
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from typing import TYPE_CHECKING, Annotated, Any, cast
 
+from mcp.types import ToolAnnotations
 from pydantic import BaseModel, Field
 
 from ordinaut_site.audit import Actor
@@ -229,38 +231,43 @@ async def run_now(
     )
 
 
-@mcp.tool(annotations=WRITES)
-async def pause_task(task_id: TaskId) -> dict[str, Any]:
-    """Pause an active task: it stops firing until resumed (scope tasks:write). Returns the task."""
+def _transition_tool(
+    name: str, action: str, transition: Callable[..., Task], annotations: ToolAnnotations, doc: str
+) -> None:
+    """A tool that applies one task transition (pause, resume, cancel) and answers the task."""
 
-    def work(agent: Agent) -> Any:
-        task = task_selectors.task_get(agent=agent, task_id=task_id)
-        return _task_data(task_services.task_pause(task=task, actor=Actor.of_agent(agent)))
+    async def tool(task_id: TaskId) -> dict[str, Any]:
+        def work(agent: Agent) -> Any:
+            task = task_selectors.task_get(agent=agent, task_id=task_id)
+            return _task_data(transition(task=task, actor=Actor.of_agent(agent)))
 
-    return await call("pause_task", view_scope(TaskViewSet, "pause"), work, writes=True)
+        return await call(name, view_scope(TaskViewSet, action), work, writes=True)
 
-
-@mcp.tool(annotations=WRITES)
-async def resume_task(task_id: TaskId) -> dict[str, Any]:
-    """Resume a paused task at its next occurrence after now, without backfill (scope tasks:write).
-    Returns the task."""
-
-    def work(agent: Agent) -> Any:
-        task = task_selectors.task_get(agent=agent, task_id=task_id)
-        return _task_data(task_services.task_resume(task=task, actor=Actor.of_agent(agent)))
-
-    return await call("resume_task", view_scope(TaskViewSet, "resume"), work, writes=True)
+    tool.__name__ = tool.__qualname__ = name
+    mcp.tool(name=name, description=doc, annotations=annotations)(tool)
 
 
-@mcp.tool(annotations=DESTRUCTIVE)
-async def cancel_task(task_id: TaskId) -> dict[str, Any]:
-    """Cancel a task for good: it never fires again (scope tasks:write). Returns the task."""
-
-    def work(agent: Agent) -> Any:
-        task = task_selectors.task_get(agent=agent, task_id=task_id)
-        return _task_data(task_services.task_cancel(task=task, actor=Actor.of_agent(agent)))
-
-    return await call("cancel_task", view_scope(TaskViewSet, "cancel"), work, writes=True)
+_transition_tool(
+    "pause_task",
+    "pause",
+    task_services.task_pause,
+    WRITES,
+    "Pause an active task: it stops firing until resumed (scope tasks:write). Returns the task.",
+)
+_transition_tool(
+    "resume_task",
+    "resume",
+    task_services.task_resume,
+    WRITES,
+    "Resume a paused task at its next occurrence after now, without backfill (scope tasks:write). Returns the task.",
+)
+_transition_tool(
+    "cancel_task",
+    "cancel",
+    task_services.task_cancel,
+    DESTRUCTIVE,
+    "Cancel a task for good: it never fires again (scope tasks:write). Returns the task.",
+)
 
 
 @mcp.tool(annotations=WRITES)

@@ -10,15 +10,11 @@ from django.conf import settings
 
 from ordinaut_site.errors import Conflict, ToolServerUnreachable, ValidationFailed
 from ordinaut_site.models import AgentUsage, AuditLog
-from pipelines.catalog import (
-    catalog_cache_clear,
-    tool_server_clean,
-    tool_server_create,
-    tool_server_refresh,
-)
+from pipelines.catalog import catalog_cache_clear
 from pipelines.dryrun import pipeline_dry_run
 from pipelines.jobs import refresh_tool_servers_job
 from pipelines.models import Tool, ToolServer
+from pipelines.services import tool_server_clean, tool_server_create, tool_server_refresh
 from pipelines.tools import tool_find, tool_list
 from runs.models import StepRun
 from tests.support.mcp_servers import TOOL_NAMES, free_port, shared_http_server

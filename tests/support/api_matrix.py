@@ -27,8 +27,8 @@ from ordinaut_site.models import (
     Agent,
 )
 from ordinaut_site.services import agent_create, token_issue
-from pipelines.catalog import tool_server_clean, tool_server_create
 from pipelines.models import Tool as CatalogTool
+from pipelines.services import tool_server_clean, tool_server_create
 from runs.models import Approval, Run
 from tasks.events import event_publish
 from tasks.services import task_create, task_pause

@@ -6,8 +6,8 @@ import uuid
 from typing import Any
 
 from ordinaut_site.audit import Actor
-from pipelines.catalog import tool_server_clean, tool_server_create, tool_server_refresh
 from pipelines.models import ToolServer
+from pipelines.services import tool_server_clean, tool_server_create, tool_server_refresh
 from tests.support.mcp_servers import stdio_command
 
 TESTS = Actor.system("tests")

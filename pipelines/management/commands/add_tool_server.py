@@ -9,7 +9,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from ordinaut_site.audit import Actor
 from ordinaut_site.errors import OrdinautError
-from pipelines import catalog
+from pipelines import services
 from pipelines.models import ToolServer
 
 
@@ -82,12 +82,12 @@ class Command(BaseCommand):
                 "env_from_env": pairs(options["env"], "--env", "CHILD_VAR=ENV_VAR"),
             }
         try:
-            server = catalog.tool_server_create(fields=catalog.tool_server_clean(**fields), actor=actor)
+            server = services.tool_server_create(fields=services.tool_server_clean(**fields), actor=actor)
         except OrdinautError as exc:
             raise CommandError(exc.message) from None
         self.stderr.write(f"Registered tool server {server.name} ({server.transport}).")
         try:
-            result = catalog.tool_server_refresh(server=server, actor=actor)
+            result = services.tool_server_refresh(server=server, actor=actor)
         except OrdinautError as exc:
             raise CommandError(
                 f"{exc.message}\nThe server stays registered; fix it, then run: manage.py refresh_tools {server.name}"

@@ -8,7 +8,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from ordinaut_site.audit import Actor
 from ordinaut_site.errors import OrdinautError
-from pipelines import catalog
+from pipelines import services
 from pipelines.models import ToolServer
 
 
@@ -28,7 +28,7 @@ class Command(BaseCommand):
         failed = 0
         for server in sorted(servers, key=lambda s: s.name):
             try:
-                result = catalog.tool_server_refresh(server=server, actor=actor)
+                result = services.tool_server_refresh(server=server, actor=actor)
             except OrdinautError as exc:
                 failed += 1
                 self.stderr.write(exc.message)
