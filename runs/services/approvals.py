@@ -56,8 +56,9 @@ def approval_decide(*, run: Run, approve: bool, actor: Actor, items: list[Any] |
     """A human decision on the run's pending approval; the rest of the pipeline resumes on a
     fresh chain (or the run fails: see approval_close)."""
     with transaction.atomic():
-        # Lock the run row: a concurrent cancel, expiry or second decision waits for this one.
-        locked = Run.objects.select_for_update().select_related("task").filter(pk=run.pk).first()
+        # Lock the run row (only it: the task's row belongs to tasks/, and locking it here would
+        # queue a decision behind beat's fires): a concurrent cancel, expiry or second decision waits.
+        locked = Run.objects.select_for_update(of=("self",)).select_related("task").filter(pk=run.pk).first()
         if locked is None or locked.status != Run.Status.WAITING_APPROVAL:
             status = locked.status if locked else "gone"
             raise Conflict(f"the run is {status}; only a run waiting for approval can be approved or rejected")

@@ -192,8 +192,12 @@ def actor_dict(actor: Actor) -> dict[str, str]:
 
 
 def skip_locked(queryset: Any) -> Any:
-    """select_for_update(skip_locked=True) where the database has it; SQLite serialises writers
-    anyway, and the conditional updates that follow keep two sweepers from both winning."""
-    if not connection.features.has_select_for_update:
+    """select_for_update(skip_locked=True) of the queryset's own rows where the database has it
+    (not of rows a select_related joins: a run's task row belongs to tasks/ and beat locks it);
+    SQLite serialises writers anyway, and the conditional updates that follow keep two sweepers
+    from both winning."""
+    features = connection.features
+    if not features.has_select_for_update:
         return queryset
-    return queryset.select_for_update(skip_locked=connection.features.has_select_for_update_skip_locked)
+    own_rows = ("self",) if features.has_select_for_update_of else ()
+    return queryset.select_for_update(skip_locked=features.has_select_for_update_skip_locked, of=own_rows)
