@@ -17,7 +17,8 @@ from ordinaut_site.auth import request_agent
 from ordinaut_site.idempotency import idempotent
 from ordinaut_site.models import SCOPE_TASKS_READ, SCOPE_TASKS_WRITE
 from pipelines.api import PAYLOAD_HELP
-from runs.api import RunSerializer
+from runs.api import RunSerializer, RunStatsSerializer
+from runs.selectors import run_stats
 
 from . import selectors, services
 from .models import Task
@@ -131,7 +132,9 @@ class TaskSerializer(serializers.ModelSerializer):
         extra_kwargs = {
             "schedule_kind": {"help_text": KIND_HELP},
             "overlap": {
-                "help_text": "When the previous run is still active: skip (default), allow, queue or cancel_previous."
+                "help_text": "When the previous run is still active: skip (the default of clock schedules: a "
+                "skipped run, reason overlap), queue (the default of event tasks: every event is processed, "
+                "in publication order), allow or cancel_previous."
             },
         }
         read_only_fields = [
@@ -222,6 +225,7 @@ class TaskViewSet(viewsets.GenericViewSet):
         "cancel": SCOPE_TASKS_WRITE,
         "snooze": SCOPE_TASKS_WRITE,
         "next_runs": SCOPE_TASKS_READ,
+        "stats": SCOPE_TASKS_READ,
     }
 
     def get_queryset(self) -> Any:
@@ -343,6 +347,15 @@ class TaskViewSet(viewsets.GenericViewSet):
                 "occurrences": selectors.task_next_runs(task=task, count=query.validated_data["count"]),
             }
         )
+
+    @extend_schema(
+        summary="The task's run statistics, as GET /runs/stats?task= computes them",
+        responses=RunStatsSerializer,
+    )
+    @action(detail=True, methods=["get"])
+    def stats(self, request: Request, pk: str) -> Response:
+        task = self.get_object()
+        return Response(RunStatsSerializer(run_stats(agent=None, task_id=task.pk)).data)
 
 
 class SchedulePreviewView(views.APIView):

@@ -83,10 +83,18 @@ def _clean(task: Task, now: datetime) -> None:
             raise ValidationFailed.on("condition", problem)
 
 
+def overlap_default(schedule_kind: str) -> str:
+    """The overlap policy of a task that names none: an event task queues (every event is
+    processed, in publication order); a clock schedule skips (a late occurrence is stale)."""
+    return Task.Overlap.QUEUE if schedule_kind == Task.Kind.EVENT else Task.Overlap.SKIP
+
+
 def task_create(*, owner: Agent, actor: Actor, fields: dict[str, Any]) -> Task:
     """Create a task from validated API fields; schedule, payload and condition are checked here."""
     now = dj_timezone.now()
     task = Task(owner=owner, **fields)
+    if "overlap" not in fields:
+        task.overlap = overlap_default(task.schedule_kind)
     _clean(task, now)
     _reset_cursor(task, now)
     with transaction.atomic():
@@ -120,8 +128,13 @@ def task_update(*, task: Task, actor: Actor, fields: dict[str, Any]) -> Task:
         before = {name: getattr(task, name) for name in SCHEDULE_FIELDS}
         for name, value in fields.items():
             setattr(task, name, value)
-        _clean(task, now)
         written = set(fields)
+        # A task moving between clock and event kinds with the old kind's default overlap gets the
+        # new kind's default; an overlap someone chose stays.
+        if "overlap" not in fields and task.overlap == overlap_default(before["schedule_kind"]):
+            task.overlap = overlap_default(task.schedule_kind)
+            written.add("overlap")
+        _clean(task, now)
         schedule_changed = any(getattr(task, name) != before[name] for name in SCHEDULE_FIELDS)
         if schedule_changed:
             task.snoozed_until = None

@@ -48,6 +48,11 @@ def pytest_configure(config: pytest.Config) -> None:
     # And its own event stream (here and in subprocesses: workers emit events, consumers read them).
     stream = f"ordinaut-test-{uuid.uuid4().hex[:10]}:events"
     os.environ["ORDINAUT_EVENT_STREAM"] = settings.ORDINAUT_EVENT_STREAM = stream
+    # And its own PostgreSQL test database (unless TEST_DATABASE_NAME names one), so two suites on
+    # one server (a CI clone beside a checkout) never drop each other's.
+    database = settings.DATABASES["default"]
+    if database["ENGINE"].endswith("postgresql") and not database.get("TEST", {}).get("NAME"):
+        database.setdefault("TEST", {})["NAME"] = f"test_{database['NAME']}_{uuid.uuid4().hex[:8]}"
     # And its own cache key prefix: rate-limit counters (the cache's only use) of two suites on one
     # Redis would add up, and rate_limits_reset of one would wipe the other's mid-test.
     settings.CACHES["default"]["KEY_PREFIX"] = f"ordinaut-test-{uuid.uuid4().hex[:10]}"

@@ -16,6 +16,7 @@ from django.test import Client
 
 from runs.models import Run, StepRun
 from tasks.models import Event
+from tests.support.pipelines import echo_pipeline
 from tests.support.events import clean_stream, make_consumer, pending_count
 from tests.support.processes import BASE_DIR, child_env, wait_for
 
@@ -187,3 +188,48 @@ def test_the_consume_events_command_delivers_and_stops_cleanly_on_sigterm(
     assert "SIGTERM, stopping" in log
     assert "events consumer e2e-consumer stopped: 1 event(s) delivered, 1 run(s)" in log
     assert Client().get("/health").json()["status"] == "degraded"
+
+
+def test_two_events_published_together_both_run_in_publication_order_by_default(agent: Any, worker: Any) -> None:
+    # The pipeline waits a second, so the second event arrives while the first run is active:
+    # under the clock schedules' default (skip) it would be a skipped run, reason overlap.
+    task_id = event_task(
+        agent.client,
+        "mail.received",
+        [
+            {"id": "hold", "uses": "orchestrator.wait", "with": {"seconds": 1}},
+            {"id": "read", "uses": "orchestrator.echo", "with": {"n": "${event.payload.n}"}},
+        ],
+    )
+    assert agent.client.get(f"/tasks/{task_id}").json()["overlap"] == "queue"
+
+    published = [
+        agent.client.post("/events", {"topic": "mail.received", "payload": {"n": n}}, format="json").json()["id"]
+        for n in (1, 2)
+    ]
+
+    def both_finished() -> list[Run] | None:
+        runs = list(Run.objects.filter(task_id=task_id).order_by("started_at"))
+        return runs if len(runs) == 2 and all(run.status in Run.TERMINAL for run in runs) else None
+
+    runs = consume_until(both_finished, message="both event runs to finish")
+
+    assert [run.status for run in runs] == [Run.Status.SUCCEEDED, Run.Status.SUCCEEDED]
+    assert [run.trigger_key for run in runs] == [f"event:{event_id}" for event_id in published]
+    assert [StepRun.objects.get(run=run, step_id="read").output for run in runs] == [{"n": 1}, {"n": 2}]
+    assert runs[0].finished_at is not None
+    assert runs[1].started_at is not None
+    assert runs[1].started_at >= runs[0].finished_at, "queued: the second starts after the first ends"
+
+
+def test_an_event_task_can_still_ask_for_skip(agent: Any) -> None:
+    task_id = event_task(
+        agent.client, "mail.*", [{"id": "x", "uses": "orchestrator.echo", "with": {}}], overlap="skip"
+    )
+    assert agent.client.get(f"/tasks/{task_id}").json()["overlap"] == "skip"
+    cron = agent.client.post(
+        "/tasks",
+        {"title": "c", "schedule_kind": "cron", "schedule_expr": "0 9 * * *", "payload": echo_pipeline(1)},
+        format="json",
+    )
+    assert cron.json()["overlap"] == "skip"

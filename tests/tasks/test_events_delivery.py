@@ -152,7 +152,7 @@ def test_a_false_condition_records_a_skipped_run(agent: Any, make_task: Any) -> 
 
 
 def test_overlap_skip_records_a_skipped_run_while_the_previous_one_is_active(agent: Any, make_task: Any) -> None:
-    make_task("event", "email.*")
+    make_task("event", "email.*", overlap="skip")
     [first] = deliver(publish(agent.agent, "email.received"))
     [second] = deliver(publish(agent.agent, "email.received"))
 
@@ -281,3 +281,15 @@ def test_emit_event_refuses_a_bad_topic_before_publishing(agent: Any, make_task:
     drive(run.pk)
     assert (StepRun.objects.get(run=run).error or {})["code"] == "input_invalid"
     assert not Event.objects.exists()
+
+
+def test_by_default_an_event_while_the_previous_run_is_active_is_held_not_dropped(
+    agent: Any, make_task: Any
+) -> None:
+    make_task("event", "email.*")
+    [first] = deliver(publish(agent.agent, "email.received"))
+    [second] = deliver(publish(agent.agent, "email.received"))
+
+    assert first.status == "queued"
+    assert (second.status, second.skip_reason) == ("queued", "")
+    assert second.scheduled_for >= first.scheduled_for

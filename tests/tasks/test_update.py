@@ -57,3 +57,25 @@ def test_a_pause_read_before_a_schedule_change_keeps_the_change(make_task: Any) 
     task.refresh_from_db()
     assert (task.status, task.schedule_expr) == ("paused", "0 9 * * *")
     assert (task.schedule_version, task.fired_through) == (changed.schedule_version, changed.fired_through)
+
+
+def test_event_tasks_queue_by_default_and_clock_schedules_skip(make_task: Any) -> None:
+    assert make_task("event", "mail.*").overlap == Task.Overlap.QUEUE
+    assert make_task("cron", "0 9 * * *").overlap == Task.Overlap.SKIP
+    assert make_task("event", "mail.*", overlap="skip").overlap == Task.Overlap.SKIP
+
+
+def test_a_change_of_kind_takes_the_new_kinds_default_unless_overlap_was_chosen(make_task: Any) -> None:
+    actor = Actor.system("tests")
+    defaulted = make_task("cron", "0 9 * * *")
+    chosen = make_task("cron", "0 9 * * *", overlap="allow")
+
+    for task in (defaulted, chosen):
+        services.task_update(task=task, actor=actor, fields={"schedule_kind": "event", "schedule_expr": "mail.*"})
+        task.refresh_from_db()
+
+    assert defaulted.overlap == Task.Overlap.QUEUE
+    assert chosen.overlap == Task.Overlap.ALLOW
+    services.task_update(task=defaulted, actor=actor, fields={"schedule_kind": "cron", "schedule_expr": "0 9 * * *"})
+    defaulted.refresh_from_db()
+    assert defaulted.overlap == Task.Overlap.SKIP
