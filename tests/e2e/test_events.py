@@ -16,8 +16,8 @@ from django.test import Client
 
 from runs.models import Run, StepRun
 from tasks.models import Event
-from tests.support.pipelines import echo_pipeline
 from tests.support.events import clean_stream, make_consumer, pending_count
+from tests.support.pipelines import echo_pipeline
 from tests.support.processes import BASE_DIR, child_env, wait_for
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.e2e]
@@ -223,9 +223,7 @@ def test_two_events_published_together_both_run_in_publication_order_by_default(
 
 
 def test_an_event_task_can_still_ask_for_skip(agent: Any) -> None:
-    task_id = event_task(
-        agent.client, "mail.*", [{"id": "x", "uses": "orchestrator.echo", "with": {}}], overlap="skip"
-    )
+    task_id = event_task(agent.client, "mail.*", [{"id": "x", "uses": "orchestrator.echo", "with": {}}], overlap="skip")
     assert agent.client.get(f"/tasks/{task_id}").json()["overlap"] == "skip"
     cron = agent.client.post(
         "/tasks",

@@ -283,9 +283,7 @@ def test_emit_event_refuses_a_bad_topic_before_publishing(agent: Any, make_task:
     assert not Event.objects.exists()
 
 
-def test_by_default_an_event_while_the_previous_run_is_active_is_held_not_dropped(
-    agent: Any, make_task: Any
-) -> None:
+def test_by_default_an_event_while_the_previous_run_is_active_is_held_not_dropped(agent: Any, make_task: Any) -> None:
     make_task("event", "email.*")
     [first] = deliver(publish(agent.agent, "email.received"))
     [second] = deliver(publish(agent.agent, "email.received"))
