@@ -13,9 +13,24 @@ from pathlib import Path
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
+from ordinaut_site import envfile
 from ordinaut_site.queues import queue_config
 
 BASE_DIR = Path(__file__).resolve().parent.parent
+
+# ORDINAUT_ENV_FILE: the settings file read first (ordinaut_site/envfile.py: KEY=VALUE lines; a
+# variable set in the environment wins over its line). Unset: `.env` at the checkout's root, which
+# `make run` writes (database, Redis, SECRET_KEY, DEBUG), so every later manage.py command finds
+# them; empty or "none": no file. A test run (pytest sets PYTEST_VERSION) reads none unless this
+# names one, so a developer's .env cannot change test results.
+try:
+    ENV_FILE = envfile.resolve(
+        os.environ.get("ORDINAUT_ENV_FILE"), BASE_DIR / ".env", testing=bool(os.environ.get("PYTEST_VERSION"))
+    )
+    envfile.load(ENV_FILE, os.environ)
+except (OSError, envfile.EnvFileError) as exc:
+    raise ImproperlyConfigured(f"cannot read the settings file (ORDINAUT_ENV_FILE): {exc}") from None
+
 VAR_DIR = Path(os.environ.get("ORDINAUT_VAR_DIR", BASE_DIR / "var"))
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -105,7 +120,8 @@ if not SECRET_KEY:
         raise ImproperlyConfigured(
             "SECRET_KEY is not set. Set SECRET_KEY in the environment (any long random string, e.g. "
             "`python3 -c 'import secrets; print(secrets.token_urlsafe(50))'`), or set DEBUG=1 for a "
-            "development-only default. `make run` generates one under var/ for you."
+            "development-only default. `make run` writes one to .env at the checkout's root, which every "
+            "command run from the checkout reads."
         )
     SECRET_KEY = dev_secret_key(VAR_DIR / "secret_key")
     warnings.warn(
