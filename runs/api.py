@@ -178,6 +178,51 @@ class RejectSerializer(serializers.Serializer):
     comment = serializers.CharField(required=False, allow_blank=True, max_length=MAX_COMMENT_LEN, default="")
 
 
+class RunStatsQuerySerializer(serializers.Serializer):
+    task = serializers.UUIDField(required=False, help_text="Only the runs of this task.")
+    since = serializers.DateTimeField(required=False, help_text="Runs created at or after this time.")
+    until = serializers.DateTimeField(required=False, help_text="Runs created before this time.")
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        if attrs.get("since") and attrs.get("until") and attrs["since"] >= attrs["until"]:
+            raise serializers.ValidationError({"until": ["must be later than since"]})
+        return attrs
+
+
+def _counts_serializer(name: str, values: list[str], what: str) -> type[serializers.Serializer]:
+    fields = {value: serializers.IntegerField(help_text=f"Runs {what} {value}.") for value in values}
+    return type(name, (serializers.Serializer,), fields)
+
+
+RunStatusCountsSerializer = _counts_serializer("RunStatusCountsSerializer", list(Run.Status.values), "in status")
+RunTriggerCountsSerializer = _counts_serializer("RunTriggerCountsSerializer", list(Run.Trigger.values), "triggered by")
+
+
+class PercentilesSerializer(serializers.Serializer):
+    p50 = serializers.FloatField(allow_null=True, help_text="Median, in seconds (null: no run to measure).")
+    p95 = serializers.FloatField(allow_null=True, help_text="95th percentile, in seconds (null: no run to measure).")
+
+
+class LastFailureSerializer(serializers.Serializer):
+    run = serializers.UUIDField()
+    finished_at = serializers.DateTimeField(allow_null=True)
+    code = serializers.CharField(allow_null=True, help_text="The code of the run's error.")
+
+
+class RunStatsSerializer(serializers.Serializer):
+    total = serializers.IntegerField(help_text="Runs counted.")
+    by_status = RunStatusCountsSerializer()
+    by_trigger = RunTriggerCountsSerializer()
+    success_rate = serializers.FloatField(
+        allow_null=True, help_text="succeeded / (succeeded + failed + canceled); null when none has finished."
+    )
+    duration_seconds = PercentilesSerializer(help_text="finished_at - started_at of the runs that ran.")
+    lateness_seconds = PercentilesSerializer(
+        help_text="started_at - scheduled_for (how late the first step started) of the runs that have both."
+    )
+    last_failure = LastFailureSerializer(allow_null=True, help_text="The failed run that finished last, or null.")
+
+
 def _body(serializer_class: type[serializers.Serializer], request: Request) -> dict[str, Any]:
     # An empty body reads as {}; any other JSON that is not an object (false, [], null) is a 400.
     serializer = serializer_class(data=request.data)
@@ -195,6 +240,7 @@ class RunViewSet(viewsets.GenericViewSet):
         "replay": SCOPE_RUNS_WRITE,
         "approve": SCOPE_RUNS_WRITE,
         "reject": SCOPE_RUNS_WRITE,
+        "stats": SCOPE_RUNS_READ,
     }
 
     def get_queryset(self) -> Any:
@@ -222,6 +268,24 @@ class RunViewSet(viewsets.GenericViewSet):
         )
         page = self.paginate_queryset(runs)
         return self.get_paginated_response(RunSerializer(page, many=True).data)
+
+    @extend_schema(
+        summary="Run statistics: counts by status and trigger, success rate, duration and lateness percentiles",
+        parameters=[RunStatsQuerySerializer],
+        responses=RunStatsSerializer,
+    )
+    @action(detail=False, methods=["get"])
+    def stats(self, request: Request) -> Response:
+        query = RunStatsQuerySerializer(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        filters = query.validated_data
+        stats = selectors.run_stats(
+            agent=request_agent(request),
+            task_id=filters.get("task"),
+            since=filters.get("since"),
+            until=filters.get("until"),
+        )
+        return Response(RunStatsSerializer(stats).data)
 
     @extend_schema(summary="A run with its steps and approvals", responses=RunDetailSerializer)
     def retrieve(self, request: Request, pk: str) -> Response:

@@ -42,6 +42,8 @@ from .api import (
     RunDetailSerializer,
     RunListQuerySerializer,
     RunSerializer,
+    RunStatsQuerySerializer,
+    RunStatsSerializer,
     RunViewSet,
 )
 from .models import Approval, Run
@@ -189,3 +191,23 @@ async def list_approvals(
         return page(approvals, limit, offset, ApprovalSerializer)
 
     return await call("list_approvals", view_scope(ApprovalViewSet, "list"), work)
+
+
+@mcp.tool(annotations=READ_ONLY)
+async def run_stats(
+    since: Annotated[datetime | None, Field(description="Runs created at or after this time.")] = None,
+    until: Annotated[datetime | None, Field(description="Runs created before this time.")] = None,
+    task_id: Annotated[uuid.UUID | None, Field(description="Only runs of this task.")] = None,
+) -> dict[str, Any]:
+    """Statistics of the calling agent's runs (every run for admins), like GET /runs/stats (scope
+    runs:read): counts by status and trigger, success_rate, p50/p95 of duration_seconds and
+    lateness_seconds, and last_failure {run, finished_at, code}."""
+
+    def work(agent: Agent) -> Any:
+        query = validated(RunStatsQuerySerializer, {"task": task_id, "since": since, "until": until})
+        stats = run_selectors.run_stats(
+            agent=agent, task_id=query.get("task"), since=query.get("since"), until=query.get("until")
+        )
+        return RunStatsSerializer(stats).data
+
+    return await call("run_stats", view_scope(RunViewSet, "stats"), work)

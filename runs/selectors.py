@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import math
 import uuid
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.db import connection
-from django.db.models import QuerySet
+from django.db.models import Aggregate, Count, DurationField, ExpressionWrapper, F, Q, QuerySet
 
 from ordinaut_site.errors import NotFound
 from ordinaut_site.models import Agent
@@ -153,3 +154,121 @@ def approval_list(*, agent: Agent, status: list[str] | None = None, run_id: uuid
     if run_id is not None:
         approvals = approvals.filter(run_id=run_id)
     return approvals.order_by("-created_at", "-pk")
+
+
+# --- Statistics -------------------------------------------------------------------------------
+
+# Runs that ended after they were queued: the denominator of the success rate (skipped runs
+# never started and are left out).
+STATS_FINISHED = (Run.Status.SUCCEEDED, Run.Status.FAILED, Run.Status.CANCELED)
+STATS_PERCENTILES = {"p50": 0.5, "p95": 0.95}
+# What a run took, and how late its first step started; NULL (left out) when a time is missing.
+_DURATION = ExpressionWrapper(F("finished_at") - F("started_at"), output_field=DurationField())
+_LATENESS = ExpressionWrapper(F("started_at") - F("scheduled_for"), output_field=DurationField())
+_MEASURES = {
+    "duration_seconds": (_DURATION, Q(started_at__isnull=False, finished_at__isnull=False)),
+    "lateness_seconds": (_LATENESS, Q(started_at__isnull=False, scheduled_for__isnull=False)),
+}
+
+
+class _PercentileCont(Aggregate):
+    """PostgreSQL's continuous percentile: `percentile_cont(f) WITHIN GROUP (ORDER BY x)`, NULLs left out."""
+
+    function = "percentile_cont"
+    template = "%(function)s(%(fraction)s) WITHIN GROUP (ORDER BY %(expressions)s)"
+
+    def __init__(self, expression: Any, *, fraction: float) -> None:
+        super().__init__(expression, output_field=DurationField(), fraction=float(fraction))
+
+
+def _seconds(value: timedelta | None) -> float | None:
+    return None if value is None else round(value.total_seconds(), 6)
+
+
+def _percentile_by_offset(runs: QuerySet[Run], measure: str, count: int, fraction: float) -> timedelta | None:
+    """percentile_cont without the aggregate (SQLite has none): the one or two rows around the
+    position, read in the database with ORDER BY and OFFSET, interpolated as percentile_cont does."""
+    if count == 0:
+        return None
+    expression, present = _MEASURES[measure]
+    position = fraction * (count - 1)
+    low = math.floor(position)
+    values = list(
+        runs.filter(present).annotate(value=expression).order_by("value").values_list("value", flat=True)[low : low + 2]
+    )
+    if not values:
+        return None  # runs went away between the two queries
+    if len(values) == 1 or position == low:
+        return values[0]
+    return values[0] + (values[1] - values[0]) * (position - low)
+
+
+def run_stats_of(runs: QuerySet[Run], *, in_database_percentiles: bool | None = None) -> dict[str, Any]:
+    """Counts by status and trigger, success rate, p50/p95 of duration and first-step lateness, and
+    the last failure of `runs`, in a fixed number of queries whatever their number: one aggregate
+    and the last failure on PostgreSQL (percentile_cont), plus one ORDER BY/OFFSET query per
+    percentile elsewhere. `in_database_percentiles` forces a path (tests compare the two)."""
+    if in_database_percentiles is None:
+        in_database_percentiles = connection.vendor == "postgresql"
+    runs = runs.order_by()
+    aggregates: dict[str, Any] = {"total": Count("pk")}
+    aggregates |= {f"status_{value}": Count("pk", filter=Q(status=value)) for value in Run.Status.values}
+    aggregates |= {f"trigger_{value}": Count("pk", filter=Q(trigger=value)) for value in Run.Trigger.values}
+    for measure, (expression, present) in _MEASURES.items():
+        aggregates[f"{measure}_n"] = Count("pk", filter=present)
+        if in_database_percentiles:
+            for name, fraction in STATS_PERCENTILES.items():
+                aggregates[f"{measure}_{name}"] = _PercentileCont(expression, fraction=fraction)
+    row = runs.aggregate(**aggregates)
+    percentiles: dict[str, dict[str, float | None]] = {}
+    for measure in _MEASURES:
+        percentiles[measure] = {
+            name: _seconds(
+                row[f"{measure}_{name}"]
+                if in_database_percentiles
+                else _percentile_by_offset(runs, measure, row[f"{measure}_n"], fraction)
+            )
+            for name, fraction in STATS_PERCENTILES.items()
+        }
+    by_status = {value: row[f"status_{value}"] for value in Run.Status.values}
+    finished = sum(by_status[value] for value in STATS_FINISHED)
+    failure = (
+        runs.filter(status=Run.Status.FAILED)
+        .order_by(F("finished_at").desc(nulls_last=True), "-created_at", "-pk")
+        .values_list("pk", "finished_at", "error")
+        .first()
+    )
+    return {
+        "total": row["total"],
+        "by_status": by_status,
+        "by_trigger": {value: row[f"trigger_{value}"] for value in Run.Trigger.values},
+        "success_rate": round(by_status[Run.Status.SUCCEEDED] / finished, 6) if finished else None,
+        **percentiles,
+        "last_failure": None
+        if failure is None
+        else {
+            "run": failure[0],
+            "finished_at": failure[1],
+            "code": failure[2].get("code") if isinstance(failure[2], dict) else None,
+        },
+    }
+
+
+def run_stats(
+    *,
+    agent: Agent | None,
+    task_id: uuid.UUID | str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+) -> dict[str, Any]:
+    """Statistics of the runs an agent may see (every run when `agent` is None: the operator's
+    admin, or a caller that checked the task is visible), by task and creation time as GET /runs
+    filters them. See run_stats_of for what is counted and how."""
+    runs = Run.objects.all() if agent is None else run_visible_to(agent)
+    if task_id is not None:
+        runs = runs.filter(task_id=task_id)
+    if since is not None:
+        runs = runs.filter(created_at__gte=since)
+    if until is not None:
+        runs = runs.filter(created_at__lt=until)
+    return run_stats_of(runs)

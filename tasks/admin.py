@@ -25,6 +25,7 @@ from django_celery_beat.models import ClockedSchedule, CrontabSchedule, Interval
 from ordinaut_site.audit import Actor
 from ordinaut_site.errors import OrdinautError, ValidationFailed
 from pipelines.spec import payload_validate
+from runs.selectors import run_stats
 
 from . import selectors, services
 from .models import Event, RRuleSchedule, Task
@@ -93,6 +94,7 @@ class TaskAdmin(admin.ModelAdmin):
         "status",
         "schedule_text",
         "upcoming",
+        "stats",
         "next_run_at",
         "last_run_at",
         "snoozed_until",
@@ -126,6 +128,36 @@ class TaskAdmin(admin.ModelAdmin):
                 ((row["at"], row["utc"], " skipped: snoozed" if row.get("skipped") else "") for row in rows),
             ),
         )
+
+    @admin.display(description="run statistics")
+    def stats(self, task: Task) -> str:
+        if task._state.adding:
+            return "-"
+        stats = run_stats(agent=None, task_id=task.pk)
+        if not stats["total"]:
+            return "no runs yet"
+        rate = stats["success_rate"]
+        failure = stats["last_failure"]
+        lines = [
+            ("runs", f"{stats['total']}: " + ", ".join(f"{n} {s}" for s, n in stats["by_status"].items() if n)),
+            ("triggers", ", ".join(f"{n} {t}" for t, n in stats["by_trigger"].items() if n)),
+            ("success rate", "-" if rate is None else f"{rate:.1%}"),
+            ("duration p50 / p95", _percentiles(stats["duration_seconds"])),
+            ("lateness p50 / p95", _percentiles(stats["lateness_seconds"])),
+            (
+                "last failure",
+                "-"
+                if failure is None
+                else format_html(
+                    '<a href="{}">{}</a> at {} ({})',
+                    reverse("admin:runs_run_change", args=[failure["run"]]),
+                    failure["run"],
+                    failure["finished_at"] or "-",
+                    failure["code"] or "no code",
+                ),
+            ),
+        ]
+        return format_html("<ul>{}</ul>", format_html_join("", "<li>{}: {}</li>", lines))
 
     def save_model(self, request: HttpRequest, obj: Task, form: Any, change: bool) -> None:
         actor = Actor.of_user(request.user)
@@ -175,6 +207,10 @@ class TaskAdmin(admin.ModelAdmin):
                 services.task_snooze(task=task, actor=actor, delay_seconds=ADMIN_SNOOZE_S, reason="admin").snoozed_until
             ),
         )
+
+
+def _percentiles(values: dict[str, float | None]) -> str:
+    return " / ".join("-" if value is None else f"{value:.3f} s" for value in values.values())
 
 
 @admin.register(Event)

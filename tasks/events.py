@@ -28,7 +28,7 @@ from typing import Any
 import redis
 from django.conf import settings
 from django.db import DatabaseError, IntegrityError, transaction
-from django.db.models import QuerySet
+from django.db.models import Count, Max, QuerySet
 from django.utils import timezone
 
 from ordinaut_site.audit import Actor, audit_record
@@ -326,3 +326,15 @@ def event_list(
     if until is not None:
         events = events.filter(published_at__lt=until)
     return events.order_by("-published_at", "-id")
+
+
+def event_topics(*, agent: Agent) -> QuerySet[Any, Any]:
+    """The topics an agent has published (every agent's for an admin), each with how many events
+    and when the last was published, most recent first: one GROUP BY over its events."""
+    return (
+        event_visible_to(agent)
+        .order_by()
+        .values("topic")
+        .annotate(count=Count("id"), last_published_at=Max("published_at"))
+        .order_by("-last_published_at", "topic")
+    )

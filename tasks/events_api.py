@@ -6,6 +6,7 @@ from typing import Any
 
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status, viewsets
+from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
 
@@ -98,6 +99,12 @@ class EventListQuerySerializer(serializers.Serializer):
         return attrs
 
 
+class TopicSerializer(serializers.Serializer):
+    topic = serializers.CharField()
+    count = serializers.IntegerField(help_text="Events published on it.")
+    last_published_at = serializers.DateTimeField(help_text="When the last of them was published.")
+
+
 def accepted_body(event: Event) -> dict[str, Any]:
     fields = {"id": event.pk, "topic": event.topic, "stream_id": event.stream_id or None}
     return dict(EventAcceptedSerializer({**fields, "published_at": event.published_at}).data)
@@ -107,7 +114,12 @@ class EventViewSet(viewsets.GenericViewSet):
     lookup_value_regex = UUID_LOOKUP
     serializer_class = EventSerializer
     # Listing needs events:publish too (an agent reads back what it published); admin holds every scope.
-    scope_map = {"create": SCOPE_EVENTS_PUBLISH, "list": SCOPE_EVENTS_PUBLISH, "retrieve": SCOPE_EVENTS_PUBLISH}
+    scope_map = {
+        "create": SCOPE_EVENTS_PUBLISH,
+        "list": SCOPE_EVENTS_PUBLISH,
+        "retrieve": SCOPE_EVENTS_PUBLISH,
+        "topics": SCOPE_EVENTS_PUBLISH,
+    }
 
     def get_queryset(self) -> Any:
         return events.event_visible_to(request_agent(self.request))
@@ -147,3 +159,12 @@ class EventViewSet(viewsets.GenericViewSet):
     @extend_schema(summary="One event, with its stream id and when it was consumed", responses=EventSerializer)
     def retrieve(self, request: Request, pk: str) -> Response:
         return Response(EventSerializer(events.event_get(agent=request_agent(request), event_id=pk)).data)
+
+    @extend_schema(
+        summary="Topics published (an agent's own; every agent's for admins), most recent first, with counts",
+        responses=TopicSerializer(many=True),
+    )
+    @action(detail=False, methods=["get"])
+    def topics(self, request: Request) -> Response:
+        page = self.paginate_queryset(events.event_topics(agent=request_agent(request)))
+        return self.get_paginated_response(TopicSerializer(page, many=True).data)

@@ -38,7 +38,8 @@ from ordinaut_site.mcp_server import (
     with_parameters,
 )
 from ordinaut_site.models import Agent
-from runs.api import RunSerializer
+from runs.api import RunSerializer, RunStatsSerializer
+from runs.selectors import run_stats
 
 from . import events as task_events
 from . import selectors as task_selectors
@@ -54,7 +55,7 @@ from .api import (
     TaskSerializer,
     TaskViewSet,
 )
-from .events_api import EventPublishSerializer, EventViewSet
+from .events_api import EventPublishSerializer, EventViewSet, TopicSerializer
 from .events_api import accepted_body as event_accepted  # the 202 body of POST /events
 from .models import Task
 from .schedules import PREVIEW_MAX, describe
@@ -324,3 +325,27 @@ async def publish_event(
         idempotency_key=idempotency_key,
         arguments={"topic": topic, "payload": payload, "source": source},
     )
+
+
+@mcp.tool(annotations=READ_ONLY)
+async def task_stats(task_id: TaskId) -> dict[str, Any]:
+    """A task's run statistics, like GET /tasks/{id}/stats (scope tasks:read): counts by status and
+    trigger, success_rate, p50/p95 of duration_seconds and lateness_seconds, last_failure."""
+
+    def work(agent: Agent) -> Any:
+        task = task_selectors.task_get(agent=agent, task_id=task_id)
+        return RunStatsSerializer(run_stats(agent=None, task_id=task.pk)).data
+
+    return await call("task_stats", view_scope(TaskViewSet, "stats"), work)
+
+
+@mcp.tool(annotations=READ_ONLY)
+async def list_topics(limit: Limit = DEFAULT_PAGE, offset: Offset = 0) -> dict[str, Any]:
+    """The event topics the calling agent has published (every agent's for admins), most recent first,
+    like GET /events/topics (scope events:publish). Returns {count, next_offset, results: [{topic,
+    count, last_published_at}, ...]}."""
+
+    def work(agent: Agent) -> Any:
+        return page(task_events.event_topics(agent=agent), limit, offset, TopicSerializer)
+
+    return await call("list_topics", view_scope(EventViewSet, "topics"), work)

@@ -54,6 +54,9 @@ TOOLS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "list_approvals": ("GET", "/approvals", {}),
     "publish_event": ("POST", "/events", {"topic": "mail.received", "payload": {}}),
     "list_tools": ("GET", "/tools", {}),
+    "task_stats": ("GET", "/tasks/{id}/stats", {"task_id": SOME_ID}),
+    "run_stats": ("GET", "/runs/stats", {}),
+    "list_topics": ("GET", "/events/topics", {}),
 }
 REST_SCOPES = {(endpoint.method, endpoint.path): endpoint.scope for endpoint in MATRIX}
 

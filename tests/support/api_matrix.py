@@ -100,6 +100,7 @@ MATRIX = [
         "POST", "/tasks/{id}/snooze", SCOPE_TASKS_WRITE, 200, target="task", body={"delay_seconds": 60}, writes=True
     ),
     Endpoint("GET", "/tasks/{id}/next_runs", SCOPE_TASKS_READ, 200, target="task"),
+    Endpoint("GET", "/tasks/{id}/stats", SCOPE_TASKS_READ, 200, target="task"),
     Endpoint(
         "POST",
         "/schedules/preview",
@@ -110,6 +111,7 @@ MATRIX = [
     Endpoint("POST", "/pipelines/validate", SCOPE_TASKS_READ, 200, body={"payload": echo_pipeline(1)}),
     # Runs and approvals.
     Endpoint("GET", "/runs", SCOPE_RUNS_READ, 200),
+    Endpoint("GET", "/runs/stats", SCOPE_RUNS_READ, 200),
     Endpoint("GET", "/runs/{id}", SCOPE_RUNS_READ, 200, target="failed_run"),
     Endpoint("POST", "/runs/{id}/cancel", SCOPE_RUNS_WRITE, 200, target="waiting_run", writes=True),
     Endpoint(
@@ -137,6 +139,7 @@ MATRIX = [
         writes=True,
     ),
     Endpoint("GET", "/events", SCOPE_EVENTS_PUBLISH, 200),
+    Endpoint("GET", "/events/topics", SCOPE_EVENTS_PUBLISH, 200),
     Endpoint("GET", "/events/{id}", SCOPE_EVENTS_PUBLISH, 200, target="event"),
 ]
 OWNED = [endpoint for endpoint in MATRIX if endpoint.owned]
