@@ -164,12 +164,6 @@ class StepCanceled(StepError):
     code = "canceled"
 
 
-class ApprovalDeclined(StepError):
-    """An approval step was rejected or expired; the step's on_error decides whether the run goes on."""
-
-    code = "approval_rejected"
-
-
 class BudgetExceeded(StepError):
     """The task owner's daily tool-call or cost budget is spent: permanent until the next UTC day."""
 

@@ -102,7 +102,10 @@ def _wait_target(payload: dict[str, Any]) -> datetime:
     "request_approval",
     description=(
         "Puts the run in waiting_approval until a human approves (optionally a subset of `data`) or "
-        "rejects it, or timeout_seconds pass. Output: {status, approved_items, decided_by, comment}."
+        "rejects it, or timeout_seconds pass. The decision is the output, not an error: {status: "
+        "approved|rejected|expired, approved_items, comment, decided_by, decided_at}. After a rejection "
+        "or expiry the step's on_reject decides: continue (the default when a later step's `if` tests "
+        "the decision) or stop (the default otherwise: the rest is skipped, the run succeeds)."
     ),
     input_schema={
         "type": "object",
@@ -121,8 +124,9 @@ def _wait_target(payload: dict[str, Any]) -> datetime:
             "approved_items": {"type": "array"},
             "decided_by": {"type": ["object", "null"]},
             "comment": {"type": "string"},
+            "decided_at": {"type": "string"},
         },
-        "required": ["status", "approved_items", "decided_by", "comment"],
+        "required": ["status", "approved_items", "decided_by", "comment", "decided_at"],
     },
 )
 def request_approval(payload: dict[str, Any], call: ToolCall) -> Any:

@@ -11,7 +11,7 @@ from django.utils import timezone
 
 from ordinaut_site.errors import TemplateFailed
 
-from .spec import payload_errors, step_id_of
+from .spec import approval_warnings, payload_errors, step_id_of
 from .templates import Rendering, condition_evaluate, render
 from .tools import schema_errors, tool_find
 
@@ -54,6 +54,7 @@ def pipeline_dry_run(
         if not isinstance(step, dict):
             continue
         steps.append(_dry_run_step(index, step, context, fakes, errors, warnings))
+    warnings.extend(approval_warnings(pipeline[: settings.ORDINAUT_MAX_STEPS]))
     return {"valid": not errors, "errors": errors, "warnings": warnings, "steps": steps}
 
 

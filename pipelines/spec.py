@@ -13,10 +13,15 @@ from ordinaut_site.errors import ValidationFailed
 
 from .templates import EXPR_MAX_LEN, condition_error, template_errors
 
-STEP_KEYS = frozenset({"id", "uses", "with", "save_as", "if", "timeout_seconds", "retry", "on_error", "description"})
+STEP_KEYS = frozenset(
+    {"id", "uses", "with", "save_as", "if", "timeout_seconds", "retry", "on_error", "on_reject", "description"}
+)
 RETRY_KEYS = frozenset({"max_attempts", "backoff_seconds", "backoff_max_seconds"})
 PAYLOAD_KEYS = frozenset({"params", "pipeline"})
 ON_ERROR = ("fail", "continue")
+APPROVAL_TOOL = "orchestrator.request_approval"
+# What a run does after its approval step is rejected or expires (the step's `on_reject`).
+ON_REJECT = ("stop", "continue")
 STEP_ID_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]{0,99}$")
 USES_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]*\.[A-Za-z0-9_][A-Za-z0-9_.\-/]*$")
 MAX_USES_LEN = 200
@@ -138,6 +143,11 @@ def payload_errors(payload: Any) -> dict[str, list[str]]:
         on_error = step.get("on_error", "fail")
         if on_error not in ON_ERROR:
             add_step("on_error", "must be 'fail' or 'continue'")
+        if "on_reject" in step:
+            if uses != APPROVAL_TOOL:
+                add_step("on_reject", f"applies only to a step that uses {APPROVAL_TOOL}")
+            elif step["on_reject"] not in ON_REJECT:
+                add_step("on_reject", "must be 'stop' or 'continue'")
         retry = step.get("retry")
         if retry is not None:
             _retry_errors(retry, f"{path}.retry", lambda where, message, label=label: add(where, f"{label}: {message}"))
@@ -199,6 +209,7 @@ class Step:
     on_error: str
     timeout_seconds: float | None
     retry: dict[str, Any]
+    on_reject: str | None = None
 
     @classmethod
     def of(cls, pipeline: list[dict[str, Any]], index: int) -> Step:
@@ -212,9 +223,62 @@ class Step:
             on_error=entry.get("on_error") or "fail",
             timeout_seconds=entry.get("timeout_seconds"),
             retry=entry.get("retry") or {},
+            on_reject=entry.get("on_reject"),
         )
 
     @property
     def continues_on_error(self) -> bool:
         """A failed step fails its run unless it says `on_error: continue`."""
         return self.on_error == "continue"
+
+
+def _names_of(entry: dict[str, Any], index: int) -> set[str]:
+    names = {step_id_of(entry, index)}
+    if isinstance(entry.get("save_as"), str):
+        names.add(entry["save_as"])
+    return names
+
+
+def tests_decision(entry: Any, names: set[str]) -> bool:
+    """Whether a step's `if` reads the output of a step known by one of `names` (its id or save_as)."""
+    condition = entry.get("if") if isinstance(entry, dict) else None
+    if not isinstance(condition, str):
+        return False
+    return any(re.search(rf"\bsteps\s*\.\s*{re.escape(name)}\b", condition) for name in names)
+
+
+def after_rejection(pipeline: list[Any], index: int) -> str:
+    """What follows a rejected or expired approval at step `index`: its `on_reject` when it names
+    one; else `continue` when a later step's `if` tests the decision (the pipeline handles it), and
+    `stop` when none does (the rest of the pipeline is skipped and the run ends, not failed)."""
+    entry = pipeline[index]
+    explicit = entry.get("on_reject") if isinstance(entry, dict) else None
+    if explicit in ON_REJECT:
+        return str(explicit)
+    names = _names_of(entry, index)
+    return "continue" if any(tests_decision(later, names) for later in pipeline[index + 1 :]) else "stop"
+
+
+def approval_warnings(pipeline: list[Any]) -> list[dict[str, str]]:
+    """Steps that would run after a rejected approval without saying so: the approval names no
+    `on_reject`, a later step tests the decision (so the run goes on), but this one does not."""
+    warnings: list[dict[str, str]] = []
+    for index, entry in enumerate(pipeline):
+        if not isinstance(entry, dict) or entry.get("uses") != APPROVAL_TOOL or "on_reject" in entry:
+            continue
+        if after_rejection(pipeline, index) != "continue":
+            continue
+        names = _names_of(entry, index)
+        approval_id = step_id_of(entry, index)
+        for later_index in range(index + 1, len(pipeline)):
+            later = pipeline[later_index]
+            if isinstance(later, dict) and not tests_decision(later, names):
+                warnings.append(
+                    {
+                        "field": f"payload.pipeline.{later_index}",
+                        "message": f"step {step_id_of(later, later_index)!r} runs even when the approval "
+                        f"{approval_id!r} is rejected or expires: test ${{steps.{sorted(names)[-1]}.status}} "
+                        f"in its `if`, or set `on_reject` on {approval_id!r}",
+                    }
+                )
+    return warnings

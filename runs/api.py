@@ -34,6 +34,7 @@ class StepRunSerializer(serializers.ModelSerializer):
             "id",
             "uses",
             "status",
+            "skip_reason",
             "attempts",
             "input",
             "output",

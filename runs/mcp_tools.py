@@ -159,8 +159,9 @@ async def approve_run(
 
 @mcp.tool(annotations=WRITES)
 async def reject_run(run_id: RunId, comment: Comment = "") -> dict[str, Any]:
-    """Reject what a run waiting for approval asks (scope runs:write); the approval step fails and
-    its on_error decides whether the run goes on. Returns the run."""
+    """Reject what a run waiting for approval asks (scope runs:write). A decision, not an error:
+    the approval step's output says rejected; later steps' `if` see it, and its on_reject (stop
+    unless a later step tests the decision) decides whether the run goes on. Returns the run."""
 
     def work(agent: Agent) -> Any:
         run = run_selectors.run_get(agent=agent, run_id=run_id)

@@ -114,6 +114,9 @@ class StepRun(models.Model):
     attempt_history = models.JSONField(default=list, blank=True)
     # Set while a step has suspended itself (orchestrator.wait): when to call the tool again.
     resume_at = models.DateTimeField(null=True, blank=True)
+    # Why a skipped step did not run: "condition" (its `if` was false), or "approval_rejected" /
+    # "approval_expired" (an earlier approval was declined and the pipeline stopped there).
+    skip_reason = models.CharField(max_length=24, blank=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     duration_ms = models.PositiveIntegerField(null=True, blank=True)

@@ -12,13 +12,14 @@ from django.db import transaction
 from django.utils import timezone
 
 from ordinaut_site.audit import SYSTEM, Actor, audit_record
-from ordinaut_site.errors import ApprovalDeclined, Conflict, ValidationFailed
+from ordinaut_site.errors import Conflict, ValidationFailed
+from pipelines.spec import after_rejection
 
 from ..models import Approval, Run, StepRun
 from .deadlines import grace
 from .dispatch import dispatch_on_commit
-from .state import After, actor_dict, run_after_step, skip_locked
-from .steps import owned_by_claim, step_fail, step_succeed
+from .state import After, actor_dict, run_after_step, run_succeed, skip_locked
+from .steps import owned_by_claim, step_succeed
 
 MAX_APPROVAL_ITEMS = 1000
 
@@ -54,7 +55,7 @@ def approval_request(
 
 def approval_decide(*, run: Run, approve: bool, actor: Actor, items: list[Any] | None = None, comment: str = "") -> Run:
     """A human decision on the run's pending approval; the rest of the pipeline resumes on a
-    fresh chain (or the run fails: see approval_close)."""
+    fresh chain, or stops after a rejection (see approval_close)."""
     with transaction.atomic():
         # Lock the run row (only it: the task's row belongs to tasks/, and locking it here would
         # queue a decision behind beat's fires): a concurrent cancel, expiry or second decision waits.
@@ -122,15 +123,23 @@ def approval_close(
     *, run: Run, approval: Approval, status: str, items: list[Any], comment: str, actor: Actor | None
 ) -> None:
     """Record the decision on the approval and its step, then move the run on (call with the run
-    row locked). Approved: the pipeline resumes. Rejected or expired: the step fails with the
-    decision as its output, and the step's on_error decides: `fail` (default) fails the run,
-    `continue` resumes it so a later `if` can look at steps.<id>.status."""
+    row locked). A decision is not an error: the step succeeds with the decision as its output,
+    {status: approved|rejected|expired, approved_items, comment, decided_by, decided_at}. Approved:
+    the pipeline resumes. Rejected or expired: the step's `on_reject` decides (see
+    pipelines.spec.after_rejection): `continue` resumes the pipeline, whose later `if`s see the
+    decision; `stop` skips the remaining steps and the run succeeds with the decision as its result."""
     now = timezone.now()
     decided_by = actor_dict(actor) if actor is not None else None
     Approval.objects.filter(pk=approval.pk).update(
         status=status, decided_at=now, decided_by=decided_by, comment=comment, approved_items=items
     )
-    output = {"status": status, "approved_items": items, "decided_by": decided_by, "comment": comment}
+    output = {
+        "status": status,
+        "approved_items": items,
+        "comment": comment,
+        "decided_by": decided_by,
+        "decided_at": now.isoformat(),
+    }
     step = StepRun.objects.get(run=run, index=approval.step_index)
     entry = {
         "attempt": max(step.attempts, 1),
@@ -140,24 +149,19 @@ def approval_close(
         "outcome": status,
         "error": None,
     }
-    history = [*step.attempt_history, entry]
-    approved = status == Approval.Status.APPROVED
-    error = None
-    if approved:
-        step_succeed(step=step, input=step.input, output=output, history=history)
-    else:
-        error = ApprovalDeclined(
-            f"approval {status}" + (f" by {decided_by['name']}" if decided_by and decided_by["name"] else ""),
-            code=f"approval_{status}",
-        ).as_dict()
-        step_fail(step=step, input=step.input, error=error, history=history, output=output)
+    step_succeed(step=step, input=step.input, output=output, history=[*step.attempt_history, entry])
+    if status != Approval.Status.APPROVED and after_rejection(run.pipeline, approval.step_index) == "stop":
+        StepRun.objects.filter(run=run, index__gt=approval.step_index, status=StepRun.Status.PENDING).update(
+            status=StepRun.Status.SKIPPED, skip_reason=f"approval_{status}", finished_at=now
+        )
+        run_succeed(run=run, result=output, from_status=Run.Status.WAITING_APPROVAL)
+        return
     after = run_after_step(
         run=run,
         index=approval.step_index,
         step_id=approval.step_id,
-        failed=not approved,
+        failed=False,
         output=output,
-        error=error,
         from_status=Run.Status.WAITING_APPROVAL,
     )
     if after is After.RUN_ENDED:

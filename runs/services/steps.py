@@ -283,7 +283,13 @@ def step_skip(*, step: StepRun) -> bool:
     """running -> skipped: its `if` was false. No attempt was made; the output is null."""
     return bool(
         owned_by_claim(step).update(
-            status=StepRun.Status.SKIPPED, attempts=0, input=None, output=None, error=None, **_finish_fields(step)
+            status=StepRun.Status.SKIPPED,
+            skip_reason="condition",
+            attempts=0,
+            input=None,
+            output=None,
+            error=None,
+            **_finish_fields(step),
         )
     )
 

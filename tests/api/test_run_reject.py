@@ -1,4 +1,5 @@
-"""POST /runs/{id}/reject: the approval step fails with the decision; on_error decides the run."""
+"""POST /runs/{id}/reject: a rejection is a decision, not an error: the approval step succeeds with it as
+its output, a later `if` sees it, and `on_reject` (stop unless a later step tests it) decides the rest."""
 
 from __future__ import annotations
 
@@ -21,29 +22,64 @@ def waiting(agent: Any) -> Run:
     return run
 
 
-def test_reject_fails_the_run_by_default(agent: Any, waiting: Run) -> None:
+def test_reject_is_a_decision_the_run_goes_on_to_the_step_that_tests_it(agent: Any, waiting: Run) -> None:
     response = agent.client.post(f"/runs/{waiting.pk}/reject", {"comment": "not now"}, format="json")
 
     assert response.status_code == 200, response.json()
     body = response.json()
-    assert body["status"] == "failed"
-    assert body["error"]["code"] == "approval_rejected"
-    assert body["error"]["step_id"] == "ask"
+    assert body["status"] == "running", "the send step's `if` tests the decision: the pipeline goes on"
+    assert body["error"] is None
     ask = StepRun.objects.get(run=waiting, step_id="ask")
-    assert ask.status == "failed"
-    assert (ask.output or {})["status"] == "rejected"
-    assert (ask.output or {})["comment"] == "not now"
+    assert ask.status == "succeeded"
+    assert ask.error is None
+    output = ask.output or {}
+    assert (output["status"], output["approved_items"], output["comment"]) == ("rejected", [], "not now")
+    assert output["decided_by"]["name"] == agent.agent.name
+    assert output["decided_at"]
     assert Approval.objects.get(run=waiting).status == "rejected"
     assert AuditLog.objects.filter(action="approval.reject", subject_id=str(waiting.pk)).exists()
 
 
-def test_reject_with_on_error_continue_resumes_so_the_if_can_react(agent: Any) -> None:
-    run = run_in_process(agent.agent, approval_payload(on_error="continue"))
+def _payload_without_a_test(on_reject: str | None = None) -> dict[str, Any]:
+    return approval_payload(guarded=False, on_reject=on_reject)
+
+
+@pytest.mark.parametrize("on_reject", [None, "stop"])
+def test_with_no_step_testing_the_decision_a_rejection_stops_the_run_not_failed(
+    agent: Any, on_reject: str | None
+) -> None:
+    run = run_in_process(agent.agent, _payload_without_a_test(on_reject))
+
+    body = agent.client.post(f"/runs/{run.pk}/reject", {"comment": "no"}, format="json").json()
+
+    assert body["status"] == "succeeded"
+    assert body["error"] is None
+    assert body["result"]["status"] == "rejected"
+    send = StepRun.objects.get(run=run, step_id="send")
+    assert (send.status, send.skip_reason) == ("skipped", "approval_rejected")
+    detail = agent.client.get(f"/runs/{run.pk}").json()
+    assert [(step["id"], step["status"], step["skip_reason"]) for step in detail["steps"]] == [
+        ("draft", "succeeded", ""),
+        ("ask", "succeeded", ""),
+        ("send", "skipped", "approval_rejected"),
+    ]
+
+
+def test_on_reject_continue_runs_the_rest_even_untested(agent: Any) -> None:
+    run = run_in_process(agent.agent, _payload_without_a_test("continue"))
 
     body = agent.client.post(f"/runs/{run.pk}/reject", format="json").json()
 
     assert body["status"] == "running"
     assert Run.objects.get(pk=run.pk).current_step == 2
+
+
+def test_an_approval_still_runs_the_rest_when_nothing_tests_it(agent: Any) -> None:
+    run = run_in_process(agent.agent, _payload_without_a_test())
+
+    body = agent.client.post(f"/runs/{run.pk}/approve", format="json").json()
+
+    assert body["status"] == "running"
 
 
 def test_reject_takes_no_items(agent: Any, waiting: Run) -> None:

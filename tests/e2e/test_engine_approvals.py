@@ -37,29 +37,31 @@ def test_run_waits_then_resumes_with_the_approved_subset(agent: Any, worker: Any
     assert run.dispatch_count == 2, "the rest ran on a fresh chain"
 
 
-def test_reject_fails_the_run_and_the_send_step_never_runs(agent: Any, worker: Any) -> None:
+def test_reject_skips_the_send_step_that_tests_it_and_the_run_does_not_fail(agent: Any, worker: Any) -> None:
     run_id = start_manual_run(agent.client, approval_payload())
     _wait_for_approval(run_id)
 
     assert agent.client.post(f"/runs/{run_id}/reject", {"comment": "no"}, format="json").status_code == 200
 
-    run = Run.objects.get(pk=run_id)
-    assert (run.status, (run.error or {})["code"]) == ("failed", "approval_rejected")
-    assert StepRun.objects.get(run=run, step_id="send").status == "pending"
+    run = wait_for(lambda: finished(run_id), message="the rest of the pipeline")
+    assert (run.status, run.error) == ("succeeded", None)
+    send = StepRun.objects.get(run=run, step_id="send")
+    assert (send.status, send.skip_reason) == ("skipped", "condition")
 
 
-def test_reject_with_on_error_continue_skips_the_guarded_step(agent: Any, worker: Any) -> None:
-    run_id = start_manual_run(agent.client, approval_payload(on_error="continue"))
+def test_reject_of_a_pipeline_that_does_not_test_it_stops_there(agent: Any, worker: Any) -> None:
+    run_id = start_manual_run(agent.client, approval_payload(guarded=False))
     _wait_for_approval(run_id)
 
     agent.client.post(f"/runs/{run_id}/reject", format="json")
 
     run = wait_for(lambda: finished(run_id), message="the run to finish")
-    assert run.status == "succeeded"
-    assert StepRun.objects.get(run=run, step_id="send").status == "skipped"
+    assert (run.status, (run.result or {})["status"]) == ("succeeded", "rejected")
+    send = StepRun.objects.get(run=run, step_id="send")
+    assert (send.status, send.skip_reason, send.attempts) == ("skipped", "approval_rejected", 0)
 
 
-def test_expired_approval_is_swept_and_fails_the_run(agent: Any, worker: Any) -> None:
+def test_expired_approval_is_swept_and_the_if_sees_it(agent: Any, worker: Any) -> None:
     run_id = start_manual_run(agent.client, approval_payload(timeout_seconds=0.5))
     _wait_for_approval(run_id)
     expires_at = Approval.objects.get(run_id=run_id).expires_at
@@ -69,9 +71,10 @@ def test_expired_approval_is_swept_and_fails_the_run(agent: Any, worker: Any) ->
     app.send_task("runs.sweep")
 
     run = wait_for(
-        lambda: Run.objects.filter(pk=run_id).exclude(status="waiting_approval").first(),
-        message="the sweeper to expire the approval",
+        lambda: Run.objects.filter(pk=run_id, status__in=Run.TERMINAL).first(),
+        message="the sweeper to expire the approval and the run to finish",
     )
-    assert run.status == "failed"
-    assert (run.error or {})["code"] == "approval_expired"
+    assert (run.status, run.error) == ("succeeded", None)
     assert Approval.objects.get(run=run).status == "expired"
+    assert (StepRun.objects.get(run=run, step_id="ask").output or {})["status"] == "expired"
+    assert StepRun.objects.get(run=run, step_id="send").skip_reason == "condition"

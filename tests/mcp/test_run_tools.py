@@ -77,12 +77,13 @@ def test_approve_run_refuses_items_it_was_not_asked_about(tools: Any, waiting: R
     assert Approval.objects.get(run=waiting).status == "pending"
 
 
-def test_reject_run_fails_the_approval_step(tools: Any, waiting: Run) -> None:
+def test_reject_run_records_the_decision_as_the_approval_steps_output(tools: Any, waiting: Run) -> None:
     body = tools.ok("reject_run", run_id=str(waiting.pk), comment="not today")
 
     ask = next(step for step in body["steps"] if step["id"] == "ask")
-    assert ask["status"] == "failed"
-    assert body["status"] == "failed"
+    assert ask["status"] == "succeeded"
+    assert (ask["output"]["status"], ask["output"]["comment"]) == ("rejected", "not today")
+    assert body["status"] == "running", "the send step tests the decision: the pipeline goes on"
     assert Approval.objects.get(run=waiting).status == "rejected"
     assert AuditLog.objects.filter(action="approval.reject", subject_id=str(waiting.pk)).exists()
     assert tools.error("reject_run", run_id=str(waiting.pk))["code"] == "conflict"

@@ -40,13 +40,15 @@ def test_approve_action_resumes_the_run_with_all_items(agent: Any, operator: Cli
     assert AuditLog.objects.filter(action="approval.approve", actor_kind="user", actor_name="operator").exists()
 
 
-def test_reject_action_fails_the_run(agent: Any, operator: Client) -> None:
-    run = run_in_process(agent.agent, approval_payload())
+def test_reject_action_records_the_decision_and_stops_an_unguarded_pipeline(agent: Any, operator: Client) -> None:
+    run = run_in_process(agent.agent, approval_payload(guarded=False))
     approval = Approval.objects.get(run=run)
 
     operator.post("/admin/runs/approval/", {"action": "reject", "_selected_action": [str(approval.pk)]})
 
-    assert Run.objects.get(pk=run.pk).status == "failed"
+    assert Run.objects.get(pk=run.pk).status == "succeeded"
+    assert Approval.objects.get(pk=approval.pk).status == "rejected"
+    assert StepRun.objects.get(run=run, step_id="send").skip_reason == "approval_rejected"
 
 
 def test_cancel_action_cancels_active_runs_and_reports_finished_ones(agent: Any, operator: Client) -> None:

@@ -180,25 +180,30 @@ def test_a_parked_wait_is_resumed_after_its_time(
     assert (run.result or {})["waited"] == (pause.output or {})["waited_until"]
 
 
-def test_an_expired_approval_fails_the_run_by_default(agent: Any) -> None:
-    run = run_in_process(agent.agent, approval_payload(timeout_seconds=60))
+def test_an_expired_approval_stops_an_unguarded_pipeline_without_failing_it(agent: Any) -> None:
+    run = run_in_process(agent.agent, approval_payload(timeout_seconds=60, guarded=False))
     assert runs_sweep()["approvals_expired"] == 0
 
     assert runs_sweep(now=timezone.now() + LATER)["approvals_expired"] == 1
 
     run.refresh_from_db()
-    assert run.status == "failed"
-    assert (run.error or {})["code"] == "approval_expired"
+    assert (run.status, run.error) == ("succeeded", None)
     ask = StepRun.objects.get(run=run, step_id="ask")
-    assert (ask.status, (ask.output or {})["status"], (ask.output or {})["decided_by"]) == ("failed", "expired", None)
+    assert (ask.status, (ask.output or {})["status"], (ask.output or {})["decided_by"]) == (
+        "succeeded",
+        "expired",
+        None,
+    )
+    send = StepRun.objects.get(run=run, step_id="send")
+    assert (send.status, send.skip_reason) == ("skipped", "approval_expired")
     assert Approval.objects.get(run=run).status == "expired"
     assert AuditLog.objects.filter(action="approval.expire", subject_id=str(run.pk), actor_kind="system").exists()
 
 
-def test_an_expired_approval_with_on_error_continue_lets_the_if_react(
+def test_an_expired_approval_is_seen_by_the_if_that_tests_it(
     agent: Any, django_capture_on_commit_callbacks: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    run = run_in_process(agent.agent, approval_payload(on_error="continue", timeout_seconds=60))
+    run = run_in_process(agent.agent, approval_payload(timeout_seconds=60))
     monkeypatch.setattr(services.dispatch, "run_dispatch", lambda **kwargs: None)
     with django_capture_on_commit_callbacks(execute=True):
         runs_sweep(now=timezone.now() + LATER)
@@ -208,7 +213,8 @@ def test_an_expired_approval_with_on_error_continue_lets_the_if_react(
 
     run.refresh_from_db()
     steps = {s.step_id: s for s in StepRun.objects.filter(run=run)}
-    assert (run.status, steps["ask"].status, steps["send"].status) == ("succeeded", "failed", "skipped")
+    assert (run.status, steps["ask"].status, steps["send"].status) == ("succeeded", "succeeded", "skipped")
+    assert steps["send"].skip_reason == "condition"
 
 
 def test_terminal_hook_is_called_for_every_terminal_transition(
@@ -228,7 +234,7 @@ def test_terminal_hook_is_called_for_every_terminal_transition(
         failed = run_in_process(agent.agent, {"pipeline": [{"uses": "nowhere.tool"}]})
         canceled = run_create(task=make_task(agent.agent, echo_pipeline(1)), trigger="manual")
         services.run_cancel(run=canceled, actor=SYSTEM)
-        rejected = run_in_process(agent.agent, approval_payload())
+        rejected = run_in_process(agent.agent, approval_payload(guarded=False))
         services.approval_decide(run=rejected, approve=False, actor=SYSTEM)
         empty = run_create(task=make_task(agent.agent, {"pipeline": []}), trigger="manual")
         services.run_finish_empty(run_id=empty.pk)
@@ -237,6 +243,6 @@ def test_terminal_hook_is_called_for_every_terminal_transition(
         (str(ok.pk), "succeeded"),
         (str(failed.pk), "failed"),
         (str(canceled.pk), "canceled"),
-        (str(rejected.pk), "failed"),
+        (str(rejected.pk), "succeeded"),
         (str(empty.pk), "succeeded"),
     ]

@@ -60,31 +60,39 @@ def finished(run_id: Any) -> Any:
 DRAFTS = [{"thread": "t1", "text": "hi"}, {"thread": "t2", "text": "hello"}, {"thread": "t3", "text": "hey"}]
 
 
-def approval_payload(*, on_error: str = "fail", timeout_seconds: float | None = None) -> dict[str, Any]:
-    """draft -> ask a human -> send what was approved (only if approved), like the seed's follow-ups."""
+def approval_payload(
+    *, on_error: str = "fail", timeout_seconds: float | None = None, guarded: bool = True, on_reject: str | None = None
+) -> dict[str, Any]:
+    """draft -> ask a human -> send what was approved (only if approved, unless not `guarded`), like
+    the seed's follow-ups."""
     ask: dict[str, Any] = {
         "message": "Send ${length(steps.draft.messages)} follow-ups?",
         "data": "${steps.draft.messages}",
     }
     if timeout_seconds is not None:
         ask["timeout_seconds"] = timeout_seconds
+    approval: dict[str, Any] = {
+        "id": "ask",
+        "uses": "orchestrator.request_approval",
+        "with": ask,
+        "save_as": "approval",
+        "on_error": on_error,
+    }
+    if on_reject is not None:
+        approval["on_reject"] = on_reject
+    send: dict[str, Any] = {
+        "id": "send",
+        "uses": "orchestrator.echo",
+        "with": {"sent": "${steps.approval.approved_items}", "by": "${steps.approval.decided_by.name}"},
+    }
+    if guarded:
+        send["if"] = "${steps.approval.status == 'approved'}"
     return {
         "params": {"drafts": DRAFTS},
         "pipeline": [
             {"id": "draft", "uses": "orchestrator.echo", "with": {"messages": "${params.drafts}"}},
-            {
-                "id": "ask",
-                "uses": "orchestrator.request_approval",
-                "with": ask,
-                "save_as": "approval",
-                "on_error": on_error,
-            },
-            {
-                "id": "send",
-                "uses": "orchestrator.echo",
-                "with": {"sent": "${steps.approval.approved_items}", "by": "${steps.approval.decided_by.name}"},
-                "if": "${steps.approval.status == 'approved'}",
-            },
+            approval,
+            send,
         ],
     }
 

@@ -290,4 +290,6 @@ def test_by_default_an_event_while_the_previous_run_is_active_is_held_not_droppe
 
     assert first.status == "queued"
     assert (second.status, second.skip_reason) == ("queued", "")
+    assert first.scheduled_for is not None
+    assert second.scheduled_for is not None
     assert second.scheduled_for >= first.scheduled_for
