@@ -10,7 +10,7 @@ from ordinaut_site.health import health_redis
 
 from .event_consumer import HEARTBEAT_TTL_S, consumers_alive
 from .models import Task
-from .scheduler import HEARTBEAT_INTERVAL_S, HEARTBEAT_KEY
+from .scheduler import HEARTBEAT_INTERVAL_S, beat_heartbeat_key
 
 # Beat writes its heartbeat every HEARTBEAT_INTERVAL_S; six missed in a row mean it is not running
 # (or not leading: a standby takes over within the leader lock's TTL, a few seconds).
@@ -34,7 +34,7 @@ def beat_heartbeat_age_s(*, now: float | None = None) -> float | None:
     """Seconds since the leading beat's last heartbeat; None when there is none."""
     client = health_redis()
     try:
-        raw: Any = client.get(HEARTBEAT_KEY)
+        raw: Any = client.get(beat_heartbeat_key())
     finally:
         client.close()
     if raw is None:

@@ -20,7 +20,7 @@ What it changes against the stock scheduler, and why:
 - Each entry is isolated: a row that raises while it is built or evaluated is logged and its task
   parked (Task.schedule_error, shown by the API, the admin and /health); every other entry keeps
   firing. The task is unparked when its row changes and can be evaluated again.
-- A heartbeat in Redis every few seconds (HEARTBEAT_KEY), which /health reports as beat's age.
+- A heartbeat in Redis every few seconds (beat_heartbeat_key()), which /health reports as beat's age.
 Rows that are not Ordinaut tasks (CELERY_BEAT_SCHEDULE entries, operators' own periodic tasks)
 keep django-celery-beat's semantics.
 """
@@ -38,6 +38,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import redis
+from celery import current_app
 from django.conf import settings
 from django.db import DatabaseError, InterfaceError, close_old_connections, connection, transaction
 from django.db.models import CharField
@@ -55,8 +56,21 @@ from .services import catchup_window_s
 
 logger = logging.getLogger(__name__)
 
-LEADER_KEY = "ordinaut:beat:leader"
-HEARTBEAT_KEY = "ordinaut:beat:last_tick"
+
+def _namespace() -> str:
+    """Beat's Redis keys are prefixed by the default queue's name, so two Ordinauts (or two test
+    suites) on one Redis database never share a leader lock; "ordinaut" by default."""
+    return str(current_app.conf.task_default_queue or "ordinaut")
+
+
+def leader_key() -> str:
+    return f"{_namespace()}:beat:leader"
+
+
+def beat_heartbeat_key() -> str:
+    return f"{_namespace()}:beat:last_tick"
+
+
 # The leader writes its heartbeat this often (a Redis round trip each time; every tick would be
 # up to one a second for nobody's benefit), and the key outlives a dead beat by HEARTBEAT_EXPIRE_S.
 # /health calls beat silent once the heartbeat is older than BEAT_SILENT_S (tasks/health.py).
@@ -210,7 +224,7 @@ class OrdinautScheduler(DatabaseScheduler):
     def close(self) -> None:
         try:
             if self._leader:
-                self._redis.eval(_RELEASE, 1, LEADER_KEY, self._token)  # a standby takes over at once
+                self._redis.eval(_RELEASE, 1, leader_key(), self._token)  # a standby takes over at once
         except redis.RedisError:
             pass
         finally:
@@ -227,13 +241,13 @@ class OrdinautScheduler(DatabaseScheduler):
         ttl_ms = int(self._lock_ttl_s * 1000)
         try:
             if self._leader:
-                if self._redis.eval(_RENEW, 1, LEADER_KEY, self._token, ttl_ms):
+                if self._redis.eval(_RENEW, 1, leader_key(), self._token, ttl_ms):
                     self._last_renew = now
                     return True
                 logger.warning("beat lost the leader lock; standing by")
                 self._become_standby()
                 return False
-            if self._redis.set(LEADER_KEY, self._token, nx=True, px=ttl_ms):
+            if self._redis.set(leader_key(), self._token, nx=True, px=ttl_ms):
                 logger.info("beat acquired the leader lock (ttl %.1fs)", self._lock_ttl_s)
                 self._leader, self._last_renew, self._loaded = True, now, False
                 return True
@@ -433,7 +447,7 @@ class OrdinautScheduler(DatabaseScheduler):
         if monotonic - self._last_heartbeat >= HEARTBEAT_INTERVAL_S:
             self._last_heartbeat = monotonic
             with contextlib.suppress(redis.RedisError):
-                self._redis.set(HEARTBEAT_KEY, f"{time.time():.3f}", ex=HEARTBEAT_EXPIRE_S)
+                self._redis.set(beat_heartbeat_key(), f"{time.time():.3f}", ex=HEARTBEAT_EXPIRE_S)
 
     def _collect(self, now_ts: float) -> Batch:
         batch = Batch()

@@ -16,7 +16,7 @@ from ordinaut_site import health
 from tasks.event_consumer import heartbeat_key
 from tasks.health import BEAT_SILENT_S
 from tasks.models import Task
-from tasks.scheduler import HEARTBEAT_KEY
+from tasks.scheduler import beat_heartbeat_key
 
 pytestmark = pytest.mark.django_db
 
@@ -28,7 +28,7 @@ def consumer_alive(redis_client: redis.Redis, settings: Any) -> Iterator[None]:
     redis_client.zadd(key, {"health-test": time.time()})
     yield
     redis_client.zrem(key, "health-test")
-    redis_client.delete(HEARTBEAT_KEY)
+    redis_client.delete(beat_heartbeat_key())
 
 
 def _beat(client: Client | None = None) -> tuple[str, dict[str, Any]]:
@@ -37,7 +37,7 @@ def _beat(client: Client | None = None) -> tuple[str, dict[str, Any]]:
 
 
 def test_a_fresh_beat_heartbeat_is_healthy_and_its_age_reported(redis_client: redis.Redis) -> None:
-    redis_client.set(HEARTBEAT_KEY, f"{time.time() - 2:.3f}")
+    redis_client.set(beat_heartbeat_key(), f"{time.time() - 2:.3f}")
     status, beat = _beat()
     assert status == "healthy"
     assert beat["ok"] is True
@@ -46,21 +46,21 @@ def test_a_fresh_beat_heartbeat_is_healthy_and_its_age_reported(redis_client: re
 
 
 def test_no_heartbeat_or_an_old_one_degrades(redis_client: redis.Redis) -> None:
-    redis_client.delete(HEARTBEAT_KEY)
+    redis_client.delete(beat_heartbeat_key())
     response = Client().get("/health")
     assert response.status_code == 200, "a silent beat degrades /health, it does not fail it"
     status, beat = _beat()
     assert (status, beat["ok"], beat["heartbeat_age_s"]) == ("degraded", False, None)
     assert "no beat heartbeat" in beat["error"]
 
-    redis_client.set(HEARTBEAT_KEY, f"{time.time() - BEAT_SILENT_S - 5:.3f}")
+    redis_client.set(beat_heartbeat_key(), f"{time.time() - BEAT_SILENT_S - 5:.3f}")
     status, beat = _beat()
     assert (status, beat["ok"]) == ("degraded", False)
     assert beat["heartbeat_age_s"] > BEAT_SILENT_S
 
 
 def test_parked_tasks_are_counted_and_listed(redis_client: redis.Redis, make_task: Any) -> None:
-    redis_client.set(HEARTBEAT_KEY, f"{time.time():.3f}")
+    redis_client.set(beat_heartbeat_key(), f"{time.time():.3f}")
     parked, deleted, fine = make_task(), make_task(), make_task()
     now = timezone.now()
     Task.objects.filter(pk__in=[parked.pk, deleted.pk]).update(schedule_error="ValueError: x", schedule_parked_at=now)
@@ -73,7 +73,7 @@ def test_parked_tasks_are_counted_and_listed(redis_client: redis.Redis, make_tas
 
 
 def test_a_registered_check_that_raises_is_reported_not_a_500(redis_client: redis.Redis) -> None:
-    redis_client.set(HEARTBEAT_KEY, f"{time.time():.3f}")  # beat is fine: only the broken check degrades
+    redis_client.set(beat_heartbeat_key(), f"{time.time():.3f}")  # beat is fine: only the broken check degrades
 
     def broken() -> dict[str, Any]:
         raise RuntimeError("check is broken")

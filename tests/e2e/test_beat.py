@@ -20,7 +20,7 @@ from ordinaut_site.audit import Actor
 from runs.models import Run
 from tasks import services
 from tasks.models import Task
-from tasks.scheduler import LEADER_KEY, LEADER_RETRY_S
+from tasks.scheduler import LEADER_RETRY_S, leader_key
 from tests.support.processes import Beat, wait_for
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.e2e]
@@ -35,7 +35,7 @@ SENT = "beat sent"  # the scheduler's log line for each batch of occurrences it 
 @pytest.fixture
 def beats(worker_logs: Path, redis_client: Any, worker: Any) -> Iterator[Any]:
     started: list[Beat] = []
-    redis_client.delete(LEADER_KEY)
+    redis_client.delete(leader_key())
 
     def start(name: str = "a", **env: str) -> Beat:
         beat = Beat(worker_logs, name, env={"ORDINAUT_BEAT_LOCK_TTL_S": str(LOCK_TTL_S), **env}).start()
@@ -45,7 +45,7 @@ def beats(worker_logs: Path, redis_client: Any, worker: Any) -> Iterator[Any]:
     yield start
     for beat in started:
         beat.stop()
-    redis_client.delete(LEADER_KEY)
+    redis_client.delete(leader_key())
     worker.wait_idle()  # the jobs the beats sent finish before the teardown empties the database
 
 
@@ -143,13 +143,13 @@ def test_two_beats_still_one_run_per_occurrence_and_failover_within_a_ttl(
     assert not standby.is_leader()
     assert SENT in leader.log_text()
     assert SENT not in standby.log_text(), "the standby dispatched nothing while the leader was alive"
-    token = redis_client.get(LEADER_KEY)
+    token = redis_client.get(leader_key())
 
     leader.stop(signal.SIGKILL)  # no chance to release the lock
     killed_at = time.monotonic()
-    lock_left_s = max(redis_client.pttl(LEADER_KEY), 0) / 1000  # the dead leader's last renewal runs out
+    lock_left_s = max(redis_client.pttl(leader_key()), 0) / 1000  # the dead leader's last renewal runs out
     wait_for(
-        lambda: redis_client.get(LEADER_KEY) not in (None, token),
+        lambda: redis_client.get(leader_key()) not in (None, token),
         timeout=LOCK_TTL_S * 4,
         message="the standby to take the lock",
     )

@@ -16,7 +16,7 @@ from django_celery_beat.models import PeriodicTask
 from runs.models import Run
 from tasks.health import BEAT_SILENT_S
 from tasks.models import Task
-from tasks.scheduler import HEARTBEAT_KEY, LEADER_KEY
+from tasks.scheduler import beat_heartbeat_key, leader_key
 from tests.support.processes import Beat, wait_for
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.e2e]
@@ -28,7 +28,7 @@ RUNS_EACH = 2
 @pytest.fixture
 def beat(worker_logs: Path, redis_client: Any, worker: Any) -> Iterator[Any]:
     started: list[Beat] = []
-    redis_client.delete(LEADER_KEY, HEARTBEAT_KEY)
+    redis_client.delete(leader_key(), beat_heartbeat_key())
 
     def start() -> Beat:
         process = Beat(worker_logs, "isolation", env={"ORDINAUT_BEAT_LOCK_TTL_S": "3"}).start()
@@ -38,7 +38,7 @@ def beat(worker_logs: Path, redis_client: Any, worker: Any) -> Iterator[Any]:
     yield start
     for process in started:
         process.stop()
-    redis_client.delete(LEADER_KEY, HEARTBEAT_KEY)
+    redis_client.delete(leader_key(), beat_heartbeat_key())
     worker.wait_idle()  # the jobs beat sent finish before the teardown empties the database
 
 

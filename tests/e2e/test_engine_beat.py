@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from runs.models import Approval, Run, StepRun
-from tasks.scheduler import LEADER_KEY
+from tasks.scheduler import leader_key
 from tests.support.pipelines import approval_payload, finished, start_manual_run
 from tests.support.processes import Beat, Worker, wait_for
 
@@ -21,7 +21,7 @@ SWEEP_EVERY_S = "1"
 @pytest.fixture
 def beat(worker_logs: Path, redis_client: Any) -> Iterator[Callable[[], Beat]]:
     started: list[Beat] = []
-    redis_client.delete(LEADER_KEY)
+    redis_client.delete(leader_key())
 
     def start() -> Beat:
         proc = Beat(worker_logs, "sweeper", env={"ORDINAUT_SWEEP_INTERVAL_S": SWEEP_EVERY_S}).start()
@@ -31,7 +31,7 @@ def beat(worker_logs: Path, redis_client: Any) -> Iterator[Callable[[], Beat]]:
     yield start
     for proc in started:
         proc.stop()
-    redis_client.delete(LEADER_KEY)
+    redis_client.delete(leader_key())
 
 
 def test_beat_runs_the_sweeper_that_expires_an_approval(agent: Any, worker: Worker, beat: Any) -> None:

@@ -20,7 +20,7 @@ from runs.models import Run
 from tasks import event_consumer
 from tasks.event_consumer import consumers_alive
 from tasks.models import Event
-from tasks.scheduler import HEARTBEAT_KEY as BEAT_HEARTBEAT_KEY
+from tasks.scheduler import beat_heartbeat_key
 from tests.support.events import clean_stream, make_consumer, pending_count, publish
 
 pytestmark = pytest.mark.django_db
@@ -214,7 +214,7 @@ def test_unconsumed_events_whose_entries_are_gone_are_added_again(
 
 
 def test_the_heartbeat_says_a_consumer_is_alive_and_health_reports_it(redis_client: redis.Redis) -> None:
-    redis_client.set(BEAT_HEARTBEAT_KEY, f"{time.time():.3f}")  # beat is fine; only the consumer is judged
+    redis_client.set(beat_heartbeat_key(), f"{time.time():.3f}")  # beat is fine; only the consumer is judged
     consumer = make_consumer(name="beating")
     consumer.step()
 

@@ -23,7 +23,7 @@ from ordinaut_site.celery import app
 from runs.models import Run
 from tasks import selectors, services
 from tasks.models import Task
-from tasks.scheduler import LEADER_KEY, OrdinautScheduler, ParkedEntry, TaskEntry
+from tasks.scheduler import OrdinautScheduler, ParkedEntry, TaskEntry, leader_key
 from tests.support.dst import KINDS, TIMES, ZONES, daily, expected_local, window_start
 from tests.support.processes import wait_for
 
@@ -54,7 +54,7 @@ def clock() -> Clock:
 @pytest.fixture
 def make_scheduler(redis_client: Any, clock: Clock) -> Iterator[Any]:
     made: list[OrdinautScheduler] = []
-    redis_client.delete(LEADER_KEY)
+    redis_client.delete(leader_key())
 
     def make() -> OrdinautScheduler:
         scheduler = OrdinautScheduler(app=app)
@@ -65,7 +65,7 @@ def make_scheduler(redis_client: Any, clock: Clock) -> Iterator[Any]:
     yield make
     for scheduler in made:
         scheduler.close()
-    redis_client.delete(LEADER_KEY)
+    redis_client.delete(leader_key())
 
 
 def drive(scheduler: OrdinautScheduler, clock: Clock, until: datetime, step: timedelta = timedelta(minutes=1)) -> None:
