@@ -147,6 +147,25 @@ class Router(routers.SimpleRouter):
         self.trailing_slash = "/?"
 
 
+class QueryParamsSerializer(serializers.Serializer):
+    """The query parameters of a GET endpoint: one it does not know is a 400 naming it, never
+    silently ignored (`/runs?task_idd=...` must not list every run). Pagination's `limit` and
+    `offset`, and DRF's `format`, are known everywhere."""
+
+    ALWAYS_KNOWN = frozenset({"limit", "offset", "format"})
+
+    def to_internal_value(self, data: Any) -> Any:
+        if hasattr(data, "keys"):
+            known = set(self.fields) | self.ALWAYS_KNOWN
+            unknown = sorted(set(data.keys()) - known)
+            if unknown:
+                listed = ", ".join(sorted(known - {"format"}))
+                raise serializers.ValidationError(
+                    {name[:100]: [f"unknown query parameter; known: {listed}"] for name in unknown[:20]}
+                )
+        return super().to_internal_value(data)
+
+
 _WHOLE_NUMBER = re.compile(r"^[0-9]{1,9}$")
 MAX_OFFSET = 999_999_999
 

@@ -15,6 +15,26 @@ from .errors import PayloadTooLarge, ValidationFailed
 READ_CHUNK_BYTES = 64 * 1024
 
 
+# Characters that make a name read differently from what it is: bidirectional overrides and
+# isolates (U+202A-U+202E, U+2066-U+2069, the marks U+200E, U+200F, U+061C), and invisible ones
+# (zero-width space and non-joiner, word joiner, BOM). The zero-width joiner (U+200D) stays:
+# emoji sequences need it.
+_DISGUISING = frozenset(
+    "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u200e\u200f\u061c\u200b\u200c\u2060\ufeff"
+)
+
+
+def display_name_problem(value: str) -> str | None:
+    """Why a name shown to people (a task title, an agent name) is refused, or None: control
+    characters, or characters that reorder or hide text."""
+    for position, char in enumerate(value):
+        if char in _DISGUISING:
+            return f"holds U+{ord(char):04X} at position {position}, which reorders or hides text"
+        if ord(char) < 0x20 or 0x7F <= ord(char) < 0xA0:
+            return f"holds the control character U+{ord(char):04X} at position {position}"
+    return None
+
+
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 

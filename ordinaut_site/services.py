@@ -14,6 +14,7 @@ from django.utils import timezone
 from .audit import Actor, audit_record
 from .errors import Conflict, PermissionDenied, ValidationFailed
 from .models import ALL_SCOPES, SCOPE_ADMIN, Agent, AgentToken, AuditLog
+from .parsers import display_name_problem
 from .signals import agent_deactivated, agent_reactivated
 
 TOKEN_PREFIX = "ord_"  # noqa: S105 - the public marker of Ordinaut tokens, not a secret
@@ -231,6 +232,9 @@ def agent_create(
     name = name.strip()
     if not name:
         raise ValidationFailed.on("name", "must not be empty")
+    problem = display_name_problem(name)
+    if problem:
+        raise ValidationFailed.on("name", problem)
     try:
         with transaction.atomic():
             agent = Agent.objects.create(name=name, scopes=scopes, contact=contact)

@@ -12,7 +12,7 @@ from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from ordinaut_site.api import error_responses
+from ordinaut_site.api import QueryParamsSerializer, error_responses
 from ordinaut_site.audit import Actor
 from ordinaut_site.auth import request_agent
 from ordinaut_site.models import SCOPE_ADMIN, SCOPE_TOOLS_READ, SCOPE_TOOLS_WRITE
@@ -59,7 +59,7 @@ def tool_data(tool: Tool | CatalogTool) -> dict[str, Any]:
     }
 
 
-class ToolListQuerySerializer(serializers.Serializer):
+class ToolListQuerySerializer(QueryParamsSerializer):
     server = serializers.CharField(required=False, max_length=200, help_text="Only this server's tools.")
     search = serializers.CharField(
         required=False, max_length=200, help_text="Case-insensitive text in the name or description."

@@ -12,7 +12,7 @@ from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from ordinaut_site.api import UUID_LOOKUP, error_responses
+from ordinaut_site.api import UUID_LOOKUP, QueryParamsSerializer, error_responses
 from ordinaut_site.audit import Actor
 from ordinaut_site.auth import request_agent
 from ordinaut_site.errors import NotFound
@@ -137,8 +137,19 @@ class CommaChoicesField(serializers.CharField):
         return values
 
 
-class RunListQuerySerializer(serializers.Serializer):
+def _alias(attrs: dict[str, Any], name: str, alias: str) -> dict[str, Any]:
+    """`alias` (the MCP tools' spelling, e.g. task_id) means `name` (task); both, differing, is a 400."""
+    if alias in attrs:
+        value = attrs.pop(alias)
+        if attrs.get(name) not in (None, value):
+            raise serializers.ValidationError({alias: [f"differs from {name}; give one of them"]})
+        attrs[name] = value
+    return attrs
+
+
+class RunListQuerySerializer(QueryParamsSerializer):
     task = serializers.UUIDField(required=False)
+    task_id = serializers.UUIDField(required=False, help_text="The same as task (the MCP tools' spelling).")
     status = CommaChoicesField(choices=list(Run.Status.values), required=False, allow_blank=True, max_length=200)
     trigger = CommaChoicesField(choices=list(Run.Trigger.values), required=False, allow_blank=True, max_length=200)
     since = serializers.DateTimeField(required=False, help_text="Runs created at or after this time.")
@@ -147,12 +158,16 @@ class RunListQuerySerializer(serializers.Serializer):
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         if attrs.get("since") and attrs.get("until") and attrs["since"] >= attrs["until"]:
             raise serializers.ValidationError({"until": ["must be later than since"]})
-        return attrs
+        return _alias(attrs, "task", "task_id")
 
 
-class ApprovalListQuerySerializer(serializers.Serializer):
+class ApprovalListQuerySerializer(QueryParamsSerializer):
     status = CommaChoicesField(choices=list(Approval.Status.values), required=False, allow_blank=True, max_length=200)
     run = serializers.UUIDField(required=False)
+    run_id = serializers.UUIDField(required=False, help_text="The same as run (the MCP tools' spelling).")
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        return _alias(attrs, "run", "run_id")
 
 
 class ReplaySerializer(serializers.Serializer):
@@ -179,15 +194,16 @@ class RejectSerializer(serializers.Serializer):
     comment = serializers.CharField(required=False, allow_blank=True, max_length=MAX_COMMENT_LEN, default="")
 
 
-class RunStatsQuerySerializer(serializers.Serializer):
+class RunStatsQuerySerializer(QueryParamsSerializer):
     task = serializers.UUIDField(required=False, help_text="Only the runs of this task.")
+    task_id = serializers.UUIDField(required=False, help_text="The same as task (the MCP tools' spelling).")
     since = serializers.DateTimeField(required=False, help_text="Runs created at or after this time.")
     until = serializers.DateTimeField(required=False, help_text="Runs created before this time.")
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         if attrs.get("since") and attrs.get("until") and attrs["since"] >= attrs["until"]:
             raise serializers.ValidationError({"until": ["must be later than since"]})
-        return attrs
+        return _alias(attrs, "task", "task_id")
 
 
 def _counts_serializer(name: str, values: list[str], what: str) -> type[serializers.Serializer]:

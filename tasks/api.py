@@ -11,7 +11,7 @@ from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from ordinaut_site.api import UUID_LOOKUP, error_responses
+from ordinaut_site.api import UUID_LOOKUP, QueryParamsSerializer, error_responses
 from ordinaut_site.audit import Actor
 from ordinaut_site.auth import request_agent
 from ordinaut_site.idempotency import idempotent
@@ -181,11 +181,11 @@ class SnoozeSerializer(serializers.Serializer):
         return attrs
 
 
-class NextRunsQuerySerializer(serializers.Serializer):
+class NextRunsQuerySerializer(QueryParamsSerializer):
     count = serializers.IntegerField(required=False, min_value=1, max_value=PREVIEW_MAX, default=5)
 
 
-class TaskListQuerySerializer(serializers.Serializer):
+class TaskListQuerySerializer(QueryParamsSerializer):
     status = serializers.ChoiceField(choices=Task.Status.choices, required=False)
     schedule_kind = serializers.ChoiceField(choices=Task.Kind.choices, required=False)
     search = serializers.CharField(required=False, max_length=200)

@@ -10,7 +10,7 @@ from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from ordinaut_site.api import UUID_LOOKUP
+from ordinaut_site.api import UUID_LOOKUP, QueryParamsSerializer
 from ordinaut_site.audit import Actor
 from ordinaut_site.auth import request_agent
 from ordinaut_site.idempotency import idempotent
@@ -81,7 +81,7 @@ class EventSerializer(serializers.ModelSerializer):
         return data
 
 
-class EventListQuerySerializer(serializers.Serializer):
+class EventListQuerySerializer(QueryParamsSerializer):
     topic = serializers.RegexField(
         events.TOPIC_FILTER_REGEX,
         required=False,

@@ -22,6 +22,7 @@ from django.utils import timezone as dj_timezone
 from ordinaut_site.audit import SYSTEM, Actor, audit_record
 from ordinaut_site.errors import Conflict, ValidationFailed
 from ordinaut_site.models import Agent
+from ordinaut_site.parsers import display_name_problem
 from pipelines.spec import payload_validate
 from pipelines.templates import condition_error, condition_evaluate
 from runs.models import Run
@@ -75,6 +76,9 @@ def _reset_cursor(task: Task, now: datetime) -> None:
 
 
 def _clean(task: Task, now: datetime) -> None:
+    problem = display_name_problem(task.title)
+    if problem:
+        raise ValidationFailed.on("title", problem)
     task.payload = payload_validate(task.payload)
     task.schedule_expr = schedule_validate(kind=task.schedule_kind, expr=task.schedule_expr, tz=task.timezone, now=now)
     if task.condition:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import timedelta
 from typing import Any
 
@@ -11,7 +12,7 @@ from rest_framework.test import APIClient
 
 from runs.models import Run
 from runs.services import run_create
-from tests.support.pipelines import echo_pipeline, make_task
+from tests.support.pipelines import echo_pipeline, make_task, run_in_process
 
 pytestmark = pytest.mark.django_db
 
@@ -108,3 +109,26 @@ def test_anonymous_is_401() -> None:
     response = APIClient().get("/runs")
     assert response.status_code == 401
     assert response.json()["error"]["code"] == "not_authenticated"
+
+
+def test_an_unknown_query_parameter_is_a_400_naming_it(agent: Any) -> None:
+    response = agent.client.get("/runs?task_idd=1")
+
+    assert response.status_code == 400
+    body = response.json()
+    assert body["error"]["code"] == "validation_error"
+    assert list(body["error"]["fields"]) == ["task_idd"]
+    assert (
+        "known: limit, offset, since, status, task, task_id, trigger, until" in body["error"]["fields"]["task_idd"][0]
+    )
+
+
+def test_task_id_is_the_same_filter_as_task(agent: Any) -> None:
+    mine = run_in_process(agent.agent, echo_pipeline(1))
+    run_in_process(agent.agent, echo_pipeline(1))
+
+    by_alias = agent.client.get(f"/runs?task_id={mine.task_id}").json()
+    by_name = agent.client.get(f"/runs?task={mine.task_id}").json()
+
+    assert by_alias["count"] == by_name["count"] == 1
+    assert agent.client.get(f"/runs?task={mine.task_id}&task_id={uuid.uuid4()}").status_code == 400
