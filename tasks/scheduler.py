@@ -539,35 +539,48 @@ class OrdinautScheduler(DatabaseScheduler):
         self._push(entry, self.clock() + float(delay))
 
     def _save_cursors(self, entries: list[TaskEntry]) -> None:
-        """Persist cursors and next_run_at, only where the schedule version is still the one loaded."""
-        if not entries:
-            return
-        rows = [(str(e.task_id), e.cursor, e.next_run_at, e.schedule_version, e.pt_id) for e in entries]
-        with transaction.atomic():
-            if connection.vendor == "postgresql":
-                with connection.cursor() as cursor:
-                    for start in range(0, len(rows), 1000):
-                        chunk = rows[start : start + 1000]
-                        values = ", ".join(
-                            ["(%s::uuid, %s::timestamptz, %s::timestamptz, %s::integer, %s::integer)"] * len(chunk)
-                        )
-                        params = [value for row in chunk for value in row]
-                        cursor.execute(
-                            f"UPDATE tasks_task AS t SET fired_through = v.ft, next_run_at = v.nr "  # noqa: S608
-                            f"FROM (VALUES {values}) AS v(id, ft, nr, ver, pt) "
-                            f"WHERE t.id = v.id AND t.schedule_version = v.ver",
-                            params,
-                        )
-                        # The dcb row's last_run_at, for operators looking at beat rows in the admin.
-                        # A plain UPDATE leaves date_changed alone, so beat does not reload itself.
-                        cursor.execute(
-                            f"UPDATE django_celery_beat_periodictask AS p SET last_run_at = v.ft "  # noqa: S608
-                            f"FROM (VALUES {values}) AS v(id, ft, nr, ver, pt) WHERE p.id = v.pt",
-                            params,
-                        )
-            else:
-                for task_id, fired_through, next_run_at, version, pt_id in rows:
-                    Task.objects.filter(pk=task_id, schedule_version=version).update(
-                        fired_through=fired_through, next_run_at=next_run_at
+        cursors_save(entries)
+
+
+def cursors_save(entries: list[Any]) -> None:
+    """Persist beat's cursors and next_run_at (entries with task_id, cursor, next_run_at,
+    schedule_version, pt_id), only where the schedule version is still the one loaded."""
+    if not entries:
+        return
+    # In task id order, like every other writer of task rows (fire batches lock them ORDER BY id):
+    # two transactions taking the same rows in one global order cannot deadlock.
+    rows = sorted((str(e.task_id), e.cursor, e.next_run_at, e.schedule_version, e.pt_id) for e in entries)
+    with transaction.atomic():
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                # UPDATE ... FROM (VALUES ...) locks rows in the join's order, not the list's:
+                # take the locks first, in id order.
+                cursor.execute(
+                    "SELECT id FROM tasks_task WHERE id = ANY(%s::uuid[]) ORDER BY id FOR UPDATE",
+                    [[row[0] for row in rows]],
+                )
+                for start in range(0, len(rows), 1000):
+                    chunk = rows[start : start + 1000]
+                    values = ", ".join(
+                        ["(%s::uuid, %s::timestamptz, %s::timestamptz, %s::integer, %s::integer)"] * len(chunk)
                     )
-                    PeriodicTask.objects.filter(pk=pt_id).update(last_run_at=fired_through)
+                    params = [value for row in chunk for value in row]
+                    cursor.execute(
+                        f"UPDATE tasks_task AS t SET fired_through = v.ft, next_run_at = v.nr "  # noqa: S608
+                        f"FROM (VALUES {values}) AS v(id, ft, nr, ver, pt) "
+                        f"WHERE t.id = v.id AND t.schedule_version = v.ver",
+                        params,
+                    )
+                    # The dcb row's last_run_at, for operators looking at beat rows in the admin.
+                    # A plain UPDATE leaves date_changed alone, so beat does not reload itself.
+                    cursor.execute(
+                        f"UPDATE django_celery_beat_periodictask AS p SET last_run_at = v.ft "  # noqa: S608
+                        f"FROM (VALUES {values}) AS v(id, ft, nr, ver, pt) WHERE p.id = v.pt",
+                        params,
+                    )
+        else:
+            for task_id, fired_through, next_run_at, version, pt_id in rows:
+                Task.objects.filter(pk=task_id, schedule_version=version).update(
+                    fired_through=fired_through, next_run_at=next_run_at
+                )
+                PeriodicTask.objects.filter(pk=pt_id).update(last_run_at=fired_through)
