@@ -31,6 +31,7 @@ import contextlib
 import heapq
 import itertools
 import logging
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -174,6 +175,36 @@ class Batch:
         return len(self.fires) + sum(len(v) for v in self.missed.values()) + len(self.foreign)
 
 
+class LeaseKeeper(threading.Thread):
+    """Renews the leader lock every third of its lifetime on a thread of its own, so a long tick
+    (a large load, a slow database) cannot starve the renewal and lose a healthy leader its lock.
+    `lost` is set when the lock is gone (another beat holds it) or could not be renewed in time."""
+
+    def __init__(self, client: redis.Redis, token: str, ttl_s: float) -> None:
+        super().__init__(name="beat-leader-lease", daemon=True)
+        self.client, self.token, self.ttl_s = client, token, ttl_s
+        self.lost = threading.Event()
+        self._stop_event = threading.Event()
+        self.last_renewed = time.monotonic()
+
+    def run(self) -> None:
+        ttl_ms = int(self.ttl_s * 1000)
+        while not self._stop_event.wait(self.ttl_s / 3):
+            try:
+                if not self.client.eval(_RENEW, 1, leader_key(), self.token, ttl_ms):
+                    self.lost.set()
+                    return
+                self.last_renewed = time.monotonic()
+            except redis.RedisError as exc:
+                logger.warning("beat cannot renew the leader lock: %s", exc)
+                if time.monotonic() - self.last_renewed >= self.ttl_s:
+                    self.lost.set()
+                    return
+
+    def stop(self) -> None:
+        self._stop_event.set()
+
+
 class OrdinautScheduler(DatabaseScheduler):
     """Selected by CELERY_BEAT_SCHEDULER, so `celery -A ordinaut_site beat` runs it."""
 
@@ -191,6 +222,7 @@ class OrdinautScheduler(DatabaseScheduler):
         self._last_heartbeat = 0.0
         self._leader = False
         self._last_renew = 0.0
+        self._lease: LeaseKeeper | None = None
         self._token = uuid.uuid4().hex
         self._lock_ttl_s = float(settings.ORDINAUT_BEAT_LOCK_TTL_S)
         self._redis = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=5, socket_connect_timeout=5)
@@ -222,6 +254,7 @@ class OrdinautScheduler(DatabaseScheduler):
         self._dirty.clear()
 
     def close(self) -> None:
+        self._lease_stop()
         try:
             if self._leader:
                 self._redis.eval(_RELEASE, 1, leader_key(), self._token)  # a standby takes over at once
@@ -236,6 +269,10 @@ class OrdinautScheduler(DatabaseScheduler):
     def _hold_leadership(self) -> bool:
         now = time.monotonic()
         renew_every = self._lock_ttl_s / 3
+        if self._leader and self._lease is not None and self._lease.lost.is_set():
+            logger.warning("beat lost the leader lock; standing by")
+            self._become_standby()
+            return False
         if self._leader and now - self._last_renew < renew_every:
             return True
         ttl_ms = int(self._lock_ttl_s * 1000)
@@ -250,14 +287,26 @@ class OrdinautScheduler(DatabaseScheduler):
             if self._redis.set(leader_key(), self._token, nx=True, px=ttl_ms):
                 logger.info("beat acquired the leader lock (ttl %.1fs)", self._lock_ttl_s)
                 self._leader, self._last_renew, self._loaded = True, now, False
+                self._lease_start()
                 return True
         except redis.RedisError as exc:
             logger.warning("beat cannot reach Redis for the leader lock: %s", exc)
             self._become_standby()
         return False
 
+    def _lease_start(self) -> None:
+        self._lease_stop()
+        self._lease = LeaseKeeper(self._redis, self._token, self._lock_ttl_s)
+        self._lease.start()
+
+    def _lease_stop(self) -> None:
+        if self._lease is not None:
+            self._lease.stop()
+            self._lease = None
+
     def _become_standby(self) -> None:
         # Cursors in the database are the truth; a leader reloads them when it takes over.
+        self._lease_stop()
         self._leader = False
         self._loaded = False
         self._entries.clear()

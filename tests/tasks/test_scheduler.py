@@ -365,3 +365,34 @@ def test_a_schedule_that_raises_while_beat_collects_parks_only_its_task(
     assert runs_of(bad) == []
     assert bad.schedule_error == "RuntimeError: occurrence function blew up"
     assert isinstance(scheduler._entries[bad.periodic_task_id], ParkedEntry)
+
+
+def test_a_leader_busy_longer_than_the_lock_lifetime_keeps_its_lock(
+    make_scheduler: Any, redis_client: Any, settings: Any
+) -> None:
+    settings.ORDINAUT_BEAT_LOCK_TTL_S = 1
+    leader, standby = make_scheduler(), make_scheduler()
+    leader.tick()
+    assert leader.is_leader
+
+    time.sleep(3.5)  # one tick that takes three lock lifetimes: the renewal must not wait for it
+
+    assert redis_client.get(leader_key()).decode() == leader._token
+    standby.tick()
+    assert not standby.is_leader, "the busy leader's lock did not expire"
+    leader.tick()
+    assert leader.is_leader
+
+
+def test_a_leader_whose_lock_was_taken_stands_by_at_its_next_tick(
+    make_scheduler: Any, redis_client: Any, settings: Any
+) -> None:
+    settings.ORDINAUT_BEAT_LOCK_TTL_S = 1
+    leader = make_scheduler()
+    leader.tick()
+    redis_client.set(leader_key(), "another-beat", px=60_000)  # e.g. a partition let another take over
+
+    wait_for(lambda: leader._lease is not None and leader._lease.lost.is_set(), message="the lease to notice")
+    leader.tick()
+
+    assert not leader.is_leader
