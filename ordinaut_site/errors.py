@@ -129,6 +129,18 @@ class TemplateFailed(StepError):
     code = "template_error"
 
 
+class ExpressionTooExpensive(TemplateFailed):
+    """A JMESPath expression (template, `if`, task condition, transform) spent its evaluation budget:
+    ORDINAUT_EXPR_MAX_STEPS node visits or ORDINAUT_EXPR_MAX_ITEMS built items. Permanent: the same
+    expression over the same data would spend it again. `budget` names the setting."""
+
+    code = "expression_too_expensive"
+
+    def __init__(self, message: str, *, budget: str) -> None:
+        super().__init__(message)
+        self.budget = budget
+
+
 class ToolOutputTooLarge(StepError):
     code = "output_too_large"
 

@@ -362,6 +362,13 @@ ORDINAUT_MAX_PAYLOAD_BYTES = env_int("ORDINAUT_MAX_PAYLOAD_BYTES", 262_144)
 ORDINAUT_DEFAULT_STEP_TIMEOUT_S = env_int("ORDINAUT_DEFAULT_STEP_TIMEOUT_S", 300)
 # ORDINAUT_MAX_RENDERED_BYTES: largest rendered step input (templates expanded), as compact JSON.
 ORDINAUT_MAX_RENDERED_BYTES = env_int("ORDINAUT_MAX_RENDERED_BYTES", 1_048_576)
+# ORDINAUT_EXPR_MAX_STEPS: most JMESPath nodes one evaluation may visit (a template, an `if`, a task
+# condition, a transform; the templates of one step's `with` share one allowance).
+ORDINAUT_EXPR_MAX_STEPS = env_int("ORDINAUT_EXPR_MAX_STEPS", 100_000)
+# ORDINAUT_EXPR_MAX_ITEMS: most list elements and object keys one evaluation may build, and the
+# largest value it may build counted as written out (a value used twice counts twice; a string one
+# item per 64 characters). Over either budget: error expression_too_expensive.
+ORDINAUT_EXPR_MAX_ITEMS = env_int("ORDINAUT_EXPR_MAX_ITEMS", 100_000)
 # ORDINAUT_MAX_STEP_OUTPUT_BYTES: largest tool output stored for a step, as compact JSON.
 ORDINAUT_MAX_STEP_OUTPUT_BYTES = env_int("ORDINAUT_MAX_STEP_OUTPUT_BYTES", 1_048_576)
 # ORDINAUT_TOOL_MODULES: comma-separated Python modules imported on first tool lookup (they register tools).

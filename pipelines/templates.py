@@ -6,6 +6,11 @@ the empty string, everything else as JSON. `$${` is a literal `${`. `${now+24h}`
 is the run's logical time shifted: s/m/h are elapsed time, d/w are calendar days in the task's
 timezone (so `now+1d` keeps the wall-clock time across a DST change). Only JMESPath is evaluated:
 no Python, no attribute access, nothing outside the context dict.
+
+Every evaluation runs on a budget (ExpressionBudget): ORDINAUT_EXPR_MAX_STEPS node visits, and
+ORDINAUT_EXPR_MAX_ITEMS items built, counted as the value would be written out, so `[@,@]` stages,
+which share their halves and cost nothing to build but double what serialising them costs, are
+stopped too. A spent budget is ExpressionTooExpensive (code expression_too_expensive).
 """
 
 from __future__ import annotations
@@ -23,8 +28,9 @@ import jmespath
 import jmespath.functions
 from django.conf import settings
 from jmespath.exceptions import JMESPathError
+from jmespath.visitor import Options, TreeInterpreter
 
-from ordinaut_site.errors import TemplateFailed
+from ordinaut_site.errors import ExpressionTooExpensive, TemplateFailed
 
 from .storable import storable_json
 
@@ -197,9 +203,15 @@ def template_errors(value: Any) -> dict[str, str]:
     errors: dict[str, str] = {}
     for path, text in strings_in(value):
         try:
-            template_parse(text)
+            pieces = template_parse(text)
         except TemplateSyntaxError as exc:
             errors[path] = str(exc)
+            continue
+        for piece in pieces:
+            problem = isinstance(piece, Expr) and expr_probe_problem(piece.text)
+            if problem:
+                errors[path] = problem
+                break
     return errors
 
 
@@ -301,7 +313,167 @@ def condition_error(text: str) -> str | None:
         _compile(expr)
     except TemplateSyntaxError as exc:
         return str(exc)
+    return expr_probe_problem(expr)
+
+
+# What a probe evaluates an expression over when it is checked (POST /tasks, PATCH, validate): the
+# keys of a step's and a task condition's context, empty. An expression that spends its budget
+# over this spends it over any data, so it is refused before it is stored.
+_PROBE_CONTEXT: dict[str, Any] = {
+    "params": {},
+    "steps": {},
+    "event": None,
+    "now": "2000-01-01T00:00:00+00:00",
+    "task": {"id": None, "title": "", "params": {}, "timezone": "UTC"},
+    "run": {"id": None, "trigger": "manual", "trigger_key": None, "scheduled_for": None, "replay_of": None},
+    "last_run": None,
+}
+
+
+def expr_probe_problem(expr: str) -> str | None:
+    """The budget error of an expression over an empty context, or None (other evaluation errors
+    depend on the data and are not the checker's business)."""
+    return _probe(expr, settings.ORDINAUT_EXPR_MAX_STEPS, settings.ORDINAUT_EXPR_MAX_ITEMS)
+
+
+@functools.lru_cache(maxsize=4096)
+def _probe(expr: str, max_steps: int, max_items: int) -> str | None:
+    try:
+        expr_evaluate(expr, _PROBE_CONTEXT, ExpressionBudget(max_steps=max_steps, max_items=max_items))
+    except ExpressionTooExpensive as exc:
+        return exc.message
+    except Exception:  # only the budget is judged here
+        return None
     return None
+
+
+# --- Evaluation budget -----------------------------------------------------------------------
+
+STRING_CHARS_PER_ITEM = 64
+_FUNCTIONS = jmespath.functions.Functions()
+_OPTIONS = Options(custom_functions=_FUNCTIONS)
+
+
+class ExpressionBudget:
+    """The work and size allowance of JMESPath evaluations. One per evaluation, or shared by the
+    expressions of one render (a step's `if` and `with`). `steps` counts visited nodes; `items`
+    counts the list elements and object keys built. Every value an expression builds is also
+    measured as it would be written out (its elements, recursively, a shared part once per use),
+    memoised per container, so a tower of `[@,@]` is refused after a few levels, before anything
+    serialises it."""
+
+    def __init__(self, *, max_steps: int | None = None, max_items: int | None = None) -> None:
+        self.max_steps = settings.ORDINAUT_EXPR_MAX_STEPS if max_steps is None else max_steps
+        self.max_items = settings.ORDINAUT_EXPR_MAX_ITEMS if max_items is None else max_items
+        self.steps = 0
+        self.items = 0
+        # id -> (container, written-out size); the container is kept so its id stays its own.
+        self._sizes: dict[int, tuple[Any, int]] = {}
+
+    def step(self) -> None:
+        self.steps += 1
+        if self.steps > self.max_steps:
+            raise ExpressionTooExpensive(
+                f"expression_too_expensive: more than ORDINAUT_EXPR_MAX_STEPS ({self.max_steps}) evaluation steps",
+                budget="ORDINAUT_EXPR_MAX_STEPS",
+            )
+
+    def _too_many_items(self) -> ExpressionTooExpensive:
+        return ExpressionTooExpensive(
+            f"expression_too_expensive: builds more than ORDINAUT_EXPR_MAX_ITEMS ({self.max_items}) items "
+            "(list elements and object keys, a value used twice counting twice)",
+            budget="ORDINAUT_EXPR_MAX_ITEMS",
+        )
+
+    def built(self, value: Any) -> None:
+        """Charge a value the expression built (not one it read from the context)."""
+        if isinstance(value, (list, dict)):
+            self.items += len(value)
+        elif isinstance(value, str):
+            self.items += len(value) // STRING_CHARS_PER_ITEM
+        else:
+            return
+        if self.items > self.max_items or self.size(value) > self.max_items:
+            raise self._too_many_items()
+
+    def size(self, value: Any) -> int:
+        """How many items `value` is written out (memoised; raises once it is over max_items, which
+        only a value being built asks about, so the walk of a big context value stops early)."""
+        if not isinstance(value, (list, dict)):
+            return _scalar_size(value)
+        known = self._sizes.get(id(value))
+        if known is not None:
+            return known[1]
+        walked = 0
+        stack: list[tuple[Any, bool]] = [(value, False)]
+        while stack:
+            node, children_done = stack.pop()
+            members = list(node.values()) if isinstance(node, dict) else node
+            if children_done:
+                total = 1 + (len(node) if isinstance(node, dict) else 0)
+                for member in members:
+                    total += self._sizes[id(member)][1] if isinstance(member, (list, dict)) else _scalar_size(member)
+                    if total > self.max_items:
+                        raise self._too_many_items()
+                self._sizes[id(node)] = (node, total)
+                continue
+            if id(node) in self._sizes:
+                continue
+            walked += 1 + len(members)
+            if walked > self.max_items:
+                raise self._too_many_items()
+            stack.append((node, True))
+            stack.extend((m, False) for m in members if isinstance(m, (list, dict)) and id(m) not in self._sizes)
+        return self._sizes[id(value)][1]
+
+
+def _scalar_size(value: Any) -> int:
+    return 1 + len(value) // STRING_CHARS_PER_ITEM if isinstance(value, str) else 1
+
+
+class BudgetedInterpreter(TreeInterpreter):
+    """jmespath's TreeInterpreter charging an ExpressionBudget: every node visited (expression
+    references that functions call back included), every value built."""
+
+    def __init__(self, budget: ExpressionBudget) -> None:
+        super().__init__(_OPTIONS)
+        self.budget = budget
+
+    def visit(self, node: Any, *args: Any, **kwargs: Any) -> Any:
+        self.budget.step()
+        return super().visit(node, *args, **kwargs)
+
+    def _built(self, value: Any) -> Any:
+        self.budget.built(value)
+        return value
+
+    def visit_multi_select_list(self, node: Any, value: Any) -> Any:
+        return self._built(super().visit_multi_select_list(node, value))
+
+    def visit_multi_select_dict(self, node: Any, value: Any) -> Any:
+        return self._built(super().visit_multi_select_dict(node, value))
+
+    def visit_projection(self, node: Any, value: Any) -> Any:
+        return self._built(super().visit_projection(node, value))
+
+    def visit_value_projection(self, node: Any, value: Any) -> Any:
+        return self._built(super().visit_value_projection(node, value))
+
+    def visit_filter_projection(self, node: Any, value: Any) -> Any:
+        return self._built(super().visit_filter_projection(node, value))
+
+    def visit_flatten(self, node: Any, value: Any) -> Any:
+        return self._built(super().visit_flatten(node, value))
+
+    def visit_slice(self, node: Any, value: Any) -> Any:
+        return self._built(super().visit_slice(node, value))
+
+    def visit_function_expression(self, node: Any, value: Any) -> Any:
+        args = [self.visit(child, value) for child in node["children"]]
+        result = _FUNCTIONS.call_function(node["value"], args)
+        if any(result is arg for arg in args):  # not_null(), to_array() of an array: nothing built
+            return result
+        return self._built(result)
 
 
 # --- Evaluation ------------------------------------------------------------------------------
@@ -309,10 +481,12 @@ def condition_error(text: str) -> str | None:
 
 @dataclass
 class Rendering:
-    """Bookkeeping of one render: the output budget, and expressions that came out null."""
+    """Bookkeeping of one render: the output budget, the expressions' evaluation budget (shared by
+    every `${...}` of the render), and expressions that came out null."""
 
     budget: int = field(default_factory=lambda: settings.ORDINAUT_MAX_RENDERED_BYTES)
     unresolved: list[str] = field(default_factory=list)
+    expressions: ExpressionBudget = field(default_factory=ExpressionBudget)
 
     def spend(self, size: int) -> None:
         self.budget -= size
@@ -322,8 +496,9 @@ class Rendering:
             )
 
 
-def expr_evaluate(expr: str, context: Any) -> Any:
-    """The value of one expression over the context (null when a path is missing)."""
+def expr_evaluate(expr: str, context: Any, budget: ExpressionBudget | None = None) -> Any:
+    """The value of one expression over the context (null when a path is missing), within the
+    budget (a fresh one unless given). ExpressionTooExpensive when the budget is spent."""
     shift = NOW_SHIFT_RE.match(expr)
     if shift and isinstance(context, dict):
         return now_shift(context, sign=shift.group(1), amount=int(shift.group(2)), unit=shift.group(3))
@@ -334,7 +509,9 @@ def expr_evaluate(expr: str, context: Any) -> Any:
     if compiled is None:  # a `now` shift over something that is not a run context
         return None
     try:
-        return compiled.search(context)
+        return BudgetedInterpreter(budget or ExpressionBudget()).visit(compiled.parsed, context)
+    except ExpressionTooExpensive as exc:
+        raise ExpressionTooExpensive(f"${{{expr[:100]}}}: {exc.message}", budget=exc.budget) from None
     except JMESPathError as exc:
         raise TemplateFailed(f"${{{expr[:100]}}}: {_one_line(exc)}") from None
     except (RecursionError, ValueError, TypeError, OverflowError) as exc:
@@ -420,7 +597,7 @@ def _render_string(text: str, context: dict[str, Any], rendering: Rendering) -> 
 
 
 def _evaluate_piece(piece: Expr, context: dict[str, Any], rendering: Rendering) -> Any:
-    value = expr_evaluate(piece.text, context)
+    value = expr_evaluate(piece.text, context, rendering.expressions)
     if value is None:
         rendering.unresolved.append(piece.text)
     return value
@@ -444,11 +621,11 @@ def truthy(value: Any) -> bool:
     return True
 
 
-def condition_evaluate(text: str, context: dict[str, Any]) -> tuple[bool, Any]:
-    """(decision, raw value) of an `if` over the context."""
+def condition_evaluate(text: str, context: dict[str, Any], budget: ExpressionBudget | None = None) -> tuple[bool, Any]:
+    """(decision, raw value) of an `if` over the context, within the budget (a fresh one unless given)."""
     try:
         expr = condition_expr(text)
     except TemplateSyntaxError as exc:
         raise TemplateFailed(f"if: {exc}") from None
-    value = expr_evaluate(expr, context)
+    value = expr_evaluate(expr, context, budget)
     return truthy(value), value

@@ -20,7 +20,7 @@ from django.db.models import Q
 from django.utils import timezone as dj_timezone
 
 from ordinaut_site.audit import SYSTEM, Actor, audit_record
-from ordinaut_site.errors import Conflict, ValidationFailed
+from ordinaut_site.errors import Conflict, ExpressionTooExpensive, ValidationFailed
 from ordinaut_site.models import Agent
 from ordinaut_site.parsers import display_name_problem
 from pipelines.spec import payload_validate
@@ -43,6 +43,9 @@ from .schedules import next_run as schedule_next_run
 logger = logging.getLogger(__name__)
 
 MAX_SNOOZE_S = 366 * 86400
+# The skip reason of an occurrence whose task condition spent its expression budget (Run.skip_reason
+# holds 16 characters: expression_too_expensive does not fit).
+EXPR_BUDGET_SKIP_REASON = "expr_budget"
 SCHEDULE_FIELDS = ("schedule_kind", "schedule_expr", "timezone")
 
 
@@ -352,6 +355,9 @@ def _skip_reason(task: Task, occurrence: Occurrence, now: datetime) -> str:
     if task.condition:
         try:
             holds, _ = condition_evaluate(task.condition, _condition_context(task, scheduled_for, occurrence.event))
+        except ExpressionTooExpensive as exc:  # stopped in bounded time; the batch's other tasks fire
+            logger.warning("condition of task %s spent its budget: %s", task.pk, exc.message)
+            return EXPR_BUDGET_SKIP_REASON
         except Exception as exc:  # a condition that cannot be evaluated does not run the task
             logger.warning("condition of task %s failed: %s", task.pk, exc)
             return "condition"
