@@ -29,6 +29,9 @@ pytest_plugins = ["tests.support.engine_fixtures"]
 TEST_TOOL_SETTINGS = {
     "ORDINAUT_TOOL_MODULES": ["tests.support.tools"],
     "ORDINAUT_HTTP_ALLOWED_HOSTS": ["127.0.0.1"],
+    # The test MCP servers and HTTP targets listen on loopback (tests/pipelines/test_netpolicy.py
+    # empties it to show refusals).
+    "ORDINAUT_ALLOWED_PRIVATE_NETWORKS": ["127.0.0.0/8"],
 }
 
 
@@ -37,8 +40,8 @@ def pytest_configure(config: pytest.Config) -> None:
     # other's messages. Set before anything publishes (app.amqp builds queues lazily).
     for name, value in queue_config(f"ordinaut-test-{uuid.uuid4().hex[:10]}").items():
         setattr(app.conf, name, value)
-    # Test doubles of the seed's tools, and orchestrator.http allowed to reach loopback test
-    # servers: in this process (settings) and in worker subprocesses (they inherit os.environ).
+    # Test doubles of the seed's tools, and orchestrator.http and tool servers allowed to reach
+    # loopback test servers: in this process (settings) and in worker subprocesses (they inherit os.environ).
     for name, value in TEST_TOOL_SETTINGS.items():
         os.environ[name] = ",".join(value)
         setattr(settings, name, value)
@@ -53,6 +56,11 @@ def pytest_configure(config: pytest.Config) -> None:
     database = settings.DATABASES["default"]
     if database["ENGINE"].endswith("postgresql") and not database.get("TEST", {}).get("NAME"):
         database.setdefault("TEST", {})["NAME"] = f"test_{database['NAME']}_{uuid.uuid4().hex[:8]}"
+    if database["ENGINE"].endswith("postgresql"):
+        # Transactional tests empty every table with TRUNCATE between tests; the audit log refuses
+        # TRUNCATE unless its owner's session says so (ordinaut_site/migrations/0006).
+        options = database.setdefault("OPTIONS", {})
+        options["options"] = f"{options.get('options', '')} -c ordinaut.audit_truncate=allow".strip()
     # And its own cache key prefix: rate-limit counters (the cache's only use) of two suites on one
     # Redis would add up, and rate_limits_reset of one would wipe the other's mid-test.
     settings.CACHES["default"]["KEY_PREFIX"] = f"ordinaut-test-{uuid.uuid4().hex[:10]}"
