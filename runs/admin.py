@@ -57,8 +57,9 @@ class ApprovalInline(admin.TabularInline):
         return False
 
 
-def _each(request: HttpRequest, queryset: Iterable[Any], verb: str, do: Any) -> None:
-    """Apply a service to each selected row, reporting refusals (409s) as admin messages."""
+def _each(request: HttpRequest, queryset: Iterable[Any], verb: str, do: Any, noun: str = "run") -> None:
+    """Apply a service to each selected row, reporting refusals (409s) as admin messages and what
+    was done as "Approved 2 approvals." (rows, named: not the items an approval holds)."""
     done = 0
     for obj in queryset:
         try:
@@ -67,7 +68,7 @@ def _each(request: HttpRequest, queryset: Iterable[Any], verb: str, do: Any) -> 
         except OrdinautError as exc:
             messages.warning(request, f"{obj}: {exc.message}")
     if done:
-        messages.success(request, f"{verb} {done} item(s).")
+        messages.success(request, f"{verb} {done} {noun}{'' if done == 1 else 's'}.")
 
 
 @admin.register(Run)
@@ -201,6 +202,7 @@ class ApprovalAdmin(admin.ModelAdmin):
             queryset.filter(status=Approval.Status.PENDING),
             "Approved",
             lambda approval: services.approval_decide(run=approval.run, approve=True, actor=actor),
+            noun="approval",
         )
 
     @admin.action(description="Approve chosen items, with a comment…")
@@ -224,6 +226,7 @@ class ApprovalAdmin(admin.ModelAdmin):
                 lambda approval: services.approval_decide(
                     run=approval.run, approve=True, actor=actor, items=_chosen_items(request, approval), comment=comment
                 ),
+                noun="approval",
             )
             return None
         context = {
@@ -253,4 +256,5 @@ class ApprovalAdmin(admin.ModelAdmin):
             queryset.filter(status=Approval.Status.PENDING),
             "Rejected",
             lambda approval: services.approval_decide(run=approval.run, approve=False, actor=actor),
+            noun="approval",
         )

@@ -140,3 +140,18 @@ def test_a_too_long_comment_shows_the_page_again_with_the_ticks_kept(agent: Any,
     assert "at most 2000 characters" in page.content.decode()
     assert page.content.decode().count(" checked>") == 1
     assert Approval.objects.get(pk=approval.pk).status == "pending"
+
+
+def test_the_message_counts_approvals_not_their_items(agent: Any, operator: Client) -> None:
+    run = run_in_process(agent.agent, approval_payload())  # one approval of three items
+    approval = Approval.objects.get(run=run)
+
+    response = operator.post(
+        "/admin/runs/approval/",
+        {"action": "approve_all_items", "_selected_action": [str(approval.pk)]},
+        follow=True,
+    )
+
+    shown = [str(message) for message in response.context["messages"]]
+    assert "Approved 1 approval." in shown
+    assert not [text for text in shown if "item" in text]
