@@ -95,6 +95,7 @@ class TaskAdmin(admin.ModelAdmin):
         "schedule_text",
         "upcoming",
         "stats",
+        "runs",
         "next_run_at",
         "last_run_at",
         "snoozed_until",
@@ -128,6 +129,13 @@ class TaskAdmin(admin.ModelAdmin):
                 ((row["at"], row["utc"], " skipped: snoozed" if row.get("skipped") else "") for row in rows),
             ),
         )
+
+    @admin.display(description="runs")
+    def runs(self, task: Task) -> str:
+        if task._state.adding:
+            return "-"
+        url = f"{reverse('admin:runs_run_changelist')}?task__id__exact={task.pk}"
+        return format_html('<a href="{}">All runs of this task</a>', url)
 
     @admin.display(description="run statistics")
     def stats(self, task: Task) -> str:

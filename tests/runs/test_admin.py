@@ -155,3 +155,19 @@ def test_the_message_counts_approvals_not_their_items(agent: Any, operator: Clie
     shown = [str(message) for message in response.context["messages"]]
     assert "Approved 1 approval." in shown
     assert not [text for text in shown if "item" in text]
+
+
+def test_the_task_page_links_to_the_runs_of_that_task_only(agent: Any, operator: Client) -> None:
+    mine = run_in_process(agent.agent, echo_pipeline(1))
+    other = run_in_process(agent.agent, echo_pipeline(1))
+
+    page = operator.get(f"/admin/tasks/task/{mine.task_id}/change/")
+    assert page.status_code == 200
+    link = f"/admin/runs/run/?task__id__exact={mine.task_id}"
+    assert link in page.content.decode()
+
+    listed = operator.get(link)
+    assert listed.status_code == 200
+    body = listed.content.decode()
+    assert str(mine.pk) in body
+    assert str(other.pk) not in body
