@@ -125,6 +125,7 @@ class RunAdmin(admin.ModelAdmin):
 
 
 APPROVE_ITEMS_TEMPLATE = "admin/runs/approval/approve_items.html"
+REJECT_TEMPLATE = "admin/runs/approval/reject.html"
 # Items are shown as JSON; a huge one is cut in the page (it is still approved whole).
 ITEM_PREVIEW_CHARS = 2000
 
@@ -171,7 +172,7 @@ class ApprovalAdmin(admin.ModelAdmin):
     list_filter = ["status"]
     search_fields = ["run__id", "step_id", "message"]
     list_select_related = ["run"]
-    actions = ["approve_all_items", "approve_chosen_items", "reject"]
+    actions = ["approve_all_items", "approve_chosen_items", "reject", "reject_with_comment"]
     readonly_fields = [
         "id",
         "run",
@@ -258,3 +259,40 @@ class ApprovalAdmin(admin.ModelAdmin):
             lambda approval: services.approval_decide(run=approval.run, approve=False, actor=actor),
             noun="approval",
         )
+
+    @admin.action(description="Reject, with a comment…")
+    def reject_with_comment(self, request: HttpRequest, queryset: QuerySet[Approval]) -> TemplateResponse | None:
+        """An intermediate page with one optional comment, recorded with each rejection (as the
+        approve-items page records one with each approval)."""
+        pending = list(
+            queryset.filter(status=Approval.Status.PENDING).select_related("run", "run__task").order_by("created_at")
+        )
+        if not pending:
+            messages.warning(request, "None of the selected approvals is pending.")
+            return None
+        posted = request.POST.get("post") == "yes"
+        form = ApprovalCommentForm(request.POST if posted else None)
+        if posted and form.is_valid():
+            actor = Actor.of_user(request.user)
+            comment = form.cleaned_data["comment"]
+            _each(
+                request,
+                pending,
+                "Rejected",
+                lambda approval: services.approval_decide(
+                    run=approval.run, approve=False, actor=actor, comment=comment
+                ),
+                noun="approval",
+            )
+            return None
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Reject, with a comment",
+            "opts": self.model._meta,
+            "form": form,
+            "approvals": pending,
+            "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
+            "action": "reject_with_comment",
+            "media": self.media,
+        }
+        return TemplateResponse(request, REJECT_TEMPLATE, context)

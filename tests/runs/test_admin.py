@@ -171,3 +171,22 @@ def test_the_task_page_links_to_the_runs_of_that_task_only(agent: Any, operator:
     body = listed.content.decode()
     assert str(mine.pk) in body
     assert str(other.pk) not in body
+
+
+def test_reject_with_a_comment_records_the_comment(agent: Any, operator: Client) -> None:
+    run = run_in_process(agent.agent, approval_payload(guarded=False))
+    approval = Approval.objects.get(run=run)
+    selected = {"action": "reject_with_comment", "_selected_action": [str(approval.pk)]}
+
+    page = operator.post("/admin/runs/approval/", selected)
+    assert page.status_code == 200
+    assert "Comment (optional)" in page.content.decode()
+    assert Approval.objects.get(pk=approval.pk).status == "pending", "the page alone decides nothing"
+
+    operator.post("/admin/runs/approval/", {**selected, "post": "yes", "comment": "wrong recipients"})
+
+    approval.refresh_from_db()
+    assert (approval.status, approval.comment) == ("rejected", "wrong recipients")
+    output = StepRun.objects.get(run=run, step_id="ask").output or {}
+    assert (output["status"], output["comment"]) == ("rejected", "wrong recipients")
+    assert AuditLog.objects.filter(action="approval.reject", actor_name="operator").exists()
