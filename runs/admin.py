@@ -105,6 +105,9 @@ class RunAdmin(admin.ModelAdmin):
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
 
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False  # a record: read it here, act on it with the actions (no Save buttons)
+
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
 
@@ -191,6 +194,9 @@ class ApprovalAdmin(admin.ModelAdmin):
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False  # a record: read it here, act on it with the actions (no Save buttons)
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False

@@ -190,3 +190,15 @@ def test_reject_with_a_comment_records_the_comment(agent: Any, operator: Client)
     output = StepRun.objects.get(run=run, step_id="ask").output or {}
     assert (output["status"], output["comment"]) == ("rejected", "wrong recipients")
     assert AuditLog.objects.filter(action="approval.reject", actor_name="operator").exists()
+
+
+@pytest.mark.parametrize("model", ["run", "approval"])
+def test_record_pages_are_read_only_without_save_buttons(agent: Any, operator: Client, model: str) -> None:
+    run = run_in_process(agent.agent, approval_payload())
+    pk = run.pk if model == "run" else Approval.objects.get(run=run).pk
+
+    page = operator.get(f"/admin/runs/{model}/{pk}/change/")
+
+    assert page.status_code == 200
+    assert 'name="_save"' not in page.content.decode()
+    assert operator.post(f"/admin/runs/{model}/{pk}/change/", {}).status_code == 403
