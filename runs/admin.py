@@ -13,6 +13,8 @@ from django.contrib.admin import helpers
 from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.template.response import TemplateResponse
+from django.urls import reverse
+from django.utils.html import format_html
 
 from ordinaut_site.audit import Actor
 from ordinaut_site.errors import OrdinautError, ValidationFailed
@@ -171,10 +173,10 @@ def _item_rows(request: HttpRequest, approval: Approval, *, posted: bool) -> lis
 
 @admin.register(Approval)
 class ApprovalAdmin(admin.ModelAdmin):
-    list_display = ["run", "step_id", "status", "message", "created_at", "expires_at", "decided_at"]
+    list_display = ["task_title", "status", "message", "step_id", "expires_at", "decided_at", "run_link"]
     list_filter = ["status"]
-    search_fields = ["run__id", "step_id", "message"]
-    list_select_related = ["run"]
+    search_fields = ["run__id", "run__task__title", "step_id", "message"]
+    list_select_related = ["run", "run__task"]
     actions = ["approve_all_items", "approve_chosen_items", "reject", "reject_with_comment"]
     readonly_fields = [
         "id",
@@ -200,6 +202,15 @@ class ApprovalAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
+
+    @admin.display(description="task", ordering="run__task__title")
+    def task_title(self, approval: Approval) -> str:
+        return approval.run.task.title
+
+    @admin.display(description="run")
+    def run_link(self, approval: Approval) -> str:
+        url = reverse("admin:runs_run_change", args=[approval.run_id])
+        return format_html('<a href="{}">{}</a>', url, approval.run.get_trigger_display())
 
     @admin.action(description="Approve (all items)")
     def approve_all_items(self, request: HttpRequest, queryset: QuerySet[Approval]) -> None:

@@ -202,3 +202,15 @@ def test_record_pages_are_read_only_without_save_buttons(agent: Any, operator: C
     assert page.status_code == 200
     assert 'name="_save"' not in page.content.decode()
     assert operator.post(f"/admin/runs/{model}/{pk}/change/", {}).status_code == 403
+
+
+def test_the_approvals_list_names_the_task_and_leads_with_it(agent: Any, operator: Client) -> None:
+    run = run_in_process(agent.agent, approval_payload(), title="Weekly follow-ups")
+
+    page = operator.get("/admin/runs/approval/")
+
+    body = page.content.decode()
+    assert page.status_code == 200
+    assert "Weekly follow-ups" in body
+    assert body.index("Weekly follow-ups") < body.index("Send 3 follow-ups?")
+    assert f"/admin/runs/run/{run.pk}/change/" in body
