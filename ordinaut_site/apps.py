@@ -8,3 +8,8 @@ class OrdinautConfig(AppConfig):
     label = "ordinaut"
     verbose_name = "Ordinaut"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        # The request id travels with every Celery message this process sends (web and workers
+        # alike), so the publishing side must connect its signal handler, not only the workers.
+        from . import jobs  # noqa: F401

@@ -1,15 +1,49 @@
-"""Celery jobs of the cross-cutting pieces (the hourly purge of expired Idempotency-Key records), and
-the database-connection handling around every job."""
+"""Celery jobs of the cross-cutting pieces (the hourly purge of expired Idempotency-Key records), the
+database-connection handling around every job, and the request id travelling with each message."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from celery import shared_task
-from celery.signals import task_postrun, task_prerun
+from celery.signals import before_task_publish, task_postrun, task_prerun
 from django.db import close_old_connections, connections
 
+from . import logs
 from .idempotency import purge_expired
+
+# The message header carrying the request id of the API call (or of the job) that sent a job, so a
+# run's worker lines join the request that started it; jobs a job sends (the rest of a chain,
+# retries) carry it on.
+REQUEST_ID_HEADER = "ordinaut_request_id"
+_BOUND = "_ordinaut_log_token"
+
+
+@before_task_publish.connect
+def _send_request_id(headers: dict[str, Any] | None = None, **kwargs: Any) -> None:
+    request_id = logs.current("request_id")
+    if request_id and headers is not None and REQUEST_ID_HEADER not in headers:
+        headers[REQUEST_ID_HEADER] = request_id
+
+
+@task_prerun.connect
+def _bind_request_id(task: Any = None, **kwargs: Any) -> None:
+    if task is None:
+        return
+    request = task.request
+    request_id = getattr(request, REQUEST_ID_HEADER, None) or (getattr(request, "headers", None) or {}).get(
+        REQUEST_ID_HEADER
+    )
+    if request_id:
+        setattr(request, _BOUND, logs.push(request_id=request_id))
+
+
+@task_postrun.connect
+def _unbind_request_id(task: Any = None, **kwargs: Any) -> None:
+    token = getattr(task.request, _BOUND, None) if task is not None else None
+    if token is not None:
+        logs.pop(token)
+        setattr(task.request, _BOUND, None)
 
 
 @task_prerun.connect

@@ -27,6 +27,15 @@ def bind(**fields: object) -> Iterator[None]:
         _context.reset(token)
 
 
+def push(**fields: object) -> contextvars.Token[dict[str, str]]:
+    """bind() for code that cannot wrap a block (signal handlers around a job): undo with pop()."""
+    return _context.set({**_context.get(_EMPTY), **{k: str(v) for k, v in fields.items() if v is not None}})
+
+
+def pop(token: contextvars.Token[dict[str, str]]) -> None:
+    _context.reset(token)
+
+
 def add(**fields: object) -> None:
     """Add fields to the current scope; use inside a bind() block, which restores on exit."""
     _context.set({**_context.get(_EMPTY), **{k: str(v) for k, v in fields.items() if v is not None}})

@@ -106,3 +106,10 @@ def bug(payload: Any, call: ToolCall) -> Any:
 def sleep(payload: dict[str, Any], call: ToolCall) -> Any:
     time.sleep(payload["seconds"])
     return {"slept": payload["seconds"]}
+
+
+@tool_register("testing.log_context", description="The log correlation fields this step runs with (a probe).")
+def log_context(payload: Any, call: ToolCall) -> dict[str, Any]:
+    from ordinaut_site import logs
+
+    return {field: logs.current(field) for field in ("request_id", "run", "step")}
