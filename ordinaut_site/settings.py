@@ -376,6 +376,10 @@ ORDINAUT_TOOL_MODULES = env_list("ORDINAUT_TOOL_MODULES", [])
 # ORDINAUT_HTTP_ALLOWED_HOSTS: hosts orchestrator.http may call (`api.example.com`, `*.example.com`,
 # `127.0.0.1:8080`); empty: none.
 ORDINAUT_HTTP_ALLOWED_HOSTS = env_list("ORDINAUT_HTTP_ALLOWED_HOSTS", [])
+# ORDINAUT_ALLOWED_PRIVATE_NETWORKS: comma-separated networks (CIDR: `10.0.0.0/8`, `127.0.0.1/32`,
+# `fd00::/8`) tool servers and orchestrator.http may reach although they are loopback, private,
+# link-local or otherwise non-public; every other such address is refused (pipelines/netpolicy.py).
+ORDINAUT_ALLOWED_PRIVATE_NETWORKS = env_list("ORDINAUT_ALLOWED_PRIVATE_NETWORKS", [])
 # ORDINAUT_HTTP_MAX_RESPONSE_BYTES: largest response body orchestrator.http reads.
 ORDINAUT_HTTP_MAX_RESPONSE_BYTES = env_int("ORDINAUT_HTTP_MAX_RESPONSE_BYTES", 1_048_576)
 # ORDINAUT_TOOL_CACHE_TTL_S: how long a process reuses a catalog (MCP) tool it looked up.
@@ -418,6 +422,9 @@ ORDINAUT_EVENT_MAX_PAYLOAD_BYTES = env_int("ORDINAUT_EVENT_MAX_PAYLOAD_BYTES", 2
 # (ordinaut_site/jobs.py), which honours DB_CONN_MAX_AGE and drops broken connections.
 CELERY_DB_REUSE_MAX = env_int("CELERY_DB_REUSE_MAX", 1000)
 # django-celery-beat copies these entries into its tables when beat starts.
+# ORDINAUT_RUN_RETENTION_DAYS: finished runs (with their steps and approvals) older than this are
+# deleted daily, each task's newest run kept; 0 keeps every run. The audit log is never purged.
+ORDINAUT_RUN_RETENTION_DAYS = env_int("ORDINAUT_RUN_RETENTION_DAYS", 90)
 CELERY_BEAT_SCHEDULE = {
     "ordinaut.sweep_runs": {
         "task": "runs.sweep",
@@ -425,6 +432,8 @@ CELERY_BEAT_SCHEDULE = {
         # A sweep that could not start within one interval is superseded by the next one.
         "options": {"expire_seconds": ORDINAUT_SWEEP_INTERVAL_S},
     },
+    # Finished runs past ORDINAUT_RUN_RETENTION_DAYS; manage.py purge_runs does the same.
+    "ordinaut.purge_runs": {"task": "runs.purge", "schedule": 86400.0},
     # Expired Idempotency-Key records (ORDINAUT_IDEMPOTENCY_TTL_S); manage.py purge_idempotency_keys does the same.
     "ordinaut.purge_idempotency_keys": {"task": "ordinaut.purge_idempotency_keys", "schedule": 3600.0},
     # Every enabled tool server's catalog (tools/list); manage.py refresh_tools does it by hand.

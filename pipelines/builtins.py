@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import socket
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -24,6 +25,7 @@ from ordinaut_site.errors import (
     ToolUnavailable,
 )
 
+from . import netpolicy
 from .templates import expr_evaluate
 from .tools import AwaitApproval, Suspend, ToolCall, builtin
 
@@ -143,7 +145,8 @@ def request_approval(payload: dict[str, Any], call: ToolCall) -> Any:
     "http",
     cost=1,
     description=(
-        "One HTTP request to a host allowed by ORDINAUT_HTTP_ALLOWED_HOSTS. Redirects are not followed. "
+        "One HTTP request to a host allowed by ORDINAUT_HTTP_ALLOWED_HOSTS (and, resolved, not to a loopback, "
+        "private or link-local address outside ORDINAUT_ALLOWED_PRIVATE_NETWORKS). Redirects are not followed. "
         "5xx, 408, 429, timeouts and connection errors are retried; other 4xx fail the step."
     ),
     input_schema={
@@ -190,7 +193,7 @@ def http(payload: dict[str, Any], call: ToolCall) -> dict[str, Any]:
     method = payload.get("method", "GET")
     try:
         with (
-            httpx2.Client(timeout=timeout_s, follow_redirects=False) as client,
+            httpx2.Client(timeout=timeout_s, follow_redirects=False, transport=netpolicy.guarded_transport()) as client,
             client.stream(method, url, **request_args) as response,
         ):
             body = _read_limited(response, deadline)
@@ -254,10 +257,20 @@ def _has_port(pattern: str) -> bool:
 
 
 def _check_host_allowed(url: str) -> None:
+    """The host's name must be allowed (ORDINAUT_HTTP_ALLOWED_HOSTS) and its addresses too (netpolicy:
+    no loopback, private, link-local... outside ORDINAUT_ALLOWED_PRIVATE_NETWORKS). The transport
+    checks the addresses again at connect and connects to the one it checked."""
     if not host_allowed(url):
         raise HostNotAllowed(
             f"{_safe_url(url)} is not allowed: its host is not in ORDINAUT_HTTP_ALLOWED_HOSTS (or not http/https)"
         )
+    parts = urlsplit(url)
+    try:
+        netpolicy.checked_addresses(parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80))
+    except HostNotAllowed as exc:
+        raise HostNotAllowed(f"{_safe_url(url)} is not allowed: {exc.message}") from None
+    except (socket.gaierror, UnicodeError) as exc:
+        raise ToolUnavailable(f"{_safe_url(url)}: cannot resolve {parts.hostname}: {exc}"[:500]) from None
 
 
 def _safe_url(url: str) -> str:

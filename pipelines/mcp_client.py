@@ -5,15 +5,19 @@ the event loop that made them, so nothing is shared across calls or across a pre
 fork. Every failure comes out as a StepError saying whether to retry:
 an error result (`isError`) is permanent unless the server marks it retryable (`_meta.retryable`);
 connection errors, protocol errors and timeouts are transient; HTTP 401/403 is permanent.
+An HTTP server's host is resolved and checked (pipelines/netpolicy.py) before each call and again
+inside each connect, which goes to the checked address: a refused one is host_not_allowed, permanent.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import socket
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import anyio
 import httpx2
@@ -25,6 +29,7 @@ from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from pydantic import ValidationError
 
 from ordinaut_site.errors import (
+    HostNotAllowed,
     StepError,
     ToolAuthFailed,
     ToolFailed,
@@ -33,6 +38,8 @@ from ordinaut_site.errors import (
     ToolTimeout,
     ToolUnavailable,
 )
+
+from . import netpolicy
 
 TRANSPORT_HTTP = "streamable_http"
 TRANSPORT_STDIO = "stdio"
@@ -177,8 +184,14 @@ def _run(config: ServerConfig, read_timeout_s: float, deadline_s: float, work: C
                     return await work(client)
             headers = {"User-Agent": USER_AGENT, **_headers(config.headers_from_env)}
             timeout = httpx2.Timeout(budget_s, connect=min(CONNECT_TIMEOUT_S, budget_s))
+            _check_address(config)
             async with (
-                httpx2.AsyncClient(headers=headers, timeout=timeout, event_hooks={"response": [_refuse_auth]}) as http,
+                httpx2.AsyncClient(
+                    headers=headers,
+                    timeout=timeout,
+                    event_hooks={"response": [_refuse_auth]},
+                    transport=netpolicy.guarded_async_transport(),
+                ) as http,
                 Client(
                     streamable_http_client(config.url, http_client=http),
                     mode=_mode(config),
@@ -191,6 +204,20 @@ def _run(config: ServerConfig, read_timeout_s: float, deadline_s: float, work: C
         return anyio.run(runner)
     except BaseException as exc:  # every failure is translated, or re-raised as it was
         raise _translate(config, exc, deadline_s) from None
+
+
+def _check_address(config: ServerConfig) -> None:
+    """Resolve the server's host now (not at registration: a name may point elsewhere since) and
+    refuse a non-public address (netpolicy); the guarded transport checks again at each connect."""
+    parts = urlsplit(config.url)
+    host = parts.hostname or ""
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        netpolicy.checked_addresses(host, port)
+    except HostNotAllowed as exc:
+        raise HostNotAllowed(f"{config.name}: {exc.message}"[:MAX_MESSAGE_CHARS]) from None
+    except (socket.gaierror, UnicodeError, ValueError) as exc:
+        raise ToolUnavailable(f"{config.name}: cannot resolve {host}: {exc}"[:MAX_MESSAGE_CHARS]) from None
 
 
 def _mode(config: ServerConfig) -> str:

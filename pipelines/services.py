@@ -4,6 +4,7 @@ their tools (`tools/list`). Each change clears this process's catalog cache."""
 from __future__ import annotations
 
 import re
+import socket
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -21,7 +22,7 @@ from ordinaut_site.errors import (
     ValidationFailed,
 )
 
-from . import mcp_client
+from . import mcp_client, netpolicy
 from .catalog import RESERVED_SERVER_NAMES, catalog_cache_clear, server_config
 from .mcp_client import ListedTool
 from .models import SERVER_NAME_MAX_CHARS, SERVER_NAME_PATTERN, TOOL_NAME_MAX_CHARS, ToolServer
@@ -70,7 +71,20 @@ def _check_url(url: str) -> str:
         raise ValidationFailed.on("url", "must not carry credentials; name them in headers_from_env instead")
     if any(char.isspace() for char in url):
         raise ValidationFailed.on("url", "must not contain spaces")
+    _check_address(parts.hostname, parts.port or (443 if parts.scheme == "https" else 80))
     return url
+
+
+def _check_address(host: str, port: int) -> None:
+    """The URL's host must not be (or resolve to) a loopback, private, link-local or other non-public
+    address outside ORDINAUT_ALLOWED_PRIVATE_NETWORKS (pipelines/netpolicy.py). A name that does not
+    resolve now is accepted: every connection resolves and checks again."""
+    try:
+        netpolicy.checked_addresses(host, port)
+    except StepError as exc:
+        raise ValidationFailed.on("url", exc.message) from None
+    except (socket.gaierror, UnicodeError):
+        pass
 
 
 def _check_env_map(
