@@ -9,7 +9,7 @@ from celery import shared_task
 from django.db import InterfaceError, OperationalError
 
 from .engine import Next, RetryIn, step_execute
-from .services import STEP_JOB_NAME, runs_sweep
+from .services import STEP_JOB_NAME, retention_cutoff, runs_purge, runs_sweep
 
 # A database connection that dropped (a Postgres restart) fails the job's first query; the job
 # then comes back after a short backoff on a fresh connection, as the same message (same claim).
@@ -40,3 +40,10 @@ def run_step_job(self: Any, run_id: str, index: int) -> None:
 @shared_task(name="runs.sweep", ignore_result=True)
 def sweep_job() -> dict[str, int]:
     return runs_sweep()
+
+
+@shared_task(name="runs.purge", ignore_result=True)
+def purge_runs_job() -> int:
+    """Daily: finished runs older than ORDINAUT_RUN_RETENTION_DAYS (0: keep them all)."""
+    before = retention_cutoff()
+    return runs_purge(before=before) if before is not None else 0

@@ -24,6 +24,7 @@ from .deadlines import logical_now, step_timeout_s
 from .dispatch import STEP_JOB_NAME, dispatch_on_commit, run_dispatch
 from .recovery import SWEEP_BATCH, held, run_recover, run_start_held, runs_sweep
 from .replay import REPLAY_FROM, run_replay
+from .retention import RETENTION_BATCH, retention_cutoff, runs_purge
 from .state import (
     After,
     run_after_step,
@@ -54,6 +55,7 @@ from .steps import (
 __all__ = [
     "MAX_APPROVAL_ITEMS",
     "REPLAY_FROM",
+    "RETENTION_BATCH",
     "STEP_JOB_NAME",
     "SWEEP_BATCH",
     "After",
@@ -69,6 +71,7 @@ __all__ = [
     "dispatch_on_commit",
     "held",
     "logical_now",
+    "retention_cutoff",
     "run_after_step",
     "run_cancel",
     "run_context",
@@ -88,6 +91,7 @@ __all__ = [
     "run_succeed",
     "runs_create_scheduled",
     "runs_insert",
+    "runs_purge",
     "runs_record_skipped",
     "runs_sweep",
     "step_claim",
