@@ -421,6 +421,9 @@ ORDINAUT_EVENT_MAX_PAYLOAD_BYTES = env_int("ORDINAUT_EVENT_MAX_PAYLOAD_BYTES", 2
 # reconnecting costs more than a short job. Jobs run Django's close_old_connections() instead
 # (ordinaut_site/jobs.py), which honours DB_CONN_MAX_AGE and drops broken connections.
 CELERY_DB_REUSE_MAX = env_int("CELERY_DB_REUSE_MAX", 1000)
+# ORDINAUT_RUN_RETENTION_DAYS: finished runs (with their steps and approvals) older than this are
+# deleted daily, each task's newest run kept; 0 keeps every run. The audit log is never purged.
+ORDINAUT_RUN_RETENTION_DAYS = env_int("ORDINAUT_RUN_RETENTION_DAYS", 90)
 # django-celery-beat copies these entries into its tables when beat starts.
 CELERY_BEAT_SCHEDULE = {
     "ordinaut.sweep_runs": {
@@ -429,6 +432,8 @@ CELERY_BEAT_SCHEDULE = {
         # A sweep that could not start within one interval is superseded by the next one.
         "options": {"expire_seconds": ORDINAUT_SWEEP_INTERVAL_S},
     },
+    # Finished runs past ORDINAUT_RUN_RETENTION_DAYS; manage.py purge_runs does the same.
+    "ordinaut.purge_runs": {"task": "runs.purge", "schedule": 86400.0},
     # Expired Idempotency-Key records (ORDINAUT_IDEMPOTENCY_TTL_S); manage.py purge_idempotency_keys does the same.
     "ordinaut.purge_idempotency_keys": {"task": "ordinaut.purge_idempotency_keys", "schedule": 3600.0},
     # Every enabled tool server's catalog (tools/list); manage.py refresh_tools does it by hand.
