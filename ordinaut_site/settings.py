@@ -424,6 +424,9 @@ CELERY_DB_REUSE_MAX = env_int("CELERY_DB_REUSE_MAX", 1000)
 # ORDINAUT_RUN_RETENTION_DAYS: finished runs (with their steps and approvals) older than this are
 # deleted daily, each task's newest run kept; 0 keeps every run. The audit log is never purged.
 ORDINAUT_RUN_RETENTION_DAYS = env_int("ORDINAUT_RUN_RETENTION_DAYS", 90)
+# ORDINAUT_EVENT_RETENTION_DAYS: consumed events older than this are deleted daily (their runs keep
+# a copy of the event in their context); events not consumed yet are kept. 0 keeps every event.
+ORDINAUT_EVENT_RETENTION_DAYS = env_int("ORDINAUT_EVENT_RETENTION_DAYS", 90)
 # django-celery-beat copies these entries into its tables when beat starts.
 CELERY_BEAT_SCHEDULE = {
     "ordinaut.sweep_runs": {
@@ -434,6 +437,8 @@ CELERY_BEAT_SCHEDULE = {
     },
     # Finished runs past ORDINAUT_RUN_RETENTION_DAYS; manage.py purge_runs does the same.
     "ordinaut.purge_runs": {"task": "runs.purge", "schedule": 86400.0},
+    # Consumed events past ORDINAUT_EVENT_RETENTION_DAYS.
+    "ordinaut.purge_events": {"task": "tasks.purge_events", "schedule": 86400.0},
     # Expired Idempotency-Key records (ORDINAUT_IDEMPOTENCY_TTL_S); manage.py purge_idempotency_keys does the same.
     "ordinaut.purge_idempotency_keys": {"task": "ordinaut.purge_idempotency_keys", "schedule": 3600.0},
     # Every enabled tool server's catalog (tools/list); manage.py refresh_tools does it by hand.

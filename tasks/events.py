@@ -338,3 +338,17 @@ def event_topics(*, agent: Agent) -> QuerySet[Any, Any]:
         .annotate(count=Count("id"), last_published_at=Max("published_at"))
         .order_by("-last_published_at", "topic")
     )
+
+
+def events_purge(*, before: datetime, batch: int = 1000) -> int:
+    """Delete consumed events published before `before`, in transactions of at most `batch`.
+    Events not consumed yet stay (the consumer still owes them their runs), whatever their age."""
+    old = Event.objects.filter(consumed_at__isnull=False, published_at__lt=before)
+    deleted = 0
+    while True:
+        with transaction.atomic():
+            ids = list(old.order_by("published_at").values_list("pk", flat=True)[:batch])
+            if not ids:
+                return deleted
+            Event.objects.filter(pk__in=ids).delete()
+        deleted += len(ids)

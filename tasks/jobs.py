@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from celery import shared_task
+from django.conf import settings
+from django.utils import timezone
 
-from . import services
+from . import events, services
 from .beat import FIRE_BATCH_JOB_NAME, FIRE_JOB_NAME, RECORD_MISSED_JOB_NAME
 
 logger = logging.getLogger(__name__)
@@ -42,3 +44,12 @@ def fire_batch_job(self: Any, occurrences: list[list[str]]) -> None:
 @shared_task(name=RECORD_MISSED_JOB_NAME)
 def record_missed_job(task_id: str, occurrences: list[str]) -> None:
     services.task_record_missed(task_id=task_id, occurrences=[datetime.fromisoformat(o) for o in occurrences])
+
+
+@shared_task(name="tasks.purge_events", ignore_result=True)
+def purge_events_job() -> int:
+    """Daily: consumed events older than ORDINAUT_EVENT_RETENTION_DAYS (0: keep them all)."""
+    days = settings.ORDINAUT_EVENT_RETENTION_DAYS
+    if days <= 0:
+        return 0
+    return events.events_purge(before=timezone.now() - timedelta(days=days))
