@@ -23,10 +23,11 @@ from asgiref.sync import sync_to_async
 from mcp.server.auth.middleware.auth_context import get_access_token
 from mcp.server.auth.provider import AccessToken, TokenVerifier
 from mcp.server.auth.settings import AuthSettings
+from mcp.server.context import CallNext, HandlerResult, ServerMiddleware, ServerRequestContext
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.server.transport_security import TransportSecuritySettings
-from mcp.types import ToolAnnotations
+from mcp.types import CallToolResult, TextContent, ToolAnnotations
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, create_model
 from rest_framework import exceptions as drf_exceptions
 from rest_framework import serializers
@@ -117,6 +118,34 @@ mcp = MCPServer(
     token_verifier=AgentTokenVerifier(),
     auth=AuthSettings(issuer_url=UNUSED_ISSUER_URL, resource_server_url=None),  # type: ignore[arg-type]
 )
+
+
+class RefuseUnknownArguments(ServerMiddleware[Any]):
+    """A tools/call naming an argument its tool does not have is a validation error naming it, as
+    an unknown query parameter is on the REST API: never silently ignored (list_runs(task=...)
+    would list every run). The SDK's argument models ignore extras, so the check is here."""
+
+    async def __call__(self, ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
+        params = ctx.params if isinstance(ctx.params, dict) else None
+        if ctx.method == "tools/call" and params is not None and isinstance(params.get("arguments"), dict):
+            name = params.get("name")
+            tool = mcp._tool_manager.get_tool(name) if isinstance(name, str) else None
+            known = set(((tool.parameters or {}).get("properties") or {}) if tool is not None else ())
+            unknown = sorted(set(params["arguments"]) - known) if tool is not None else []
+            if unknown:
+                fields = {
+                    str(argument)[:100]: [f"unknown argument; known: {', '.join(sorted(known))}"]
+                    for argument in unknown[:20]
+                }
+                with logs.bind(request_id=logs.current("request_id") or uuid.uuid4().hex):
+                    text = _error_text(ValidationFailed(validation_message(fields), fields=fields))
+                return CallToolResult(
+                    content=[TextContent(type="text", text=f"Error executing tool {name}: {text}")], is_error=True
+                )
+        return await call_next(ctx)
+
+
+mcp.middleware.append(RefuseUnknownArguments())
 
 
 def transport_security(allowed_hosts: list[str]) -> TransportSecuritySettings:

@@ -186,3 +186,26 @@ def test_a_serializer_becomes_keyword_parameters_with_its_limits_published() -> 
     assert properties["name"]["maxLength"] == 20
     assert properties["kind"]["anyOf"][0]["enum"] == ["a", "b"]
     assert properties["note"]["description"] == "Anything."
+
+
+# --- unknown arguments ---------------------------------------------------------------------------
+
+
+def test_an_unknown_argument_is_a_validation_error_naming_it_not_ignored(tools: Any) -> None:
+    task = tools.ok("create_task", **MANUAL)
+    tools.ok("run_now", task_id=task["id"])
+
+    error = tools.error("list_runs", task=task["id"])  # REST's name; the tool's is task_id
+
+    assert error["code"] == "validation_error"
+    assert list(error["fields"]) == ["task"]
+    assert "known:" in error["fields"]["task"][0]
+    assert "task_id" in error["fields"]["task"][0]
+    assert tools.ok("list_runs", task_id=task["id"])["count"] == 1
+
+
+def test_a_misspelt_create_task_argument_creates_nothing(tools: Any) -> None:
+    error = tools.error("create_task", **MANUAL, overlapp="queue")
+
+    assert list(error["fields"]) == ["overlapp"]
+    assert not Task.objects.exists()
