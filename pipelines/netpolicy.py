@@ -145,6 +145,15 @@ def _connect_error(host: str, exc: OSError) -> httpcore2.ConnectError:
     return httpcore2.ConnectError(f"cannot resolve {host}: {exc}")
 
 
+def _connectable(host: str, port: int) -> list[Address]:
+    """The addresses a connect may try, checked now (at connect time, so DNS rebinding after the
+    registration check is caught); a name that does not resolve is httpcore's ConnectError."""
+    try:
+        return checked_addresses(host, port)
+    except socket.gaierror as exc:
+        raise _connect_error(host, exc) from None
+
+
 class GuardedBackend(httpcore2.NetworkBackend):
     """httpcore's synchronous backend, connecting only to addresses the policy allows, by address."""
 
@@ -159,12 +168,8 @@ class GuardedBackend(httpcore2.NetworkBackend):
         local_address: str | None = None,
         socket_options: Iterable[Any] | None = None,
     ) -> httpcore2.NetworkStream:
-        try:
-            addresses = checked_addresses(host, port)
-        except socket.gaierror as exc:
-            raise _connect_error(host, exc) from None
         error: Exception | None = None
-        for address in addresses:
+        for address in _connectable(host, port):
             try:
                 return self._backend.connect_tcp(
                     str(address), port, timeout=timeout, local_address=local_address, socket_options=socket_options
@@ -191,12 +196,8 @@ class AsyncGuardedBackend(httpcore2.AsyncNetworkBackend):
         local_address: str | None = None,
         socket_options: Iterable[Any] | None = None,
     ) -> httpcore2.AsyncNetworkStream:
-        try:
-            addresses = checked_addresses(host, port)
-        except socket.gaierror as exc:
-            raise _connect_error(host, exc) from None
         error: Exception | None = None
-        for address in addresses:
+        for address in _connectable(host, port):
             try:
                 return await self._backend.connect_tcp(
                     str(address), port, timeout=timeout, local_address=local_address, socket_options=socket_options

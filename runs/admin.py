@@ -223,64 +223,19 @@ class ApprovalAdmin(admin.ModelAdmin):
             noun="approval",
         )
 
-    @admin.action(description="Approve chosen items, with a comment…")
-    def approve_chosen_items(self, request: HttpRequest, queryset: QuerySet[Approval]) -> TemplateResponse | None:
-        """An intermediate page, like the delete confirmation: each pending approval's items as
-        checkboxes (all ticked at first) and one optional comment; confirming approves the ticked
-        items of each through the same service as POST /runs/{id}/approve (audited as the user)."""
-        pending = list(queryset.filter(status=Approval.Status.PENDING).select_related("run").order_by("created_at"))
-        if not pending:
-            messages.warning(request, "None of the selected approvals is pending.")
-            return None
-        posted = request.POST.get("post") == "yes"
-        form = ApprovalCommentForm(request.POST if posted else None)
-        if posted and form.is_valid():
-            actor = Actor.of_user(request.user)
-            comment = form.cleaned_data["comment"]
-            _each(
-                request,
-                pending,
-                "Approved",
-                lambda approval: services.approval_decide(
-                    run=approval.run, approve=True, actor=actor, items=_chosen_items(request, approval), comment=comment
-                ),
-                noun="approval",
-            )
-            return None
-        context = {
-            **self.admin_site.each_context(request),
-            "title": "Approve chosen items",
-            "opts": self.model._meta,
-            "form": form,
-            "approvals": [
-                {
-                    "approval": approval,
-                    "field": _items_field(approval),
-                    "items": _item_rows(request, approval, posted=posted),
-                }
-                for approval in pending
-            ],
-            "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
-            "action": "approve_chosen_items",
-            "media": self.media,
-        }
-        return TemplateResponse(request, APPROVE_ITEMS_TEMPLATE, context)
-
-    @admin.action(description="Reject")
-    def reject(self, request: HttpRequest, queryset: QuerySet[Approval]) -> None:
-        actor = Actor.of_user(request.user)
-        _each(
-            request,
-            queryset.filter(status=Approval.Status.PENDING),
-            "Rejected",
-            lambda approval: services.approval_decide(run=approval.run, approve=False, actor=actor),
-            noun="approval",
-        )
-
-    @admin.action(description="Reject, with a comment…")
-    def reject_with_comment(self, request: HttpRequest, queryset: QuerySet[Approval]) -> TemplateResponse | None:
-        """An intermediate page with one optional comment, recorded with each rejection (as the
-        approve-items page records one with each approval)."""
+    def _decide_with_comment(
+        self,
+        request: HttpRequest,
+        queryset: QuerySet[Approval],
+        *,
+        approve: bool,
+        action: str,
+        title: str,
+        template: str,
+    ) -> TemplateResponse | None:
+        """An intermediate page, like the delete confirmation, with one optional comment recorded
+        with each decision (and, approving, each approval's items as checkboxes, all ticked at
+        first); confirming decides each through the same service as the API (audited as the user)."""
         pending = list(
             queryset.filter(status=Approval.Status.PENDING).select_related("run", "run__task").order_by("created_at")
         )
@@ -295,21 +250,67 @@ class ApprovalAdmin(admin.ModelAdmin):
             _each(
                 request,
                 pending,
-                "Rejected",
+                "Approved" if approve else "Rejected",
                 lambda approval: services.approval_decide(
-                    run=approval.run, approve=False, actor=actor, comment=comment
+                    run=approval.run,
+                    approve=approve,
+                    actor=actor,
+                    items=_chosen_items(request, approval) if approve else None,
+                    comment=comment,
                 ),
                 noun="approval",
             )
             return None
         context = {
             **self.admin_site.each_context(request),
-            "title": "Reject, with a comment",
+            "title": title,
             "opts": self.model._meta,
             "form": form,
-            "approvals": pending,
+            "approvals": [
+                {
+                    "approval": approval,
+                    "field": _items_field(approval),
+                    "items": _item_rows(request, approval, posted=posted) if approve else [],
+                }
+                for approval in pending
+            ],
             "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
-            "action": "reject_with_comment",
+            "action": action,
             "media": self.media,
         }
-        return TemplateResponse(request, REJECT_TEMPLATE, context)
+        return TemplateResponse(request, template, context)
+
+    @admin.action(description="Approve chosen items, with a comment…")
+    def approve_chosen_items(self, request: HttpRequest, queryset: QuerySet[Approval]) -> TemplateResponse | None:
+        """Each pending approval's items as checkboxes and one comment; the ticked items are approved."""
+        return self._decide_with_comment(
+            request,
+            queryset,
+            approve=True,
+            action="approve_chosen_items",
+            title="Approve chosen items",
+            template=APPROVE_ITEMS_TEMPLATE,
+        )
+
+    @admin.action(description="Reject")
+    def reject(self, request: HttpRequest, queryset: QuerySet[Approval]) -> None:
+        actor = Actor.of_user(request.user)
+        _each(
+            request,
+            queryset.filter(status=Approval.Status.PENDING),
+            "Rejected",
+            lambda approval: services.approval_decide(run=approval.run, approve=False, actor=actor),
+            noun="approval",
+        )
+
+    @admin.action(description="Reject, with a comment…")
+    def reject_with_comment(self, request: HttpRequest, queryset: QuerySet[Approval]) -> TemplateResponse | None:
+        """One optional comment, recorded with each rejection (as approving chosen items records one)."""
+        return self._decide_with_comment(
+            request,
+            queryset,
+            approve=False,
+            action="reject_with_comment",
+            title="Reject, with a comment",
+            template=REJECT_TEMPLATE,
+        )
