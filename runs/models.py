@@ -136,6 +136,53 @@ class StepRun(models.Model):
         return f"{self.run_id}#{self.index} {self.step_id} {self.status}"
 
 
+class StepItem(models.Model):
+    """One item of a `foreach` step: the tool called once for it, recorded like a step (input,
+    output, attempts, timing), claimed by the Celery message that runs it."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending"
+        RUNNING = "running"
+        SUCCEEDED = "succeeded"
+        FAILED = "failed"
+        SKIPPED = "skipped"
+
+    DONE = (Status.SUCCEEDED, Status.FAILED, Status.SKIPPED)
+
+    step = models.ForeignKey(StepRun, on_delete=models.CASCADE, related_name="items")
+    index = models.PositiveIntegerField(help_text="The item's position in the step's foreach list (0-based).")
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    input = models.JSONField(null=True, blank=True, help_text="The step's `with`, rendered for this item.")
+    output = models.JSONField(null=True, blank=True)
+    error = models.JSONField(null=True, blank=True)
+    # Why a skipped item did not run: "step_failed" (another item failed the step first) or "canceled".
+    skip_reason = models.CharField(max_length=24, blank=True)
+    claim_id = models.CharField(max_length=64, blank=True)
+    attempt_history = models.JSONField(default=list, blank=True)
+    # While running: when the item counts as lost (its timeout, retry delay and grace have passed).
+    deadline_at = models.DateTimeField(null=True, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    duration_ms = models.PositiveIntegerField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["step", "index"]
+        constraints = [
+            models.UniqueConstraint(fields=["step", "index"], name="stepitem_unique_index"),
+            models.CheckConstraint(
+                condition=Q(status__in=["pending", "running", "succeeded", "failed", "skipped"]),
+                name="stepitem_status_valid",
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["claim_id"], name="stepitem_running_claim", condition=Q(status="running")),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.step_id}[{self.index}] {self.status}"
+
+
 class Approval(models.Model):
     """A human decision a run waits for (orchestrator.request_approval); one per approval step."""
 
