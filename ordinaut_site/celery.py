@@ -12,3 +12,9 @@ app = Celery("ordinaut_site")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 # Jobs live in each app's jobs.py (docs/architecture.md), not the default tasks.py.
 app.autodiscover_tasks(related_name="jobs")
+
+# Worker liveness (ordinaut_site/liveness.py): a heartbeat in Redis and the jobs in flight, so the
+# sweeper re-runs a dead worker's steps within ORDINAUT_WORKER_DEAD_AFTER_S.
+from .liveness import WorkerLiveness  # noqa: E402
+
+app.steps["worker"].add(WorkerLiveness)

@@ -397,6 +397,24 @@ ORDINAUT_QUEUED_GRACE_S = env_int("ORDINAUT_QUEUED_GRACE_S", 300)
 ORDINAUT_RUNNING_GRACE_S = env_int("ORDINAUT_RUNNING_GRACE_S", 120)
 # ORDINAUT_SWEEP_INTERVAL_S: how often beat runs the recovery sweeper (stuck runs, parked waits, approvals).
 ORDINAUT_SWEEP_INTERVAL_S = env_int("ORDINAUT_SWEEP_INTERVAL_S", 30)
+# ORDINAUT_WORKER_HEARTBEAT_S: how often each worker's main process renews its liveness key in Redis.
+ORDINAUT_WORKER_HEARTBEAT_S = env_int("ORDINAUT_WORKER_HEARTBEAT_S", 5)
+# ORDINAUT_WORKER_DEAD_AFTER_S: a worker whose liveness key was not renewed for this long is dead: the
+# sweeper re-runs the steps it had in flight (at its next pass, every ORDINAUT_SWEEP_INTERVAL_S).
+ORDINAUT_WORKER_DEAD_AFTER_S = env_int("ORDINAUT_WORKER_DEAD_AFTER_S", 20)
+if ORDINAUT_WORKER_DEAD_AFTER_S < 2 * ORDINAUT_WORKER_HEARTBEAT_S:
+    raise ImproperlyConfigured(
+        "ORDINAUT_WORKER_DEAD_AFTER_S must be at least twice ORDINAUT_WORKER_HEARTBEAT_S, or one late beat kills a worker"
+    )
+# ORDINAUT_FIRE_SOFT_TIME_LIMIT_S: a fire job (tasks.fire_batch, tasks.fire, tasks.record_missed) or one
+# event delivery of the events consumer running longer is interrupted; a batch is then fired again
+# one occurrence per job, so one slow task cannot hold up the others.
+ORDINAUT_FIRE_SOFT_TIME_LIMIT_S = env_int("ORDINAUT_FIRE_SOFT_TIME_LIMIT_S", 30)
+# ORDINAUT_FIRE_TIME_LIMIT_S: the hard limit behind it: the worker's pool process (or the events
+# consumer process) is killed, and its occurrences (entries) are fired again one by one.
+ORDINAUT_FIRE_TIME_LIMIT_S = env_int("ORDINAUT_FIRE_TIME_LIMIT_S", 60)
+if ORDINAUT_FIRE_TIME_LIMIT_S <= ORDINAUT_FIRE_SOFT_TIME_LIMIT_S:
+    raise ImproperlyConfigured("ORDINAUT_FIRE_TIME_LIMIT_S must be larger than ORDINAUT_FIRE_SOFT_TIME_LIMIT_S")
 # --- Events (POST /events, orchestrator.emit_event, `manage.py consume_events`) ---
 # ORDINAUT_EVENT_STREAM: the Redis stream events are added to (on REDIS_URL).
 ORDINAUT_EVENT_STREAM = os.environ.get("ORDINAUT_EVENT_STREAM", "ordinaut:events")

@@ -1,16 +1,21 @@
-"""Recovery: the sweeper that re-dispatches runs past their deadline and expires due approvals, and
-the start of runs held for their turn (overlap=queue)."""
+"""Recovery: the sweeper that re-runs the steps of dead workers (ordinaut_site/liveness.py), re-dispatches
+runs past their deadline and expires due approvals, and the start of runs held for their turn
+(overlap=queue)."""
 
 from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Collection
 from datetime import datetime
 from typing import Any
 
+import redis
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
+
+from ordinaut_site import liveness
 
 from ..models import Approval, Run, StepRun
 from ..signals import held_runs_found
@@ -26,9 +31,11 @@ SWEEP_BATCH = 200
 
 
 def runs_sweep(*, now: datetime | None = None, limit: int = SWEEP_BATCH) -> dict[str, int]:
-    """One pass of the recovery sweeper: expire due approvals, then re-dispatch runs whose
-    deadline passed (lost publish, dead worker, parked wait now due). Safe on several workers."""
+    """One pass of the recovery sweeper: re-run the steps of workers found dead, expire due
+    approvals, then re-dispatch runs whose deadline passed (lost publish, a worker lost without a
+    trace, parked wait now due). Safe on several workers."""
     now = now or timezone.now()
+    recovered = lost_claims_recover(now=now)
     expired = 0
     due_approvals = (
         Approval.objects.filter(status=Approval.Status.PENDING, expires_at__lte=now)
@@ -37,7 +44,6 @@ def runs_sweep(*, now: datetime | None = None, limit: int = SWEEP_BATCH) -> dict
     )
     for run_id in list(due_approvals):
         expired += approval_expire(run_id=run_id, now=now)
-    recovered = 0
     stuck = (
         Run.objects.filter(status__in=[Run.Status.QUEUED, Run.Status.RUNNING], deadline_at__lte=now)
         .order_by("deadline_at")
@@ -54,6 +60,53 @@ def runs_sweep(*, now: datetime | None = None, limit: int = SWEEP_BATCH) -> dict
     if expired or recovered:
         logger.info("sweeper: %s approvals expired, %s runs re-dispatched", expired, recovered)
     return {"approvals_expired": expired, "runs_recovered": recovered}
+
+
+def lost_claims_recover(*, now: datetime | None = None) -> int:
+    """Recover the runs whose running step was claimed by a job of a dead worker (its liveness key
+    expired with the job still listed in flight): the step goes back to pending and the run is
+    re-dispatched from it, without waiting for its deadline. Each dead worker's ids are forgotten
+    once no run still holds one (a run another sweeper had locked is tried at the next pass).
+    Returns the runs recovered. Redis away: nothing this pass; the deadlines still hold."""
+    try:
+        dead = liveness.workers_dead()
+    except redis.RedisError as exc:
+        logger.warning("sweeper: cannot read worker liveness (%s); dead workers wait for the next pass", exc)
+        return 0
+    recovered = 0
+    for worker in dead:
+        if worker.task_ids:
+            runs = runs_with_lost_claims(worker.task_ids)
+            for run_id in runs:
+                recovered += run_recover(run_id=run_id, now=now, lost_claims=worker.task_ids)
+            logger.warning(
+                "worker %s is dead: %d job(s) were in flight, %d run(s) recovered",
+                worker.incarnation,
+                len(worker.task_ids),
+                len(runs),
+            )
+            if runs and runs_with_lost_claims(worker.task_ids):
+                continue  # some were locked elsewhere: kept for the next pass
+        try:
+            liveness.dead_worker_forget(worker)
+        except redis.RedisError as exc:
+            logger.warning("sweeper: cannot forget dead worker %s (%s)", worker.incarnation, exc)
+    return recovered
+
+
+def runs_with_lost_claims(claim_ids: Collection[str]) -> list[uuid.UUID]:
+    """Active runs with a running step whose claim (the Celery message id) is among `claim_ids`:
+    jobs that were running on a worker that died. The one place that knows which records carry
+    claims: step records, and the items of foreach steps where they exist."""
+    if not claim_ids:
+        return []
+    ids = list(claim_ids)
+    found = set(
+        StepRun.objects.filter(
+            run__status__in=[Run.Status.QUEUED, Run.Status.RUNNING], status=StepRun.Status.RUNNING, claim_id__in=ids
+        ).values_list("run_id", flat=True)
+    )
+    return sorted(found, key=str)
 
 
 def held(queryset: Any) -> Any:
@@ -79,18 +132,23 @@ def run_start_held(*, task_id: Any) -> Run | None:
     return run
 
 
-def run_recover(*, run_id: uuid.UUID, now: datetime | None = None) -> bool:
+def run_recover(*, run_id: uuid.UUID, now: datetime | None = None, lost_claims: Collection[str] | None = None) -> bool:
     """Re-dispatch a run stuck past its deadline from its first unfinished step. A step left
-    running by a lost message goes back to pending, so the new message can claim it."""
+    running by a lost message goes back to pending, so the new message can claim it. With
+    `lost_claims` (the jobs of a dead worker), the run is recovered before its deadline, but only
+    while one of its running steps is still claimed by one of them."""
     now = now or timezone.now()
     with transaction.atomic():
         # SKIP LOCKED: two sweepers never handle the same run; the other one moves on.
-        run = (
-            skip_locked(Run.objects.select_related("task"))
-            .filter(pk=run_id, status__in=[Run.Status.QUEUED, Run.Status.RUNNING], deadline_at__lte=now)
-            .first()
+        runs = skip_locked(Run.objects.select_related("task")).filter(
+            pk=run_id, status__in=[Run.Status.QUEUED, Run.Status.RUNNING]
         )
+        if lost_claims is None:
+            runs = runs.filter(deadline_at__lte=now)
+        run = runs.first()
         if run is None:
+            return False
+        if lost_claims is not None and not _holds_lost_claim(run, lost_claims):
             return False
         # The conditional update is the claim where SKIP LOCKED is not available (SQLite).
         claimed = Run.objects.filter(pk=run.pk, status=run.status, deadline_at=run.deadline_at).update(
@@ -108,7 +166,9 @@ def run_recover(*, run_id: uuid.UUID, now: datetime | None = None) -> bool:
             status=StepRun.Status.PENDING, claim_id=""
         )
         Run.objects.filter(pk=run.pk).update(current_step=first.index)
-        if run.dispatch_count == 0 and run.status == Run.Status.QUEUED:
+        if lost_claims is not None:
+            logger.warning("re-dispatching run %s from step %s: its worker died", run.pk, first.index)
+        elif run.dispatch_count == 0 and run.status == Run.Status.QUEUED:
             logger.info("starting run %s: its jitter, held in the database, is over", run.pk)
         else:
             logger.warning(
@@ -116,6 +176,12 @@ def run_recover(*, run_id: uuid.UUID, now: datetime | None = None) -> bool:
             )
         dispatch_on_commit(run, from_index=first.index)
     return True
+
+
+def _holds_lost_claim(run: Run, lost_claims: Collection[str]) -> bool:
+    """Under the run's lock: a step of it is still running under one of the lost claims (not reset
+    meanwhile by another recovery, nor finished by a worker that was not dead after all)."""
+    return StepRun.objects.filter(run=run, status=StepRun.Status.RUNNING, claim_id__in=list(lost_claims)).exists()
 
 
 def _finish_recovered(run: Run, steps: list[StepRun]) -> None:

@@ -1,0 +1,240 @@
+"""Worker liveness, in-process against the real Redis: the in-flight record of a worker's jobs, how
+the sweeper finds a dead worker and recovers exactly the runs whose running step one of its jobs
+had claimed, once, and what a worker that comes back can and cannot do."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+from django.utils import timezone
+
+from ordinaut_site import liveness
+from runs import services
+from runs.engine import Next, step_execute
+from runs.models import Run, StepRun
+from runs.services import run_create, runs_sweep
+from runs.services.recovery import lost_claims_recover, runs_with_lost_claims
+from tests.support.pipelines import drive, echo_pipeline, make_task
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def dispatched(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
+    sent: list[dict[str, Any]] = []
+    monkeypatch.setattr(services.dispatch, "run_dispatch", lambda **kwargs: sent.append(kwargs))
+    return sent
+
+
+@pytest.fixture
+def incarnations(redis_client: redis.Redis, settings: Any) -> Iterator[Any]:
+    """incarnation() -> a fresh worker incarnation name; its keys are removed afterwards. A Redis
+    started a moment ago (CI) declares nobody dead for DEAD_AFTER_S: 0 here."""
+    settings.ORDINAUT_WORKER_DEAD_AFTER_S = 0
+    made: list[str] = []
+
+    def make() -> str:
+        name = f"test-{uuid.uuid4().hex[:8]}@host:{uuid.uuid4().hex[:8]}"
+        made.append(name)
+        return name
+
+    yield make
+    for name in made:
+        redis_client.delete(liveness.alive_key(name), liveness.inflight_key(name))
+        redis_client.srem(liveness.registry_key(), name)
+
+
+def announce(name: str, *, ttl_s: float = 60) -> liveness.Heartbeat:
+    beat = liveness.Heartbeat(name, every_s=1, ttl_s=ttl_s)
+    beat.beat()
+    return beat
+
+
+def as_worker(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    """This process plays a pool child of the worker `name` (what the bootstep sets before forking)."""
+    monkeypatch.setattr(liveness, "_incarnation", name)
+
+
+def die(redis_client: redis.Redis, name: str) -> None:
+    """The alive key runs out (as it does ORDINAUT_WORKER_DEAD_AFTER_S after the last beat)."""
+    redis_client.delete(liveness.alive_key(name))
+
+
+def test_a_job_is_listed_in_flight_from_prerun_to_postrun(
+    incarnations: Any, monkeypatch: pytest.MonkeyPatch, redis_client: redis.Redis
+) -> None:
+    name = incarnations()
+    announce(name)
+    as_worker(monkeypatch, name)
+
+    liveness._job_started(task_id="job-1")
+    assert redis_client.hgetall(liveness.inflight_key(name)) == {b"job-1": str(os.getpid()).encode()}
+    liveness._job_ended(task_id="job-1")
+    assert redis_client.hlen(liveness.inflight_key(name)) == 0
+
+
+def test_a_postrun_does_not_remove_the_same_message_started_again_by_another_pool_process(
+    incarnations: Any, monkeypatch: pytest.MonkeyPatch, redis_client: redis.Redis
+) -> None:
+    name = incarnations()
+    as_worker(monkeypatch, name)
+    # A retry with no countdown: the same message id, already running in another child.
+    redis_client.hset(liveness.inflight_key(name), "job-1", os.getppid())
+    liveness._job_ended(task_id="job-1")
+    assert redis_client.hget(liveness.inflight_key(name), "job-1") == str(os.getppid()).encode()
+
+
+def test_the_heartbeat_drops_entries_of_pool_processes_that_are_gone(
+    incarnations: Any, redis_client: redis.Redis
+) -> None:
+    name = incarnations()
+    gone_pid = 2**22 + 12345  # above any pid_max the kernel hands out by default
+    redis_client.hset(liveness.inflight_key(name), mapping={"killed": gone_pid, "running": os.getpid()})
+    announce(name)
+    assert redis_client.hkeys(liveness.inflight_key(name)) == [b"running"]
+
+
+def test_only_workers_whose_alive_key_expired_are_dead(incarnations: Any, redis_client: redis.Redis) -> None:
+    alive, dead = incarnations(), incarnations()
+    announce(alive)
+    announce(dead)
+    redis_client.hset(liveness.inflight_key(alive), "a1", os.getpid())
+    redis_client.hset(liveness.inflight_key(dead), mapping={"d1": os.getpid(), "d2": os.getpid()})
+    die(redis_client, dead)
+
+    found = {w.incarnation: w.task_ids for w in liveness.workers_dead()}
+    assert found[dead] == {"d1", "d2"}
+    assert alive not in found
+    assert alive in liveness.workers_alive()
+
+
+def test_nobody_is_dead_while_redis_itself_just_restarted(
+    incarnations: Any, redis_client: redis.Redis, settings: Any
+) -> None:
+    name = incarnations()
+    announce(name)
+    die(redis_client, name)
+    uptime = int(redis_client.info("server")["uptime_in_seconds"])
+    settings.ORDINAUT_WORKER_DEAD_AFTER_S = uptime + 3600  # the keys may have expired during the outage
+    assert liveness.workers_dead() == []
+
+
+def test_a_dead_workers_running_step_is_reset_and_its_run_redispatched_before_its_deadline(
+    agent: Any,
+    incarnations: Any,
+    redis_client: redis.Redis,
+    dispatched: list[dict[str, Any]],
+    django_capture_on_commit_callbacks: Any,
+) -> None:
+    run = run_create(task=make_task(agent.agent, echo_pipeline(3)), trigger="manual")
+    step_execute(run_id=str(run.pk), index=0, claim_id="m0")
+    services.step_claim(run=run, index=1, claim_id="m1", timeout_s=300)  # the worker dies mid-call
+    other = run_create(task=make_task(agent.agent, echo_pipeline(2)), trigger="manual")
+    services.step_claim(run=other, index=0, claim_id="live-1", timeout_s=300)  # on a live worker
+    dead, alive = incarnations(), incarnations()
+    announce(dead)
+    announce(alive)
+    redis_client.hset(liveness.inflight_key(dead), mapping={"m1": 1, "finished-meanwhile": 1})
+    redis_client.hset(liveness.inflight_key(alive), "live-1", os.getpid())
+    die(redis_client, dead)
+    deadline = Run.objects.get(pk=run.pk).deadline_at
+    assert deadline is not None
+    assert deadline > timezone.now(), "long before its deadline"
+
+    with django_capture_on_commit_callbacks(execute=True):
+        result = runs_sweep()
+
+    assert result["runs_recovered"] == 1
+    assert [(d["run_id"], d["from_index"]) for d in dispatched] == [(run.pk, 1)]
+    steps = list(StepRun.objects.filter(run=run).order_by("index"))
+    assert [(s.status, s.claim_id) for s in steps] == [("succeeded", "m0"), ("pending", ""), ("pending", "")]
+    assert StepRun.objects.get(run=other, index=0).claim_id == "live-1", "a live worker's step is left alone"
+    # The dead worker is forgotten; the live one is still listed.
+    assert not redis_client.exists(liveness.inflight_key(dead))
+    assert not redis_client.sismember(liveness.registry_key(), dead)
+    assert redis_client.sismember(liveness.registry_key(), alive)
+
+    drive(run.pk, start=1)
+    step = StepRun.objects.get(run=run, index=1)
+    assert Run.objects.get(pk=run.pk).status == "succeeded"
+    assert (step.attempts, [h["outcome"] for h in step.attempt_history]) == (2, ["lost", "succeeded"])
+    assert runs_sweep()["runs_recovered"] == 0, "recovered once"
+    assert len(dispatched) == 1
+
+
+def test_two_sweepers_recover_a_dead_workers_run_once(
+    agent: Any,
+    incarnations: Any,
+    redis_client: redis.Redis,
+    dispatched: list[dict[str, Any]],
+    django_capture_on_commit_callbacks: Any,
+) -> None:
+    run = run_create(task=make_task(agent.agent, echo_pipeline(2)), trigger="manual")
+    services.step_claim(run=run, index=0, claim_id="m0", timeout_s=300)
+    dead = incarnations()
+    announce(dead)
+    redis_client.hset(liveness.inflight_key(dead), "m0", 1)
+    die(redis_client, dead)
+    # What a second sweeper read before the first one forgot the dead worker.
+    [seen] = [w for w in liveness.workers_dead() if w.incarnation == dead]
+
+    with django_capture_on_commit_callbacks(execute=True):
+        first = lost_claims_recover()
+        second = services.run_recover(run_id=run.pk, lost_claims=seen.task_ids)
+
+    assert (first, second) == (1, 0), "the second finds the step no longer claimed by the lost job"
+    assert len(dispatched) == 1
+
+
+def test_a_worker_that_comes_back_has_its_late_result_refused(
+    agent: Any, incarnations: Any, redis_client: redis.Redis, dispatched: list[dict[str, Any]]
+) -> None:
+    run = run_create(task=make_task(agent.agent, echo_pipeline(2)), trigger="manual")
+    claim = services.step_claim(run=run, index=0, claim_id="m0", timeout_s=300)
+    assert claim is not None
+    dead = incarnations()
+    announce(dead)
+    redis_client.hset(liveness.inflight_key(dead), "m0", 1)
+    die(redis_client, dead)
+    assert lost_claims_recover() == 1
+    # The new message claims and finishes the step.
+    assert step_execute(run_id=str(run.pk), index=0, claim_id="m0-again") is Next.CONTINUE
+
+    # The old job's worker was only cut off: it finishes its call and reports, under its old claim.
+    late = services.step_succeeded(
+        run=run, step=claim.step, input={}, output={"late": True}, output_json=None, history=[]
+    )
+
+    assert late is None, "refused: the record belongs to the new claim"
+    step = StepRun.objects.get(run=run, index=0)
+    assert (step.status, step.claim_id, step.output) == ("succeeded", "m0-again", {"i": 0})
+    assert services.step_fail(step=claim.step, input={}, error={"code": "late"}) is False
+
+
+def test_a_dead_worker_that_came_back_is_not_forgotten(incarnations: Any, redis_client: redis.Redis) -> None:
+    name = incarnations()
+    announce(name)
+    redis_client.hset(liveness.inflight_key(name), "old", 1)
+    die(redis_client, name)
+    [dead] = [w for w in liveness.workers_dead() if w.incarnation == name]
+    announce(name)  # it beats again before the sweeper got to it
+    redis_client.hset(liveness.inflight_key(name), "new", os.getpid())
+
+    assert liveness.dead_worker_forget(dead) is False
+    assert set(redis_client.hkeys(liveness.inflight_key(name))) == {b"new", b"old"}
+    assert redis_client.sismember(liveness.registry_key(), name)
+
+
+def test_lost_claim_lookup_finds_running_steps_of_active_runs_only(agent: Any) -> None:
+    running = run_create(task=make_task(agent.agent, echo_pipeline(1)), trigger="manual")
+    services.step_claim(run=running, index=0, claim_id="c-run", timeout_s=60)
+    done = run_create(task=make_task(agent.agent, echo_pipeline(1)), trigger="manual")
+    step_execute(run_id=str(done.pk), index=0, claim_id="c-done")
+
+    assert runs_with_lost_claims({"c-run", "c-done", "c-unknown"}) == [running.pk]
+    assert runs_with_lost_claims(set()) == []
