@@ -369,6 +369,11 @@ ORDINAUT_EXPR_MAX_STEPS = env_int("ORDINAUT_EXPR_MAX_STEPS", 100_000)
 # largest value it may build counted as written out (a value used twice counts twice; a string one
 # item per 64 characters). Over either budget: error expression_too_expensive.
 ORDINAUT_EXPR_MAX_ITEMS = env_int("ORDINAUT_EXPR_MAX_ITEMS", 100_000)
+# ORDINAUT_MAX_FOREACH_ITEMS: most items one `foreach` step may run its tool for (a longer literal list
+# is refused at create; a longer computed list fails the step with foreach_too_many_items).
+ORDINAUT_MAX_FOREACH_ITEMS = env_int("ORDINAUT_MAX_FOREACH_ITEMS", 1000)
+# ORDINAUT_MAX_PARALLEL: the largest `max_parallel` a foreach step may ask for (items running at once).
+ORDINAUT_MAX_PARALLEL = env_int("ORDINAUT_MAX_PARALLEL", 32)
 # ORDINAUT_MAX_STEP_OUTPUT_BYTES: largest tool output stored for a step, as compact JSON.
 ORDINAUT_MAX_STEP_OUTPUT_BYTES = env_int("ORDINAUT_MAX_STEP_OUTPUT_BYTES", 1_048_576)
 # ORDINAUT_TOOL_MODULES: comma-separated Python modules imported on first tool lookup (they register tools).

@@ -11,10 +11,23 @@ from django.conf import settings
 
 from ordinaut_site.errors import ValidationFailed
 
-from .templates import EXPR_MAX_LEN, condition_error, template_errors
+from .templates import EXPR_MAX_LEN, Expr, TemplateSyntaxError, condition_error, template_errors, template_parse
 
 STEP_KEYS = frozenset(
-    {"id", "uses", "with", "save_as", "if", "timeout_seconds", "retry", "on_error", "on_reject", "description"}
+    {
+        "id",
+        "uses",
+        "with",
+        "save_as",
+        "if",
+        "foreach",
+        "max_parallel",
+        "timeout_seconds",
+        "retry",
+        "on_error",
+        "on_reject",
+        "description",
+    }
 )
 RETRY_KEYS = frozenset({"max_attempts", "backoff_seconds", "backoff_max_seconds"})
 PAYLOAD_KEYS = frozenset({"params", "pipeline"})
@@ -22,6 +35,10 @@ ON_ERROR = ("fail", "continue")
 APPROVAL_TOOL = "orchestrator.request_approval"
 # What a run does after its approval step is rejected or expires (the step's `on_reject`).
 ON_REJECT = ("stop", "continue")
+# Tools that suspend their step (an approval, a wait) cannot run once per item of a `foreach`.
+SUSPENDING_TOOLS = frozenset({APPROVAL_TOOL, "orchestrator.wait"})
+# How many items of a `foreach` step run at once when the step does not say (`max_parallel`).
+DEFAULT_MAX_PARALLEL = 4
 STEP_ID_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]{0,99}$")
 USES_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]*\.[A-Za-z0-9_][A-Za-z0-9_.\-/]*$")
 MAX_USES_LEN = 200
@@ -133,6 +150,8 @@ def payload_errors(payload: Any) -> dict[str, list[str]]:
                     add_step("if", problem)
         for where, problem in template_errors(step.get("with")).items():
             add_step(f"with.{where}" if where else "with", problem)
+        for key, problem in _foreach_errors(step, uses):
+            add_step(key, problem)
         timeout = step.get("timeout_seconds")
         if timeout is not None and (
             isinstance(timeout, bool)
@@ -160,6 +179,42 @@ def payload_errors(payload: Any) -> dict[str, list[str]]:
                 f"step {index}: save_as {alias!r} collides with the id of step {owner}",
             )
     return errors
+
+
+def _foreach_errors(step: dict[str, Any], uses: Any) -> list[tuple[str, str]]:
+    """Problems of a step's `foreach` (one `${expr}` naming a list, or a list) and `max_parallel`."""
+    problems: list[tuple[str, str]] = []
+    limit = settings.ORDINAUT_MAX_FOREACH_ITEMS
+    if "foreach" in step:
+        foreach = step["foreach"]
+        if isinstance(foreach, list):
+            if len(foreach) > limit:
+                problems.append(("foreach", f"has {len(foreach)} items; ORDINAUT_MAX_FOREACH_ITEMS is {limit}"))
+        elif not isinstance(foreach, str) or not _one_expression(foreach):
+            problems.append(("foreach", "must be one ${...} expression that gives a list (or a list)"))
+        else:
+            problem = template_errors(foreach).get("")
+            if problem:
+                problems.append(("foreach", problem))
+        if uses in SUSPENDING_TOOLS:
+            problems.append(("foreach", f"cannot be used with {uses}: it suspends its step"))
+    if "max_parallel" in step:
+        parallel = step["max_parallel"]
+        ceiling = settings.ORDINAUT_MAX_PARALLEL
+        if "foreach" not in step:
+            problems.append(("max_parallel", "applies only to a step with a foreach"))
+        elif isinstance(parallel, bool) or not isinstance(parallel, int) or not 1 <= parallel <= ceiling:
+            problems.append(("max_parallel", f"must be an integer 1..{ceiling} (ORDINAUT_MAX_PARALLEL)"))
+    return problems
+
+
+def _one_expression(text: str) -> bool:
+    """Whether a string is exactly one `${expr}` (whose value is then any JSON, here a list)."""
+    try:
+        pieces = template_parse(text.strip())
+    except TemplateSyntaxError:
+        return True  # its syntax error is reported by template_errors
+    return len(pieces) == 1 and isinstance(pieces[0], Expr)
 
 
 def _retry_errors(retry: Any, path: str, add: Any) -> None:
@@ -210,6 +265,8 @@ class Step:
     timeout_seconds: float | None
     retry: dict[str, Any]
     on_reject: str | None = None
+    foreach: Any = None
+    max_parallel: int = DEFAULT_MAX_PARALLEL
 
     @classmethod
     def of(cls, pipeline: list[dict[str, Any]], index: int) -> Step:
@@ -224,7 +281,14 @@ class Step:
             timeout_seconds=entry.get("timeout_seconds"),
             retry=entry.get("retry") or {},
             on_reject=entry.get("on_reject"),
+            foreach=entry.get("foreach"),
+            max_parallel=int(entry.get("max_parallel") or DEFAULT_MAX_PARALLEL),
         )
+
+    @property
+    def fans_out(self) -> bool:
+        """A `foreach` step: the tool runs once per item, up to `max_parallel` at a time."""
+        return self.foreach is not None
 
     @property
     def continues_on_error(self) -> bool:

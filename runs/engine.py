@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-import enum
 import logging
-import random
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -17,90 +14,33 @@ from django.utils import timezone
 
 from ordinaut_site import logs
 from ordinaut_site.budgets import budget_charge
-from ordinaut_site.errors import (
-    AttemptsExhausted,
-    StepError,
-    ToolInputInvalid,
-    ToolOutputInvalid,
-    ToolOutputTooLarge,
-    ToolTimeout,
-)
+from ordinaut_site.errors import AttemptsExhausted, StepError, ToolInputInvalid, ToolOutputInvalid, ToolTimeout
 from pipelines.spec import Step
-from pipelines.storable import storable_json, storable_text
+from pipelines.storable import storable_text
 from pipelines.templates import Rendering, condition_evaluate, has_templates, reads_steps, render
 from pipelines.tools import AwaitApproval, Suspend, ToolCall, schema_errors, tool_resolve
 
 from . import services as run_services
+from .attempts import (
+    RETRY_JITTER_RATIO,
+    Attempt,
+    Next,
+    Outcome,
+    RetryIn,
+    RetryPolicy,
+    retry_delay_s,
+    retry_policy,
+    template_context,
+    tool_call,
+)
+from .fanout import fan_out
 from .models import Run, StepRun
-from .selectors import run_get_for_step, step_outputs
+from .selectors import run_get_for_step
 from .services import After
 
 logger = logging.getLogger(__name__)
 
-# Retry delays are spread by +/- this fraction so a burst of failures does not retry in lockstep.
-# Kept below 1/3 so each delay is still longer than the one before (until the cap).
-RETRY_JITTER_RATIO = 0.2
-
-
-class Next(enum.Enum):
-    """What the chain should do after this step job."""
-
-    CONTINUE = "continue"
-    STOP = "stop"
-
-
-@dataclass(frozen=True)
-class RetryIn:
-    """Send this same message again after a countdown (a retry, or a short wait)."""
-
-    countdown_s: float
-
-
-Outcome = Next | RetryIn
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    max_attempts: int
-    backoff_s: float
-    backoff_max_s: float
-
-
-def retry_policy(*, task: Any, step: Step) -> RetryPolicy:
-    """The step's `retry`, filled in from the task's defaults (max_retries counts retries)."""
-    retry = step.retry
-    return RetryPolicy(
-        max_attempts=int(retry.get("max_attempts") or task.max_retries + 1),
-        backoff_s=float(retry.get("backoff_seconds", task.retry_backoff_seconds)),
-        backoff_max_s=float(retry.get("backoff_max_seconds", task.retry_backoff_max_seconds)),
-    )
-
-
-def retry_delay_s(policy: RetryPolicy, attempt: int) -> float:
-    """Exponential backoff with jitter after failed attempt number `attempt` (1-based), always
-    below the broker's visibility timeout (ORDINAUT_MAX_COUNTDOWN_S, checked in settings)."""
-    base = min(policy.backoff_s * 2 ** min(attempt - 1, 30), policy.backoff_max_s)
-    delay = base * random.uniform(1 - RETRY_JITTER_RATIO, 1 + RETRY_JITTER_RATIO)
-    return max(0.0, min(delay, float(settings.ORDINAUT_MAX_COUNTDOWN_S)))
-
-
-def template_context(run: Run, index: int, *, with_steps: bool = True) -> dict[str, Any]:
-    """What `${...}` and `if` see: params, steps, event, task, run, now."""
-    context = run.context or {}
-    return {
-        "params": context.get("params") or {},
-        "event": context.get("event"),
-        "now": context.get("now"),
-        "task": {"id": str(run.task_id), "title": run.task.title, "timezone": run.task.timezone},
-        "run": {
-            "id": str(run.pk),
-            "trigger": run.trigger,
-            "trigger_key": run.trigger_key,
-            "scheduled_for": run.scheduled_for.isoformat() if run.scheduled_for else None,
-            "replay_of": str(run.replay_of_id) if run.replay_of_id else None,
-        },
-        "steps": step_outputs(run=run, before_index=index) if with_steps else {},
-    }
+__all__ = ["RETRY_JITTER_RATIO", "Next", "Outcome", "RetryIn", "RetryPolicy", "retry_delay_s", "step_execute"]
 
 
 def step_execute(*, run_id: str, index: int, claim_id: str) -> Outcome:
@@ -111,35 +51,6 @@ def step_execute(*, run_id: str, index: int, claim_id: str) -> Outcome:
         return Next.STOP
     with logs.bind(run=run.pk, task=run.task_id, step=index):
         return _step_execute(run, index, claim_id)
-
-
-class _Attempt:
-    """The attempt history of one claimed step, appended to as this attempt ends."""
-
-    def __init__(self, record: StepRun, started: datetime) -> None:
-        self.record = record
-        self.started = started
-        self.history = list(record.attempt_history or [])
-        # Attempts whose worker died before recording anything show up as "lost".
-        recorded = {entry.get("attempt") for entry in self.history}
-        for number in range(1, record.attempts):
-            if number not in recorded:
-                self.history.append({"attempt": number, "outcome": "lost", "error": None})
-        self.history.sort(key=lambda entry: entry.get("attempt") or 0)
-
-    def end(self, outcome: str, *, error: dict[str, Any] | None = None, retry_in_s: float | None = None) -> list[Any]:
-        now = timezone.now()
-        entry: dict[str, Any] = {
-            "attempt": self.record.attempts,
-            "started_at": self.started.isoformat(),
-            "finished_at": now.isoformat(),
-            "duration_ms": max(0, int((now - self.started).total_seconds() * 1000)),
-            "outcome": outcome,
-            "error": error,
-        }
-        if retry_in_s is not None:
-            entry["retry_in_s"] = round(retry_in_s, 3)
-        return [*self.history, entry]
 
 
 def _step_execute(run: Run, index: int, claim_id: str) -> Outcome:
@@ -156,23 +67,28 @@ def _step_execute(run: Run, index: int, claim_id: str) -> Outcome:
     if claim is None:
         return _after_redelivery(run, index)
     record = claim.step
-    attempt = _Attempt(record, claim.at)
+    attempt = Attempt(record, claim.at)
     policy = retry_policy(task=run.task, step=step)
     rendered: Any = step.with_
 
     try:
-        if record.resume_at is None and record.attempts > policy.max_attempts:
+        # A foreach step's own job calls no tool (its items' jobs do, each counting its attempts):
+        # claimed again after a loss, it only sends the items still due.
+        if not step.fans_out and record.resume_at is None and record.attempts > policy.max_attempts:
             # Only redeliveries get here: each time the step's worker died mid-call.
             raise AttemptsExhausted(f"gave up after {record.attempts - 1} attempts whose worker was lost")
         condition = step.if_
-        templated = has_templates(rendered)
+        templated = has_templates(rendered) or step.fans_out
         context: dict[str, Any] | None = None
         if condition is not None or templated:
-            context = template_context(run, index, with_steps=reads_steps(rendered, condition))
+            reads = step.fans_out or reads_steps(rendered, condition)
+            context = template_context(run, index, with_steps=reads)
         if condition is not None and context is not None:
             decision, _ = condition_evaluate(condition, context)
             if not decision:
                 return _next(run_services.step_skipped(run=run, step=record))
+        if step.fans_out and context is not None:
+            return _next(fan_out(run=run, step=step, record=record, context=context, timeout_s=timeout_s))
         if templated and context is not None:
             rendered = render(rendered, context, Rendering())
         tool = tool_resolve(record.uses)
@@ -188,11 +104,7 @@ def _step_execute(run: Run, index: int, claim_id: str) -> Outcome:
             attempt=record.attempts,
             resume_at=record.resume_at,
         )
-        output = tool.func(rendered, call)
-        problems = schema_errors(tool.output_schema, output, prefix="output")
-        if problems:
-            raise ToolOutputInvalid("; ".join(problems))
-        output_json = _stored_output(output)
+        output, output_json = tool_call(tool, rendered, call)
     except Suspend as suspend:
         return _suspend(run, record, rendered, suspend.until)
     except AwaitApproval as ask:
@@ -204,10 +116,10 @@ def _step_execute(run: Run, index: int, claim_id: str) -> Outcome:
         return _failed(run, attempt, rendered, exc, policy)
     except (OperationalError, InterfaceError):
         raise  # the database, not the tool: the job retries (runs/jobs.py)
-    except SoftTimeLimitExceeded:
+    except SoftTimeLimitExceeded:  # while rendering: the tool call's own limit is a StepError
         return _failed(run, attempt, rendered, ToolTimeout(f"the step ran past {timeout_s:g}s"), policy)
-    except Exception as exc:  # a tool bug is the step's failure, never a lost run
-        logger.exception("tool %s raised", record.uses)
+    except Exception as exc:  # a bug is the step's failure, never a lost run
+        logger.exception("step %s raised", record.step_id)
         error = StepError(f"{type(exc).__name__}: {exc}"[:1000], code="tool_error", retryable=False)
         return _failed(run, attempt, rendered, error, policy)
 
@@ -237,20 +149,6 @@ def _savepoint() -> Any:
     return transaction.atomic() if transaction.get_connection().in_atomic_block else contextlib.nullcontext()
 
 
-def _stored_output(output: Any) -> str:
-    """The tool's output as the JSON text its StepRun stores (serialized once: the size check
-    and the record use the same text); ToolOutputInvalid / ToolOutputTooLarge when it cannot be."""
-    try:
-        text = storable_json(output, prefix="output")
-    except (TypeError, ValueError) as exc:
-        raise ToolOutputInvalid(f"the tool's output cannot be stored as JSON: {exc}") from None
-    if len(text) > settings.ORDINAUT_MAX_STEP_OUTPUT_BYTES:
-        raise ToolOutputTooLarge(
-            f"output is {len(text)} bytes; ORDINAUT_MAX_STEP_OUTPUT_BYTES is {settings.ORDINAUT_MAX_STEP_OUTPUT_BYTES}"
-        )
-    return text
-
-
 def _next(after: After | None) -> Outcome:
     """The chain goes on only when the after-step rule says the next step runs."""
     return Next.CONTINUE if after is After.NEXT_STEP else Next.STOP
@@ -268,7 +166,7 @@ def _suspend(run: Run, record: StepRun, rendered: Any, until: datetime) -> Outco
     return RetryIn(max(0.0, remaining))
 
 
-def _failed(run: Run, attempt: _Attempt, rendered: Any, exc: StepError, policy: RetryPolicy) -> Outcome:
+def _failed(run: Run, attempt: Attempt[StepRun], rendered: Any, exc: StepError, policy: RetryPolicy) -> Outcome:
     record = attempt.record
     error = exc.as_dict()
     # Messages quote what tools and servers said, which may hold a NUL the database refuses.

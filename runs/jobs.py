@@ -1,5 +1,5 @@
-"""Celery jobs of runs: the step job (a run is a chain of them, one per step) and the recovery
-sweeper (beat runs it every ORDINAUT_SWEEP_INTERVAL_S)."""
+"""Celery jobs of runs: the step job (a run is a chain of them, one per step), the item job (one
+item of a foreach step), and the recovery sweeper (beat runs it every ORDINAUT_SWEEP_INTERVAL_S)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ from typing import Any
 from celery import shared_task
 from django.db import InterfaceError, OperationalError
 
-from .engine import Next, RetryIn, step_execute
-from .services import STEP_JOB_NAME, retention_cutoff, runs_purge, runs_sweep
+from .engine import Next, Outcome, RetryIn, step_execute
+from .fanout import item_execute
+from .services import ITEM_JOB_NAME, STEP_JOB_NAME, retention_cutoff, runs_purge, runs_sweep
 
 # A database connection that dropped (a Postgres restart) fails the job's first query; the job
 # then comes back after a short backoff on a fresh connection, as the same message (same claim).
@@ -27,14 +28,30 @@ DB_CONNECTION_ERRORS = (OperationalError, InterfaceError)
     retry_backoff_max=60,
 )
 def run_step_job(self: Any, run_id: str, index: int) -> None:
-    outcome = step_execute(run_id=run_id, index=index, claim_id=self.request.id or "")
+    _follow(self, step_execute(run_id=run_id, index=index, claim_id=self.request.id or ""))
+
+
+# An item job is a link of one lane (a chain) of a foreach step's items; the same rules.
+@shared_task(
+    bind=True,
+    name=ITEM_JOB_NAME,
+    max_retries=None,
+    autoretry_for=DB_CONNECTION_ERRORS,
+    retry_backoff=True,
+    retry_backoff_max=60,
+)
+def run_item_job(self: Any, run_id: str, index: int, item_index: int) -> None:
+    _follow(self, item_execute(run_id=run_id, index=index, item_index=item_index, claim_id=self.request.id or ""))
+
+
+def _follow(job: Any, outcome: Outcome) -> None:
     if isinstance(outcome, RetryIn):
-        # The same message id comes back, so the step's claim (claim_id) still holds; the chain
-        # and the run-id stamp travel with it.
-        raise self.retry(countdown=outcome.countdown_s)
+        # The same message id comes back, so the claim (claim_id) still holds; the chain and the
+        # run-id stamp travel with it.
+        raise job.retry(countdown=outcome.countdown_s)
     if outcome is Next.STOP:
         # Ends the chain here: the rest is either done, owned by another message, or not wanted.
-        self.request.chain = None
+        job.request.chain = None
 
 
 @shared_task(name="runs.sweep", ignore_result=True)

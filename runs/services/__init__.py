@@ -1,5 +1,6 @@
 """Run and step-run services, one module per concern: creation, dispatch, state (the run's status
-and the after-step rule), steps, approvals, replay and recovery. Callers import from here."""
+and the after-step rule), steps, items (of foreach steps), approvals, replay and recovery. Callers
+import from here."""
 
 from .approvals import (
     MAX_APPROVAL_ITEMS,
@@ -22,6 +23,7 @@ from .creation import (
 )
 from .deadlines import logical_now, step_timeout_s
 from .dispatch import STEP_JOB_NAME, dispatch_on_commit, run_dispatch
+from .items import ITEM_JOB_NAME, items_mark_lost
 from .recovery import SWEEP_BATCH, held, run_recover, run_start_held, runs_sweep
 from .replay import REPLAY_FROM, run_replay
 from .retention import RETENTION_BATCH, retention_cutoff, runs_purge
@@ -53,6 +55,7 @@ from .steps import (
 )
 
 __all__ = [
+    "ITEM_JOB_NAME",
     "MAX_APPROVAL_ITEMS",
     "REPLAY_FROM",
     "RETENTION_BATCH",
@@ -70,6 +73,7 @@ __all__ = [
     "approval_request",
     "dispatch_on_commit",
     "held",
+    "items_mark_lost",
     "logical_now",
     "retention_cutoff",
     "run_after_step",

@@ -42,11 +42,34 @@ def drive(run_id: Any, *, start: int = 0, max_jobs: int = 100) -> list[Any]:
         outcomes.append(outcome)
         if isinstance(outcome, RetryIn):
             continue
-        if outcome is Next.CONTINUE:
+        if outcome is Next.CONTINUE or (outcome is Next.STOP and drive_items(run_id, index, outcomes)):
             index += 1
             continue
         break
     return outcomes
+
+
+def drive_items(run_id: Any, index: int, outcomes: list[Any], *, max_jobs: int = 10_000) -> bool:
+    """Run a foreach step's items due in this process, in item order, as their lanes would (a
+    retry at once); True when that settled the step and the run goes on to the next step."""
+    from runs.engine import RetryIn
+    from runs.fanout import item_execute
+    from runs.models import Run, StepItem, StepRun
+
+    step = StepRun.objects.filter(run_id=run_id, index=index).first()
+    if step is None or step.status != StepRun.Status.RUNNING or not StepItem.objects.filter(step=step).exists():
+        return False
+    for item_index in StepItem.objects.filter(step=step, status="pending").values_list("index", flat=True):
+        for _ in range(max_jobs):
+            outcome = item_execute(
+                run_id=str(run_id), index=index, item_index=item_index, claim_id=f"item-{index}-{item_index}"
+            )
+            outcomes.append(outcome)
+            if not isinstance(outcome, RetryIn):
+                break
+    step.refresh_from_db()
+    run = Run.objects.get(pk=run_id)
+    return step.status in StepRun.DONE and run.status == Run.Status.RUNNING
 
 
 def finished(run_id: Any) -> Any:
