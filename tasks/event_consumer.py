@@ -7,6 +7,13 @@ ORDINAUT_EVENT_CLAIM_IDLE_S (XAUTOCLAIM) and delivers them again, which creates 
 (trigger key `event:<id>`, and an event marked consumed is not delivered again). An entry that
 names no event, or no event that exists, is acknowledged and logged. When Redis or Postgres is
 away the loop logs, backs off and tries again; it never exits on its own.
+
+Each delivery has time limits, as fire jobs do (ORDINAUT_FIRE_SOFT_TIME_LIMIT_S, ORDINAUT_FIRE_TIME_LIMIT_S):
+past the soft one (SIGALRM, in the main thread) the delivery is rolled back and its entry left
+pending, so the consumer goes on with the next entries and the entry is claimed again later; after
+DELIVERY_TIME_LIMIT_TRIES such tries it is acknowledged and logged as given up. Past the hard one
+(a delivery that swallowed the soft limit) the process exits with EXIT_HARD_TIME_LIMIT for its
+supervisor to restart, and the entry is claimed by another consumer.
 """
 
 from __future__ import annotations
@@ -14,9 +21,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import socket
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,7 +33,9 @@ import redis
 from django.conf import settings
 from django.db import InterfaceError, OperationalError, close_old_connections, connection
 
-from .events import ENTRY_EVENT, event_deliver, events_republish, events_restore
+from ordinaut_site import metrics
+
+from .events import ENTRY_EVENT, event_deliver, events_republish, events_restore, stream_id_key
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +54,47 @@ BACKOFF_START_S = 0.5
 BACKOFF_MAX_S = 30.0
 SUMMARY_INTERVAL_S = 60.0
 TRANSIENT_DB_ERRORS = (OperationalError, InterfaceError)
+# Deliveries of one entry that may reach the soft time limit before it is given up.
+DELIVERY_TIME_LIMIT_TRIES = 3
+EXIT_HARD_TIME_LIMIT = 70
+
+
+class DeliveryTimeLimitExceeded(Exception):
+    """An event delivery ran past ORDINAUT_FIRE_SOFT_TIME_LIMIT_S."""
+
+
+def _soft_limit_reached(signum: int, frame: Any) -> None:
+    raise DeliveryTimeLimitExceeded()
+
+
+def _hard_limit_reached(what: str, seconds: float) -> None:
+    logger.critical("events consumer: %s ran past the hard time limit (%ss); exiting", what, seconds)
+    logging.shutdown()
+    os._exit(EXIT_HARD_TIME_LIMIT)
+
+
+@contextlib.contextmanager
+def time_limits(*, soft_s: float, hard_s: float, what: str) -> Iterator[None]:
+    """The soft limit raises DeliveryTimeLimitExceeded in the block (main thread only: SIGALRM; an
+    alarm already set, such as a test runner's, is put back after); the hard one ends the process."""
+    hard = threading.Timer(hard_s, _hard_limit_reached, args=(what, hard_s))
+    hard.daemon = True
+    hard.start()
+    armed = threading.current_thread() is threading.main_thread()
+    if armed:
+        started = time.monotonic()
+        previous_handler = signal.signal(signal.SIGALRM, _soft_limit_reached)
+        previous_delay, previous_interval = signal.setitimer(signal.ITIMER_REAL, soft_s)
+    try:
+        yield
+    finally:
+        hard.cancel()
+        if armed:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous_handler)
+            if previous_delay > 0:
+                left = max(previous_delay - (time.monotonic() - started), 0.001)
+                signal.setitimer(signal.ITIMER_REAL, left, previous_interval)
 
 
 def heartbeat_key(stream: str) -> str:
@@ -72,6 +124,7 @@ class Stats:
     claimed: int = 0
     republished: int = 0
     errors: int = 0
+    timed_out: int = 0
 
 
 class EventConsumer:
@@ -218,32 +271,44 @@ class EventConsumer:
         try:
             for entry_id, fields in entries:
                 self.stats.entries += 1
-                self._handle_one(entry_id, fields)
-                done.append(entry_id)
+                if self._handle_one(entry_id, fields):
+                    done.append(entry_id)
         finally:
             if done:
                 self.client.xack(self.stream, self.group, *done)
         return len(done)
 
-    def _handle_one(self, entry_id: str, fields: dict[str, str] | None) -> None:
+    def _handle_one(self, entry_id: str, fields: dict[str, str] | None) -> bool:
+        """Deliver one entry's event; True when the entry is to be acknowledged."""
         event_id = (fields or {}).get(ENTRY_EVENT)
         if not event_id:
             self.stats.bad += 1
+            metrics.event_consumed(delivered=False)
             logger.warning("stream entry %s has no event id (%r); acknowledged and ignored", entry_id, fields)
-            return
+            return True
         try:
-            runs = event_deliver(event_id=event_id)
+            with time_limits(
+                soft_s=settings.ORDINAUT_FIRE_SOFT_TIME_LIMIT_S,
+                hard_s=settings.ORDINAUT_FIRE_TIME_LIMIT_S,
+                what=f"delivering event {event_id} (entry {entry_id})",
+            ):
+                runs = event_deliver(event_id=event_id)
+        except DeliveryTimeLimitExceeded:
+            return self._timed_out(entry_id, event_id)
         except TRANSIENT_DB_ERRORS:
             raise
         except Exception:
             self.stats.bad += 1
+            metrics.event_consumed(delivered=False)
             logger.exception("delivering event %s (entry %s) failed; acknowledged and ignored", event_id, entry_id)
-            return
+            return True
         if runs is None:
             self.stats.bad += 1
+            metrics.event_consumed(delivered=False)
             logger.warning("stream entry %s names event %r, which does not exist; acknowledged", entry_id, event_id)
-            return
+            return True
         self.stats.delivered += 1
+        metrics.event_consumed(delivered=True, lag_s=time.time() - stream_id_key(entry_id)[0] / 1000)
         skipped = sum(1 for run in runs if run.skip_reason)
         self.stats.runs += len(runs) - skipped
         self.stats.skipped_runs += skipped
@@ -253,6 +318,38 @@ class EventConsumer:
             )
         else:
             logger.debug("event %s (entry %s): no new runs", event_id, entry_id)
+        return True
+
+    def _timed_out(self, entry_id: str, event_id: str) -> bool:
+        """The delivery reached its soft time limit and was rolled back: leave the entry pending
+        (claimed again after claim_idle_ms) until DELIVERY_TIME_LIMIT_TRIES, then give it up."""
+        self.stats.timed_out += 1
+        if not connection.in_atomic_block:
+            connection.close()  # interrupted mid-statement perhaps: the next delivery reconnects
+        key = f"{self.stream}:timeouts"
+        tries = int(self.client.hincrby(key, entry_id, 1))
+        self.client.expire(key, 86400)
+        limit = settings.ORDINAUT_FIRE_SOFT_TIME_LIMIT_S
+        if tries < DELIVERY_TIME_LIMIT_TRIES:
+            logger.error(
+                "delivering event %s (entry %s) ran past %ss (try %d of %d); left pending, claimed again later",
+                event_id,
+                entry_id,
+                limit,
+                tries,
+                DELIVERY_TIME_LIMIT_TRIES,
+            )
+            return False
+        self.client.hdel(key, entry_id)
+        self.stats.bad += 1
+        logger.error(
+            "delivering event %s (entry %s) ran past %ss %d times; acknowledged and given up",
+            event_id,
+            entry_id,
+            limit,
+            tries,
+        )
+        return True
 
     # --- Maintenance ---------------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.db import InterfaceError, OperationalError, transaction
 from django.db.models import Q
@@ -406,6 +407,8 @@ def task_fire_batch(
     except (OperationalError, InterfaceError) as exc:
         logger.warning("firing %d occurrence(s): database unavailable (%s)", len(occurrences), exc)
         return list(occurrences)
+    except SoftTimeLimitExceeded:
+        raise  # the job's time limit (tasks/jobs.py) splits the batch, not this
     except Exception:
         logger.exception("firing a batch failed; firing its occurrences one by one")
     again: list[tuple[Any, datetime]] = []
@@ -414,6 +417,8 @@ def task_fire_batch(
             task_fire(task_id=task_id, scheduled_for=scheduled_for, now=now)
         except (OperationalError, InterfaceError):
             again.append((task_id, scheduled_for))
+        except SoftTimeLimitExceeded:
+            raise
         except Exception:
             logger.exception("firing %s of task %s failed", scheduled_for.isoformat(), task_id)
     return again
