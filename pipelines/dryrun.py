@@ -90,9 +90,15 @@ def _dry_run_step(
         except TemplateFailed as exc:
             report["errors"].append(f"if: {exc.message}")
             errors.append({"field": f"{path}.if", "message": f"step {step_id!r}: {exc.message}"})
+    step_context = context
+    if "foreach" in step:
+        # The item template is checked against a sample item: the first of the list the
+        # foreach gives over this dry run's context (null when it gives none).
+        sample = _foreach_sample(step["foreach"], context, report, path, step_id, errors, warnings)
+        step_context = {**context, "item": sample, "item_index": 0}
     rendering = Rendering()
     try:
-        report["rendered_input"] = render(step.get("with", {}), context, rendering)
+        report["rendered_input"] = render(step.get("with", {}), step_context, rendering)
     except TemplateFailed as exc:
         report["errors"].append(f"with: {exc.message}")
         errors.append({"field": f"{path}.with", "message": f"step {step_id!r}: {exc.message}"})
@@ -119,3 +125,44 @@ def _dry_run_step(
     if isinstance(alias, str) and alias:
         context["steps"][alias] = output
     return report
+
+
+def _foreach_sample(
+    foreach: Any,
+    context: dict[str, Any],
+    report: dict[str, Any],
+    path: str,
+    step_id: str,
+    errors: list[dict[str, str]],
+    warnings: list[dict[str, str]],
+) -> Any:
+    """Evaluate a foreach in the dry run: its item count and sample item go in the report."""
+    report["foreach"] = {"items": None, "sample_item": None}
+    try:
+        values = render(foreach, context, Rendering())
+    except TemplateFailed as exc:
+        report["errors"].append(f"foreach: {exc.message}")
+        errors.append({"field": f"{path}.foreach", "message": f"step {step_id!r}: {exc.message}"})
+        return None
+    if values is None:
+        warnings.append(
+            {
+                "field": f"{path}.foreach",
+                "message": f"step {step_id!r}: foreach renders null here (give the upstream step's output in "
+                "step_outputs); the item template was checked against a null item",
+            }
+        )
+        return None
+    if not isinstance(values, list):
+        message = f"foreach gives {type(values).__name__}, not a list"
+        report["errors"].append(f"foreach: {message}")
+        errors.append({"field": f"{path}.foreach", "message": f"step {step_id!r}: {message}"})
+        return None
+    limit = settings.ORDINAUT_MAX_FOREACH_ITEMS
+    if len(values) > limit:
+        message = f"foreach gives {len(values)} items; ORDINAUT_MAX_FOREACH_ITEMS is {limit}"
+        report["errors"].append(f"foreach: {message}")
+        errors.append({"field": f"{path}.foreach", "message": f"step {step_id!r}: {message}"})
+    sample = values[0] if values else None
+    report["foreach"] = {"items": len(values), "sample_item": sample}
+    return sample

@@ -6,7 +6,7 @@ import re
 from typing import Any
 
 from drf_spectacular.drainage import set_override
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import extend_schema, extend_schema_field
 from rest_framework import serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.request import Request
@@ -19,13 +19,35 @@ from ordinaut_site.errors import NotFound
 from ordinaut_site.models import SCOPE_RUNS_READ, SCOPE_RUNS_WRITE
 
 from . import selectors, services
-from .models import Approval, Run, StepRun
+from .models import Approval, Run, StepItem, StepRun
 
 MAX_COMMENT_LEN = 2000
 
 
+class StepItemSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = StepItem
+        fields = [
+            "index",
+            "status",
+            "skip_reason",
+            "attempts",
+            "input",
+            "output",
+            "error",
+            "started_at",
+            "finished_at",
+            "duration_ms",
+            "attempt_history",
+        ]
+        read_only_fields = fields
+
+
 class StepRunSerializer(serializers.ModelSerializer):
     id = serializers.CharField(source="step_id")
+    items = serializers.SerializerMethodField(
+        help_text="A foreach step's items in order (each call's input, output, attempts and timing); null otherwise."
+    )
 
     class Meta:
         model = StepRun
@@ -44,8 +66,18 @@ class StepRunSerializer(serializers.ModelSerializer):
             "duration_ms",
             "resume_at",
             "attempt_history",
+            "items",
         ]
         read_only_fields = fields
+
+    @extend_schema_field(StepItemSerializer(many=True, allow_null=True))  # type: ignore[misc]
+    def get_items(self, step: StepRun) -> list[dict[str, Any]] | None:
+        pipeline = self.context.get("pipeline") or []
+        entry = pipeline[step.index] if step.index < len(pipeline) else {}
+        if not isinstance(entry, dict) or "foreach" not in entry:
+            return None
+        items = step.items.all()  # prefetched by selectors.run_steps
+        return StepItemSerializer(items, many=True).data  # type: ignore[return-value]
 
 
 class RunSerializer(serializers.ModelSerializer):
@@ -111,7 +143,8 @@ class RunDetailSerializer(RunSerializer):
 
     @extend_schema(responses=StepRunSerializer(many=True))  # type: ignore[misc]
     def get_steps(self, run: Run) -> list[dict[str, Any]]:
-        return StepRunSerializer(selectors.run_steps(run=run), many=True).data  # type: ignore[return-value]
+        steps = selectors.run_steps(run=run)
+        return StepRunSerializer(steps, many=True, context={"pipeline": run.pipeline}).data  # type: ignore[return-value]
 
     @extend_schema(responses=ApprovalSerializer(many=True))  # type: ignore[misc]
     def get_approvals(self, run: Run) -> list[dict[str, Any]]:

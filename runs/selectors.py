@@ -120,7 +120,8 @@ def run_list(
 
 
 def run_steps(*, run: Run) -> QuerySet[StepRun]:
-    return StepRun.objects.filter(run=run).order_by("index")
+    """A run's steps in order, with a foreach step's items (one more query for them all)."""
+    return StepRun.objects.filter(run=run).order_by("index").prefetch_related("items")
 
 
 def step_outputs(*, run: Run, before_index: int) -> dict[str, Any]:

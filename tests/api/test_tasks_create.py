@@ -132,3 +132,17 @@ def test_idempotency_key_replays_the_first_task_and_refuses_another_body(agent: 
     assert again.json()["id"] == first.json()["id"]
     assert other.json()["error"]["code"] == "conflict"
     assert Task.objects.filter(title="once only").count() == 1
+
+
+def test_a_foreach_over_more_items_than_the_limit_is_a_400_naming_it(agent: Any, settings: Any) -> None:
+    settings.ORDINAUT_MAX_FOREACH_ITEMS = 3
+    step = {"id": "each", "uses": "orchestrator.echo", "foreach": [1, 2, 3, 4], "with": {"v": "${item}"}}
+
+    response = agent.client.post("/tasks", manual_task_body({"pipeline": [step]}), format="json")
+
+    assert response.status_code == 400
+    body = response.json()
+    assert body["error"]["code"] == "validation_error"
+    assert "payload.pipeline.0.foreach" in body["error"]["fields"]
+    assert "ORDINAUT_MAX_FOREACH_ITEMS is 3" in body["error"]["fields"]["payload.pipeline.0.foreach"][0]
+    assert not Task.objects.exists(), "nothing half-written"

@@ -189,3 +189,30 @@ def test_a_too_big_payload_is_reported_without_rendering_it(settings: Any) -> No
 
     assert (report["valid"], report["steps"]) == (False, [])
     assert report["errors"][0]["field"] == "payload"
+
+
+def test_a_foreach_step_checks_its_item_template_against_a_sample_item() -> None:
+    payload = {
+        "pipeline": [
+            {"id": "find", "uses": "orchestrator.echo"},
+            {
+                "id": "send",
+                "uses": "telegram-mcp.send_message",
+                "foreach": "${steps.find.chats}",
+                "with": {"chat_id": "${item.id}", "text": "hi ${item.name} (#${item_index})"},
+            },
+        ]
+    }
+    good = pipeline_dry_run(payload=payload, step_outputs={"find": {"chats": [{"id": 7, "name": "Ana"}, {"id": 8}]}})
+    bad = pipeline_dry_run(payload=payload, step_outputs={"find": {"chats": [{"id": "seven", "name": "Ana"}]}})
+    not_a_list = pipeline_dry_run(payload=payload, step_outputs={"find": {"chats": "Ana"}})
+    unknown = pipeline_dry_run(payload=payload)
+
+    assert good["valid"], good["errors"]
+    assert _step(good, "send")["foreach"] == {"items": 2, "sample_item": {"id": 7, "name": "Ana"}}
+    assert _step(good, "send")["rendered_input"] == {"chat_id": 7, "text": "hi Ana (#0)"}
+    assert not bad["valid"]
+    assert any(e["field"] == "payload.pipeline.1.with" and "chat_id" in e["message"] for e in bad["errors"])
+    assert not not_a_list["valid"]
+    assert any("not a list" in e["message"] for e in not_a_list["errors"])
+    assert any(w["field"] == "payload.pipeline.1.foreach" for w in unknown["warnings"])

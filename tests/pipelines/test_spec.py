@@ -82,3 +82,41 @@ def test_both_seed_payloads_are_valid() -> None:
 
     assert payload_errors(MORNING_BRIEFING["payload"]) == {}
     assert payload_errors(EMAIL_FOLLOWUP["payload"]) == {}
+
+
+@pytest.mark.parametrize(
+    ("step", "field", "words"),
+    [
+        (_step(id="f", foreach="steps.find.emails"), "payload.pipeline.0.foreach", "one ${...} expression"),
+        (_step(id="f", foreach="${a} and ${b}"), "payload.pipeline.0.foreach", "one ${...} expression"),
+        (_step(id="f", foreach={"a": 1}), "payload.pipeline.0.foreach", "one ${...} expression"),
+        (_step(id="f", foreach="${steps.[}"), "payload.pipeline.0.foreach", "step 'f':"),
+        (_step(id="f", foreach=list(range(6))), "payload.pipeline.0.foreach", "ORDINAUT_MAX_FOREACH_ITEMS is 5"),
+        (_step(id="f", max_parallel=2), "payload.pipeline.0.max_parallel", "only to a step with a foreach"),
+        (_step(id="f", foreach=[1], max_parallel=0), "payload.pipeline.0.max_parallel", "1..3"),
+        (_step(id="f", foreach=[1], max_parallel=4), "payload.pipeline.0.max_parallel", "ORDINAUT_MAX_PARALLEL"),
+        (_step(id="f", foreach=[1], max_parallel=True), "payload.pipeline.0.max_parallel", "integer"),
+        (
+            {"id": "f", "uses": "orchestrator.request_approval", "foreach": [1], "with": {"message": "ok?"}},
+            "payload.pipeline.0.foreach",
+            "suspends its step",
+        ),
+    ],
+)
+def test_foreach_and_max_parallel_are_checked(step: dict[str, Any], field: str, words: str, settings: Any) -> None:
+    settings.ORDINAUT_MAX_FOREACH_ITEMS = 5
+    settings.ORDINAUT_MAX_PARALLEL = 3
+
+    errors = payload_errors({"pipeline": [step]})
+
+    assert field in errors, errors
+    assert any(words in message for message in errors[field]), errors[field]
+
+
+def test_a_foreach_step_is_valid_with_an_expression_or_a_list() -> None:
+    pipeline = [
+        _step(id="find", **{"with": {"emails": ["a", "b"]}}),
+        _step(id="each", foreach="${steps.find.emails}", max_parallel=8, **{"with": {"to": "${item}"}}),
+        _step(id="lit", foreach=["${params.x}", 2]),
+    ]
+    assert payload_errors({"pipeline": pipeline}) == {}
