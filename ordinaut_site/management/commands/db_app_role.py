@@ -18,6 +18,8 @@ from django.db import connection, transaction
 from psycopg import sql
 
 AUDIT_TABLE = "ordinaut_auditlog"
+# What the role must not be, in the order pg_roles is read below.
+ROLE_ATTRIBUTES = ("NOSUPERUSER", "NOCREATEDB", "NOCREATEROLE", "NOREPLICATION", "NOBYPASSRLS")
 
 
 class Command(BaseCommand):
@@ -43,11 +45,19 @@ class Command(BaseCommand):
                 raise CommandError(f"{options['password_env']} is not set or empty.")
         name = sql.Identifier(role)
         with transaction.atomic(), connection.cursor() as cursor:
-            cursor.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [role])
-            verb = "ALTER" if cursor.fetchone() else "CREATE"
-            statement = sql.SQL(
-                "{} ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS"
-            ).format(sql.SQL(verb), name)
+            cursor.execute(
+                "SELECT rolsuper, rolcreatedb, rolcreaterole, rolreplication, rolbypassrls FROM pg_roles "
+                "WHERE rolname = %s",
+                [role],
+            )
+            existing = cursor.fetchone()
+            verb = "ALTER" if existing else "CREATE"
+            # An existing role is altered only in the attributes it should not have: an owner that is
+            # not a superuser (CREATEROLE, as on managed databases) may not name SUPERUSER,
+            # REPLICATION or BYPASSRLS at all, even to turn them off, so every later run would fail.
+            held = existing or (True,) * len(ROLE_ATTRIBUTES)
+            clauses = [clause for clause, has in zip(ROLE_ATTRIBUTES, held, strict=True) if has]
+            statement = sql.SQL("{} ROLE {} LOGIN {}").format(sql.SQL(verb), name, sql.SQL(" ".join(clauses)))
             if password is not None:
                 statement += sql.SQL(" PASSWORD {}").format(sql.Literal(password))
             raw = cursor.cursor if hasattr(cursor, "cursor") else cursor
@@ -70,7 +80,7 @@ class Command(BaseCommand):
                     )
                 )
         self.stdout.write(
-            f"{verb.lower()}d role {role}: reads and writes the tables of {database}.{schema}, "
+            f"{'altered' if existing else 'created'} role {role}: reads and writes the tables of {database}.{schema}, "
             f"SELECT and INSERT only on {AUDIT_TABLE}; owns nothing. Connect the processes as {role}; "
             "run migrations as the owner."
         )
