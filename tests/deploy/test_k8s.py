@@ -100,6 +100,8 @@ def test_the_base_and_the_overlay_render_and_validate() -> None:
         images = {c["image"] for doc in workloads(rendered) for c in containers(doc, init=True)}
         assert len(images) == 1, f"{overlay.name}: one image for every container, not {images}"
         assert images != {"ordinaut"}, f"{overlay.name} names the image in its registry"
+        placeholders = [doc["metadata"]["name"] for doc in rendered if "change-me" in yaml.safe_dump(doc)]
+        assert not placeholders, f"{overlay.name} would apply the base's example secrets: {placeholders}"
 
 
 def test_each_procfile_role_is_a_deployment_running_it_through_the_entrypoint() -> None:
