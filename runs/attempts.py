@@ -99,13 +99,22 @@ class Attempt(Generic[Record]):
     def __init__(self, record: Record, started: datetime) -> None:
         self.record: Record = record
         self.started = started
-        self.history = list(record.attempt_history or [])
-        # Attempts whose worker died before recording anything show up as "lost".
-        recorded = {entry.get("attempt") for entry in self.history}
+        # This attempt's start entry (written by the claim) is replaced when it ends; an earlier
+        # attempt that only ever started (its worker died) reads as lost, with its start time.
+        history: list[dict[str, Any]] = []
+        for entry in record.attempt_history or []:
+            number = entry.get("attempt")
+            if number == record.attempts and entry.get("outcome") == "running":
+                continue
+            if entry.get("outcome") == "running":
+                entry = {**entry, "outcome": "lost", "finished_at": None, "error": None}
+            history.append(entry)
+        recorded = {entry.get("attempt") for entry in history}
         for number in range(1, record.attempts):
-            if number not in recorded:
-                self.history.append({"attempt": number, "outcome": "lost", "error": None})
-        self.history.sort(key=lambda entry: entry.get("attempt") or 0)
+            if number not in recorded:  # lost before its claim recorded a start
+                history.append({"attempt": number, "started_at": None, "outcome": "lost", "error": None})
+        history.sort(key=lambda entry: entry.get("attempt") or 0)
+        self.history = history
 
     def end(self, outcome: str, *, error: dict[str, Any] | None = None, retry_in_s: float | None = None) -> list[Any]:
         now = timezone.now()

@@ -19,7 +19,7 @@ from ..models import Approval, Run, StepRun
 from .deadlines import grace
 from .dispatch import dispatch_on_commit
 from .state import After, actor_dict, run_after_step, run_succeed, skip_locked
-from .steps import owned_by_claim, step_succeed
+from .steps import history_with, owned_by_claim, step_succeed
 
 MAX_APPROVAL_ITEMS = 1000
 
@@ -149,7 +149,7 @@ def approval_close(
         "outcome": status,
         "error": None,
     }
-    step_succeed(step=step, input=step.input, output=output, history=[*step.attempt_history, entry])
+    step_succeed(step=step, input=step.input, output=output, history=history_with(step.attempt_history, entry))
     if status != Approval.Status.APPROVED and after_rejection(run.pipeline, approval.step_index) == "stop":
         StepRun.objects.filter(run=run, index__gt=approval.step_index, status=StepRun.Status.PENDING).update(
             status=StepRun.Status.SKIPPED, skip_reason=f"approval_{status}", finished_at=now

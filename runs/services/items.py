@@ -31,7 +31,7 @@ from ..models import Run, StepItem, StepRun
 from .deadlines import grace, running_deadline
 from .dispatch import dispatch_on_commit
 from .state import After, run_after_step
-from .steps import step_fail, step_succeed
+from .steps import attempt_started, step_fail, step_succeed
 
 # The item job (runs/jobs.py): one item of a foreach step.
 ITEM_JOB_NAME = "runs.run_item"
@@ -176,14 +176,16 @@ def item_claim(*, run: Run, index: int, item_index: int, claim_id: str, timeout_
     if found is None or found.step.status != StepRun.Status.RUNNING:
         return None
     # Conditions on the item's own columns only: PostgreSQL re-checks them on the row it waited
-    # for, so of two messages racing for one item exactly one wins.
+    # for, so of two messages racing for one item exactly one wins; the attempt count read is the
+    # one written over (a row claimed and reset meanwhile fails the condition).
     won = (
-        StepItem.objects.filter(pk=found.pk)
+        StepItem.objects.filter(pk=found.pk, attempts=found.attempts)
         .filter(Q(status=StepItem.Status.PENDING) | Q(status=StepItem.Status.RUNNING, claim_id=claim_id))
         .update(
             status=StepItem.Status.RUNNING,
             claim_id=claim_id,
-            attempts=F("attempts") + 1,
+            attempts=found.attempts + 1,
+            attempt_history=[*(found.attempt_history or []), attempt_started(found.attempts + 1, now)],
             started_at=Coalesce(F("started_at"), Value(now)),
             deadline_at=deadline,
         )

@@ -53,6 +53,11 @@ WITH claimed AS (
        SET status = 'running',
            claim_id = %(claim_id)s,
            attempts = CASE WHEN resume_at IS NULL THEN attempts + 1 ELSE attempts END,
+           attempt_history = CASE WHEN resume_at IS NULL
+                                  THEN attempt_history || jsonb_build_array(jsonb_build_object(
+                                       'attempt', attempts + 1, 'started_at', %(now_text)s::text,
+                                       'outcome', 'running'))
+                                  ELSE attempt_history END,
            started_at = COALESCE(started_at, %(now)s)
      WHERE run_id = %(run_id)s AND index = %(index)s
        AND (status = 'pending' OR (status = 'running' AND claim_id = %(claim_id)s))
@@ -99,6 +104,7 @@ def _step_claim_one_statement(
         "index": index,
         "deadline": deadline,
         "now_local": logical_now(run.task, now),
+        "now_text": now.isoformat(),
     }
     with connection.cursor() as cursor:
         cursor.execute(_CLAIM_SQL, params)
@@ -132,13 +138,29 @@ def _step_claim_orm(*, run: Run, index: int, claim_id: str, now: datetime, deadl
             return None
         if step.resume_at is None:
             step.attempts += 1
+            step.attempt_history = [*(step.attempt_history or []), attempt_started(step.attempts, now)]
         step.status, step.claim_id = StepRun.Status.RUNNING, claim_id
         step.started_at = step.started_at or now
         StepRun.objects.filter(pk=step.pk).update(
-            status=step.status, claim_id=claim_id, attempts=step.attempts, started_at=step.started_at
+            status=step.status,
+            claim_id=claim_id,
+            attempts=step.attempts,
+            started_at=step.started_at,
+            attempt_history=step.attempt_history,
         )
         Run.objects.filter(pk=run.pk).update(current_step=index, deadline_at=deadline)
     return step
+
+
+def attempt_started(number: int, at: datetime) -> dict[str, Any]:
+    """The history entry a claim writes as an attempt starts; the attempt's end replaces it, and
+    one never ended (its worker died) reads as lost, with its start time."""
+    return {"attempt": number, "started_at": at.isoformat(), "outcome": "running"}
+
+
+def history_with(history: list[dict[str, Any]] | None, entry: dict[str, Any]) -> list[dict[str, Any]]:
+    """The attempt history with `entry` in place of the entry of the same attempt (its start)."""
+    return [*(item for item in history or [] if item.get("attempt") != entry.get("attempt")), entry]
 
 
 def step_get(*, run: Run, index: int) -> StepRun | None:
@@ -286,6 +308,7 @@ def step_skip(*, step: StepRun) -> bool:
             status=StepRun.Status.SKIPPED,
             skip_reason="condition",
             attempts=0,
+            attempt_history=[],
             input=None,
             output=None,
             error=None,

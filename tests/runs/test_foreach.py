@@ -294,6 +294,7 @@ def test_a_foreach_step_claimed_again_sends_only_lost_and_pending_items(agent: A
     flight within its deadline is left to its job, an item past its deadline goes again."""
     from runs.engine import step_execute
     from runs.fanout import item_execute
+    from runs.services.items import item_claim
 
     sent: list[list[int]] = []
     monkeypatch.setattr(
@@ -308,7 +309,10 @@ def test_a_foreach_step_claimed_again_sends_only_lost_and_pending_items(agent: A
     item_execute(run_id=str(run.pk), index=0, item_index=0, claim_id="a")
     step = StepRun.objects.get(run=run)
     # Items 1 and 2 are claimed by jobs that then die; item 1's deadline has passed.
-    StepItem.objects.filter(step=step, index__in=[1, 2]).update(status="running", claim_id="dead", attempts=1)
+    run_now = Run.objects.select_related("task").get(pk=run.pk)
+    lost = item_claim(run=run_now, index=0, item_index=1, claim_id="dead", timeout_s=1)
+    assert lost is not None
+    assert item_claim(run=run_now, index=0, item_index=2, claim_id="dead-too", timeout_s=1) is not None
     StepItem.objects.filter(step=step, index=1).update(deadline_at=timezone.now() - timedelta(seconds=1))
     StepItem.objects.filter(step=step, index=2).update(deadline_at=timezone.now() + timedelta(minutes=5))
     StepRun.objects.filter(pk=step.pk).update(status="pending", claim_id="")  # what the sweeper does
@@ -322,6 +326,7 @@ def test_a_foreach_step_claimed_again_sends_only_lost_and_pending_items(agent: A
     item = StepItem.objects.get(step=step, index=1)
     assert (item.status, item.attempts) == ("succeeded", 2)
     assert [h["outcome"] for h in item.attempt_history] == ["lost", "succeeded"]
+    assert item.attempt_history[0]["started_at"] == lost.at.isoformat(), "a lost attempt keeps its start"
 
 
 def test_the_last_item_to_finish_settles_the_step_once(agent: Any) -> None:

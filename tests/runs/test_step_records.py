@@ -53,3 +53,24 @@ def test_claim_and_success_records_match_the_orm(agent: Any) -> None:
     )
     assert StepRun.objects.filter(pk=stored.pk, input__isnull=True).exists(), "None is SQL NULL, as the ORM stores it"
     assert not step_succeed(step=claim.step, input=None, output=None, history=[]), "only once"
+
+
+def test_an_attempt_whose_worker_died_keeps_its_start_time_in_the_history(agent: Any) -> None:
+    """The claim writes the attempt's start; an attempt never ended reads as lost, with it."""
+    from runs.engine import step_execute
+
+    run = run_create(task=make_task(agent.agent, echo_pipeline(1)), trigger="manual")
+    lost = step_claim(run=run, index=0, claim_id="dies", timeout_s=10)
+    assert lost is not None
+    assert StepRun.objects.get(pk=lost.step.pk).attempt_history == [
+        {"attempt": 1, "started_at": lost.at.isoformat(), "outcome": "running"}
+    ]
+    StepRun.objects.filter(pk=lost.step.pk).update(status="pending", claim_id="")  # the sweeper's reset
+
+    step_execute(run_id=str(run.pk), index=0, claim_id="again")
+
+    step = StepRun.objects.get(pk=lost.step.pk)
+    first, second = step.attempt_history
+    assert (first["attempt"], first["outcome"], first["started_at"]) == (1, "lost", lost.at.isoformat())
+    assert (second["attempt"], second["outcome"]) == (2, "succeeded")
+    assert second["started_at"] > first["started_at"]
