@@ -28,7 +28,7 @@ run: $(VENV)/.base
 # too, so the ORM side of every PostgreSQL fast path (step claim, step success, step load) is tested.
 SQLITE_LANE ?= tests/e2e/test_spine.py tests/tasks/test_scheduler.py tests/tasks/test_fire.py \
 	tests/runs/test_engine.py tests/runs/test_step_records.py tests/runs/test_step_idempotency.py \
-	tests/runs/test_sweeper.py tests/pipelines/test_dry_run.py
+	tests/runs/test_sweeper.py tests/runs/test_foreach.py tests/pipelines/test_dry_run.py
 SQLITE_LANE_DIR ?= var/test-sqlite
 
 ## test: set up and run the whole suite against PostgreSQL and Redis, then the SQLite lane
