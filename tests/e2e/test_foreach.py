@@ -173,3 +173,43 @@ def test_a_worker_killed_mid_fan_out_loses_no_item_and_repeats_only_those_in_fli
         f"\n[foreach] worker killed in the calls of items {in_flight}: {count} items succeeded, "
         f"{sum(calls)} calls in all (each of those twice, every other item once)"
     )
+
+
+def test_cancel_mid_fan_out_stops_the_items_not_started(agent: Any, server: LoopbackServer, worker: Worker) -> None:
+    count = 8
+    for n in range(count):
+        server.script(f"/{n}", Reply(200, {"n": n}, delay_s=1.0))
+    payload = {
+        "pipeline": [
+            {
+                "id": "fetch",
+                "uses": "orchestrator.http",
+                "foreach": list(range(count)),
+                "with": {"url": server.url("/") + "${item}"},
+                "max_parallel": 2,
+            },
+            {"id": "never", "uses": "orchestrator.echo"},
+        ]
+    }
+    run_id = start_manual_run(agent.client, payload)
+    wait_for(lambda: sum(server.count(f"/{n}") for n in range(count)) >= 2, message="two items in their calls")
+
+    canceled = agent.client.post(f"/runs/{run_id}/cancel", format="json")
+
+    assert canceled.status_code == 200, canceled.json()
+    called_at_cancel = sum(server.count(f"/{n}") for n in range(count))
+    worker.wait_idle()
+    items = _items(run_id)
+    done = [i.index for i in items if i.status == "succeeded"]
+    skipped = [i for i in items if i.status == "skipped"]
+    assert len(done) + len(skipped) == count
+    assert {i.skip_reason for i in skipped} == {"canceled"}
+    # An item a lane claimed just before the cancel committed may still make its call; no lane
+    # starts another one after it.
+    calls = sum(server.count(f"/{n}") for n in range(count))
+    assert calls <= called_at_cancel + 2, f"{calls} calls; {called_at_cancel} had been made at the cancel"
+    assert len(done) <= calls
+    assert calls < count, "the items not started never ran"
+    assert StepRun.objects.get(run_id=run_id, step_id="never").status == "pending"
+    detail = agent.client.get(f"/runs/{run_id}").json()
+    assert detail["status"] == "canceled"
