@@ -17,6 +17,7 @@ from django.db import connection
 from django.db.models import F
 from django.utils import timezone
 
+from . import metrics
 from .errors import BudgetExceeded
 from .models import Agent, AgentUsage
 
@@ -72,6 +73,8 @@ def budget_charge(*, agent: Agent, cost: int, tool: str) -> None:
         return
     usage, _ = AgentUsage.objects.get_or_create(agent=agent, day=day)
     AgentUsage.objects.filter(pk=usage.pk).update(rejected=F("rejected") + 1)
+    calls_spent = bool(limits.tool_calls) and usage.tool_calls + 1 > limits.tool_calls
+    metrics.budget_rejected("tool_calls" if calls_spent else "cost_units")
     logger.warning(
         "budget of agent %s spent for %s: %s calls / %s units (limits %s / %s)",
         agent.name,

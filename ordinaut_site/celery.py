@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import os
+import sys
 
 from celery import Celery
 
+from . import multiproc
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "ordinaut_site.settings")
+# A prefork worker's pool processes count their metrics in files that its main process serves
+# (ordinaut_site/multiproc.py); decided here, before Django's set-up imports prometheus_client.
+multiproc.worker_dir_prepare(sys.argv)
 
 app = Celery("ordinaut_site")
 app.config_from_object("django.conf:settings", namespace="CELERY")

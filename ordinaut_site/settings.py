@@ -450,6 +450,17 @@ ORDINAUT_RUN_RETENTION_DAYS = env_int("ORDINAUT_RUN_RETENTION_DAYS", 90)
 # ORDINAUT_EVENT_RETENTION_DAYS: consumed events older than this are deleted daily (their runs keep
 # a copy of the event in their context); events not consumed yet are kept. 0 keeps every event.
 ORDINAUT_EVENT_RETENTION_DAYS = env_int("ORDINAUT_EVENT_RETENTION_DAYS", 90)
+# --- Metrics (docs/operations.md, "Metrics, logs, Flower"); the web serves them at /metrics ---
+# ORDINAUT_METRICS_HOST: the address the worker, beat and events processes serve their metrics on;
+# 0.0.0.0 (or the host's own address) when Prometheus scrapes them from another host.
+ORDINAUT_METRICS_HOST = os.environ.get("ORDINAUT_METRICS_HOST", "127.0.0.1")
+# ORDINAUT_METRICS_PORT_WORKER: the port of a worker's metrics (its pool processes' series
+# included); give each worker of a host its own. 0: none.
+ORDINAUT_METRICS_PORT_WORKER = env_int("ORDINAUT_METRICS_PORT_WORKER", 9810)
+# ORDINAUT_METRICS_PORT_BEAT: the port of beat's metrics (its leadership, ticks, send lateness). 0: none.
+ORDINAUT_METRICS_PORT_BEAT = env_int("ORDINAUT_METRICS_PORT_BEAT", 9811)
+# ORDINAUT_METRICS_PORT_EVENTS: the port of the events consumer's metrics. 0: none.
+ORDINAUT_METRICS_PORT_EVENTS = env_int("ORDINAUT_METRICS_PORT_EVENTS", 9812)
 # django-celery-beat copies these entries into its tables when beat starts.
 CELERY_BEAT_SCHEDULE = {
     "ordinaut.sweep_runs": {

@@ -11,6 +11,7 @@ from django.core.cache import cache
 from rest_framework import throttling
 from rest_framework.request import Request
 
+from . import metrics
 from .models import Agent
 
 logger = logging.getLogger(__name__)
@@ -73,6 +74,7 @@ def window_wait(scope: str, identity: str, rate_text: str) -> float | None:
         return None
     if used <= count:
         return None
+    metrics.rate_limited("writes" if scope == "write" else "anonymous" if identity.startswith("ip:") else "requests")
     return (window + 1) * period - now
 
 

@@ -2,11 +2,10 @@
 
 from django.contrib import admin
 from django.urls import include, path, re_path
-from django_prometheus import exports as prometheus_exports
 from drf_spectacular.renderers import OpenApiJsonRenderer, OpenApiJsonRenderer2
 from drf_spectacular.views import SpectacularJSONAPIView, SpectacularSwaggerView
 
-from . import health
+from . import health, metrics
 from .agents_api import AgentViewSet
 from .api import Router
 from .audit_api import AuditLogViewSet
@@ -27,8 +26,9 @@ urlpatterns = [
         name="openapi",
     ),
     re_path(r"^docs/?$", SpectacularSwaggerView.as_view(url_name="openapi"), name="docs"),
-    # django_prometheus.urls routes "metrics" alone; docs/api.md: a trailing slash is accepted too.
-    re_path(r"^metrics/?$", prometheus_exports.ExportToDjangoView, name="prometheus-django-metrics"),
+    # django-prometheus's series and Ordinaut's (ordinaut_site/metrics.py); docs/api.md: a trailing
+    # slash is accepted too.
+    re_path(r"^metrics/?$", metrics.metrics_view, name="prometheus-django-metrics"),
     path("", include(router.urls)),
     path("", include("tasks.urls")),
     path("", include("runs.urls")),

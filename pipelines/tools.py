@@ -8,6 +8,7 @@ with `resolver_add`; the engine neither knows nor cares where a tool comes from.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import threading
 from collections.abc import Callable, Iterable
@@ -16,10 +17,12 @@ from datetime import datetime
 from typing import Any, Protocol
 
 import jsonschema
+from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from referencing.exceptions import Unresolvable
 
-from ordinaut_site.errors import UnknownTool
+from ordinaut_site import metrics
+from ordinaut_site.errors import StepError, ToolTimeout, UnknownTool
 
 BUILTIN_NAMESPACE = "orchestrator"
 BUILTIN_MODULE = "pipelines.builtins"
@@ -179,10 +182,38 @@ def tool_find(name: str) -> Tool | None:
 
 
 def tool_resolve(name: str) -> Tool:
+    """The tool a step calls, its calls counted (ordinaut_tool_calls_total)."""
     tool = tool_find(name)
     if tool is None:
         raise UnknownTool(f"no tool named {name!r} is registered")
-    return tool
+    metrics.step_tool(tool.name)
+    return metered(tool)
+
+
+def metered(tool: Tool) -> Tool:
+    """The tool with each call counted by server, tool and outcome."""
+    func, name = tool.func, tool.name
+
+    def call(arguments: Any, context: ToolCall) -> Any:
+        outcome = "error"
+        try:
+            result = func(arguments, context)
+        except (Suspend, AwaitApproval):
+            outcome = "suspended"
+            raise
+        except (ToolTimeout, SoftTimeLimitExceeded):
+            outcome = "timeout"
+            raise
+        except StepError as exc:
+            outcome = "retryable" if exc.retryable else "failed"
+            raise
+        else:
+            outcome = "ok"
+            return result
+        finally:
+            metrics.tool_called(name, outcome)
+
+    return dataclasses.replace(tool, func=call)
 
 
 def tool_list() -> list[Tool]:

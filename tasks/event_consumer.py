@@ -33,7 +33,9 @@ import redis
 from django.conf import settings
 from django.db import InterfaceError, OperationalError, close_old_connections, connection
 
-from .events import ENTRY_EVENT, event_deliver, events_republish, events_restore
+from ordinaut_site import metrics
+
+from .events import ENTRY_EVENT, event_deliver, events_republish, events_restore, stream_id_key
 
 logger = logging.getLogger(__name__)
 
@@ -281,6 +283,7 @@ class EventConsumer:
         event_id = (fields or {}).get(ENTRY_EVENT)
         if not event_id:
             self.stats.bad += 1
+            metrics.event_consumed(delivered=False)
             logger.warning("stream entry %s has no event id (%r); acknowledged and ignored", entry_id, fields)
             return True
         try:
@@ -296,13 +299,16 @@ class EventConsumer:
             raise
         except Exception:
             self.stats.bad += 1
+            metrics.event_consumed(delivered=False)
             logger.exception("delivering event %s (entry %s) failed; acknowledged and ignored", event_id, entry_id)
             return True
         if runs is None:
             self.stats.bad += 1
+            metrics.event_consumed(delivered=False)
             logger.warning("stream entry %s names event %r, which does not exist; acknowledged", entry_id, event_id)
             return True
         self.stats.delivered += 1
+        metrics.event_consumed(delivered=True, lag_s=time.time() - stream_id_key(entry_id)[0] / 1000)
         skipped = sum(1 for run in runs if run.skip_reason)
         self.stats.runs += len(runs) - skipped
         self.stats.skipped_runs += skipped
@@ -336,6 +342,7 @@ class EventConsumer:
             return False
         self.client.hdel(key, entry_id)
         self.stats.bad += 1
+        metrics.event_consumed(delivered=False)
         logger.error(
             "delivering event %s (entry %s) ran past %ss %d times; acknowledged and given up",
             event_id,

@@ -31,6 +31,7 @@ from django.db import DatabaseError, IntegrityError, transaction
 from django.db.models import Count, Max, QuerySet
 from django.utils import timezone
 
+from ordinaut_site import metrics
 from ordinaut_site.audit import Actor, audit_record
 from ordinaut_site.errors import Conflict, NotFound, ValidationFailed
 from ordinaut_site.models import Agent
@@ -156,6 +157,7 @@ def event_publish(
                 },
             )
             transaction.on_commit(lambda: event_stream_add(event), robust=True)
+            transaction.on_commit(lambda: metrics.event_published(by_step=emitted_by_run is not None))
     except IntegrityError:
         # Another request with the same key committed first.
         earlier = Event.objects.filter(publisher=publisher, idempotency_key=idempotency_key).first()

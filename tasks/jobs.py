@@ -21,6 +21,8 @@ from django.conf import settings
 from django.db import connection
 from django.utils import timezone
 
+from ordinaut_site import metrics
+
 from . import events, services
 from .beat import FIRE_BATCH_JOB_NAME, FIRE_JOB_NAME, RECORD_MISSED_JOB_NAME
 
@@ -61,6 +63,7 @@ def fire_job(task_id: str, scheduled_for: str | None = None) -> None:
         # Only django-celery-beat's stock scheduler sends it bare; Ordinaut's always names the occurrence.
         logger.error("tasks.fire for %s without scheduled_for: run beat with Ordinaut's scheduler", task_id)
         return
+    metrics.occurrences_fired([datetime.fromisoformat(scheduled_for)])
     services.task_fire(task_id=task_id, scheduled_for=datetime.fromisoformat(scheduled_for))
 
 
@@ -75,6 +78,8 @@ def fire_job(task_id: str, scheduled_for: str | None = None) -> None:
 def fire_batch_job(self: Any, occurrences: list[list[str]]) -> None:
     """Several occurrences, [task_id, scheduled_for] each: beat groups what falls due together,
     so a burst costs a few messages instead of one per occurrence."""
+    if not self.request.retries:  # an occurrence's lateness is its first attempt's
+        metrics.occurrences_fired([datetime.fromisoformat(at) for _, at in occurrences])
     try:
         again = services.task_fire_batch(
             occurrences=[(task_id, datetime.fromisoformat(at)) for task_id, at in occurrences]
@@ -105,7 +110,8 @@ def fire_batch_job(self: Any, occurrences: list[list[str]]) -> None:
 
 @shared_task(name=RECORD_MISSED_JOB_NAME, soft_time_limit=SOFT_TIME_LIMIT_S, time_limit=TIME_LIMIT_S)
 def record_missed_job(task_id: str, occurrences: list[str]) -> None:
-    services.task_record_missed(task_id=task_id, occurrences=[datetime.fromisoformat(o) for o in occurrences])
+    missed = services.task_record_missed(task_id=task_id, occurrences=[datetime.fromisoformat(o) for o in occurrences])
+    metrics.occurrences_missed(missed)
 
 
 @shared_task(name="tasks.purge_events", ignore_result=True)

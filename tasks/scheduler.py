@@ -47,6 +47,7 @@ from django.db.models.functions import Cast
 from django_celery_beat.models import PeriodicTask
 from django_celery_beat.schedulers import DatabaseScheduler, ModelEntry
 
+from ordinaut_site import metrics
 from ordinaut_site.errors import OrdinautError
 
 from .beat import FIRE_BATCH_JOB_NAME, FIRE_JOB_NAME, RECORD_MISSED_JOB_NAME
@@ -465,7 +466,9 @@ class OrdinautScheduler(DatabaseScheduler):
     def tick(self, *args: Any, **kwargs: Any) -> float:
         """Send everything due (in one batch) and say how long to sleep."""
         if not self._hold_leadership():
+            metrics.BEAT.tick(leader=False, schedules=0)
             return LEADER_RETRY_S
+        metrics.BEAT.tick(leader=True, schedules=len(self._entries))
         try:
             monotonic = time.monotonic()
             if not self._loaded:
@@ -571,6 +574,7 @@ class OrdinautScheduler(DatabaseScheduler):
                 self._send_foreign(foreign, producer)
         if batch.fires:
             logger.info("beat sent %d occurrence(s)", len(batch.fires))
+            metrics.occurrences_sent([at for _, at in batch.fires], now=self.clock())
         self._save_cursors(list(batch.cursors.values()))
 
     def _send_foreign(self, entry: ForeignEntry, producer: Any) -> None:

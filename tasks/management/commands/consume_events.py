@@ -5,8 +5,10 @@ from __future__ import annotations
 import signal
 from typing import Any
 
+from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
 
+from ordinaut_site import metrics
 from tasks.event_consumer import EventConsumer
 
 
@@ -28,6 +30,7 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         consumer = EventConsumer(name=options["name"], batch=options["batch"], claim_idle_ms=options["claim_idle_ms"])
+        metrics.serve("events", settings.ORDINAUT_METRICS_PORT_EVENTS)
 
         def stop(signum: int, frame: Any) -> None:
             self.stdout.write(f"events consumer {consumer.name}: {signal.Signals(signum).name}, stopping")
