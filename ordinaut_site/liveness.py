@@ -10,10 +10,13 @@ the keys are, under the namespace beat uses (the default queue's name):
 - `<ns>:worker:<incarnation>:alive`: set every ORDINAUT_WORKER_HEARTBEAT_S with a lifetime of
   ORDINAUT_WORKER_DEAD_AFTER_S, by a thread of the worker's main process. A pool child busy with a
   long tool call does not hold it up: the child never writes it;
-- `<ns>:worker:<incarnation>:inflight`: a hash, Celery task id -> pid of the pool process running it,
-  written by task_prerun in the child and removed by task_postrun (after success, failure, retry).
-  The pid makes the removal exact: a retried message (same id) already started by another child is
-  not removed by the first child's postrun.
+- `<ns>:worker:<incarnation>:inflight`: a hash, Celery task id -> "<pid> [<run id> <step index>]":
+  written when the main process receives the message (task_received: prefetched, or waiting out a
+  countdown, pid of the main process), again by task_prerun in the pool child that runs it (its
+  pid), and removed by task_postrun (after success, failure, retry). The pid makes the removal
+  exact: a retried message (same id) already started by another child is not removed by the first
+  child's postrun. The run and step a step job names let the sweeper recover a run whose next
+  message was lost before it started (its step still pending, unclaimed).
 
 A worker is dead when its incarnation is listed but its alive key has expired. Redis' own clock
 decides the expiry, so clocks of the hosts do not matter; a Redis restarted less than
@@ -35,14 +38,15 @@ from typing import Any
 
 import redis
 from celery import bootsteps, current_app
-from celery.signals import task_postrun, task_prerun, worker_shutdown
+from celery.signals import task_postrun, task_prerun, task_received, task_revoked, worker_shutdown
 from django.conf import settings
 
 logger = logging.getLogger(__name__)
 
 # Removes a task id from an in-flight hash only when this process is the one running it.
 _FORGET_MINE = (
-    "if redis.call('hget', KEYS[1], ARGV[1]) == ARGV[2] then return redis.call('hdel', KEYS[1], ARGV[1]) "
+    "local v = redis.call('hget', KEYS[1], ARGV[1]) "
+    "if v and string.match(v, '^%d+') == ARGV[2] then return redis.call('hdel', KEYS[1], ARGV[1]) "
     "else return 0 end"
 )
 # A dead incarnation's ids the sweeper has recovered: removed, and the incarnation forgotten once
@@ -130,9 +134,29 @@ def inflight_prune(incarnation: str) -> None:
     """Drop in-flight entries whose pool process is gone (a child killed by its hard time limit,
     or by the OOM killer, never ran its postrun; Celery re-queues or fails its message)."""
     entries: Any = client().hgetall(inflight_key(incarnation))
-    gone = [task_id for task_id, pid in entries.items() if not _process_exists(int(pid))]
+    gone = [task_id for task_id, value in entries.items() if not _process_exists(_pid_of(value))]
     if gone:
         client().hdel(inflight_key(incarnation), *gone)
+
+
+def _pid_of(value: Any) -> int:
+    return int(_text(value).split()[0])
+
+
+def _entry(pid: int, args: Any, kwargs: Any) -> str:
+    """A hash value: the pid, then the run id and step index when the job names them (a step
+    job's arguments are (run_id, index); this package does not import runs/ to ask)."""
+    if isinstance(kwargs, dict) and kwargs and set(kwargs) == {"run_id", "index"}:
+        args = (kwargs["run_id"], kwargs["index"])
+    if (
+        isinstance(args, list | tuple)
+        and len(args) == 2
+        and isinstance(args[0], str)
+        and len(args[0]) == 36
+        and isinstance(args[1], int)
+    ):
+        return f"{pid} {args[0]} {args[1]}"
+    return str(pid)
 
 
 def _process_exists(pid: int) -> bool:
@@ -192,6 +216,11 @@ def _farewell(**kwargs: Any) -> None:
     with contextlib.suppress(redis.RedisError):
         inflight_prune(_incarnation)
         conn = client()
+        # Received but never started: the broker gets those messages back as the worker closes.
+        entries: Any = conn.hgetall(inflight_key(_incarnation))
+        unstarted = [task_id for task_id, value in entries.items() if _pid_of(value) == os.getpid()]
+        if unstarted:
+            conn.hdel(inflight_key(_incarnation), *unstarted)
         left = conn.hlen(inflight_key(_incarnation))
         conn.delete(alive_key(_incarnation))
         if not left:
@@ -199,12 +228,35 @@ def _farewell(**kwargs: Any) -> None:
         logger.info("worker liveness: %s signed off (%s job(s) left in flight)", _incarnation, left)
 
 
-@task_prerun.connect
-def _job_started(task_id: str | None = None, **kwargs: Any) -> None:
+@task_received.connect
+def _job_received(request: Any = None, **kwargs: Any) -> None:
+    """In the main process, as the message arrives (before it waits for a pool process or its countdown)."""
+    task_id = getattr(request, "id", None)
     if _incarnation is None or not task_id:
         return
     try:
-        client().hset(inflight_key(_incarnation), task_id, os.getpid())
+        entry = _entry(os.getpid(), getattr(request, "args", None), getattr(request, "kwargs", None))
+        client().hset(inflight_key(_incarnation), task_id, entry)
+    except redis.RedisError as exc:
+        logger.warning("worker liveness: cannot record job %s as received: %s", task_id, exc)
+
+
+@task_revoked.connect
+def _job_dropped(request: Any = None, **kwargs: Any) -> None:
+    """Revoked or expired before it started (a sweep superseded by the next one): never runs."""
+    task_id = getattr(request, "id", None)
+    if _incarnation is None or not task_id:
+        return
+    with contextlib.suppress(redis.RedisError):
+        client().eval(_FORGET_MINE, 1, inflight_key(_incarnation), task_id, os.getpid())
+
+
+@task_prerun.connect
+def _job_started(task_id: str | None = None, args: Any = None, kwargs: Any = None, **extra: Any) -> None:
+    if _incarnation is None or not task_id:
+        return
+    try:
+        client().hset(inflight_key(_incarnation), task_id, _entry(os.getpid(), args, kwargs))
     except redis.RedisError as exc:
         logger.warning("worker liveness: cannot record job %s as in flight: %s", task_id, exc)
 
@@ -226,6 +278,8 @@ def _job_ended(task_id: str | None = None, **kwargs: Any) -> None:
 class DeadWorker:
     incarnation: str
     task_ids: frozenset[str]
+    # (run id, step index) of the step jobs among them.
+    steps: frozenset[tuple[str, int]] = frozenset()
 
 
 def workers_dead(*, conn: redis.Redis | None = None) -> list[DeadWorker]:
@@ -245,8 +299,13 @@ def workers_dead(*, conn: redis.Redis | None = None) -> list[DeadWorker]:
     dead = [name for name, exists in zip(names, alive, strict=True) if not exists]
     found = []
     for name in dead:
-        ids: Any = conn.hkeys(inflight_key(name))
-        found.append(DeadWorker(name, frozenset(_text(i) for i in ids)))
+        entries: Any = conn.hgetall(inflight_key(name))
+        steps = set()
+        for value in entries.values():
+            parts = _text(value).split()
+            if len(parts) == 3 and parts[2].isdigit():
+                steps.add((parts[1], int(parts[2])))
+        found.append(DeadWorker(name, frozenset(_text(i) for i in entries), frozenset(steps)))
     return found
 
 

@@ -76,17 +76,22 @@ def lost_claims_recover(*, now: datetime | None = None) -> int:
     recovered = 0
     for worker in dead:
         if worker.task_ids:
-            runs = runs_with_lost_claims(worker.task_ids)
+            runs = sorted(
+                set(runs_with_lost_claims(worker.task_ids)) | set(_runs_with_lost_messages(worker.steps)), key=str
+            )
             for run_id in runs:
-                recovered += run_recover(run_id=run_id, now=now, lost_claims=worker.task_ids)
+                recovered += run_recover(run_id=run_id, now=now, lost_claims=worker.task_ids, lost_steps=worker.steps)
             logger.warning(
                 "worker %s is dead: %d job(s) were in flight, %d run(s) recovered",
                 worker.incarnation,
                 len(worker.task_ids),
                 len(runs),
             )
+            # A run another transaction had locked still holds a lost claim: kept for the next
+            # pass. (A re-dispatched step stays pending until claimed, so lost unstarted messages
+            # are not looked at again: such a run skipped here is left to its deadline.)
             if runs and runs_with_lost_claims(worker.task_ids):
-                continue  # some were locked elsewhere: kept for the next pass
+                continue
         try:
             liveness.dead_worker_forget(worker)
         except redis.RedisError as exc:
@@ -107,6 +112,25 @@ def runs_with_lost_claims(claim_ids: Collection[str]) -> list[uuid.UUID]:
         ).values_list("run_id", flat=True)
     )
     return sorted(found, key=str)
+
+
+def _runs_with_lost_messages(steps: Collection[tuple[str, int]]) -> list[uuid.UUID]:
+    """Active runs whose step a dead worker had received the message for but never started (it
+    was prefetched, or waiting out a countdown): that step is still pending, nobody will send it."""
+    found = []
+    for run_id, index in steps:
+        try:
+            pk = uuid.UUID(run_id)
+        except ValueError:
+            continue
+        if StepRun.objects.filter(
+            run_id=pk,
+            index=index,
+            status=StepRun.Status.PENDING,
+            run__status__in=[Run.Status.QUEUED, Run.Status.RUNNING],
+        ).exists():
+            found.append(pk)
+    return found
 
 
 def held(queryset: Any) -> Any:
@@ -132,11 +156,18 @@ def run_start_held(*, task_id: Any) -> Run | None:
     return run
 
 
-def run_recover(*, run_id: uuid.UUID, now: datetime | None = None, lost_claims: Collection[str] | None = None) -> bool:
+def run_recover(
+    *,
+    run_id: uuid.UUID,
+    now: datetime | None = None,
+    lost_claims: Collection[str] | None = None,
+    lost_steps: Collection[tuple[str, int]] = (),
+) -> bool:
     """Re-dispatch a run stuck past its deadline from its first unfinished step. A step left
     running by a lost message goes back to pending, so the new message can claim it. With
     `lost_claims` (the jobs of a dead worker), the run is recovered before its deadline, but only
-    while one of its running steps is still claimed by one of them."""
+    while one of its running steps is still claimed by one of them, or while its first unfinished
+    step is one of `lost_steps` (run id, index) still pending: its message died unstarted."""
     now = now or timezone.now()
     with transaction.atomic():
         # SKIP LOCKED: two sweepers never handle the same run; the other one moves on.
@@ -148,7 +179,9 @@ def run_recover(*, run_id: uuid.UUID, now: datetime | None = None, lost_claims: 
         run = runs.first()
         if run is None:
             return False
-        if lost_claims is not None and not _holds_lost_claim(run, lost_claims):
+        if lost_claims is not None and not (
+            _holds_lost_claim(run, lost_claims) or _waits_for_lost_message(run, lost_steps)
+        ):
             return False
         # The conditional update is the claim where SKIP LOCKED is not available (SQLite).
         claimed = Run.objects.filter(pk=run.pk, status=run.status, deadline_at=run.deadline_at).update(
@@ -182,6 +215,18 @@ def _holds_lost_claim(run: Run, lost_claims: Collection[str]) -> bool:
     """Under the run's lock: a step of it is still running under one of the lost claims (not reset
     meanwhile by another recovery, nor finished by a worker that was not dead after all)."""
     return StepRun.objects.filter(run=run, status=StepRun.Status.RUNNING, claim_id__in=list(lost_claims)).exists()
+
+
+def _waits_for_lost_message(run: Run, lost_steps: Collection[tuple[str, int]]) -> bool:
+    indexes = [index for run_id, index in lost_steps if run_id == str(run.pk)]
+    if not indexes:
+        return False
+    first = (
+        StepRun.objects.filter(run=run, status__in=[StepRun.Status.PENDING, StepRun.Status.RUNNING])
+        .order_by("index")
+        .first()
+    )
+    return first is not None and first.status == StepRun.Status.PENDING and first.index in indexes
 
 
 def _finish_recovered(run: Run, steps: list[StepRun]) -> None:

@@ -238,3 +238,33 @@ def test_lost_claim_lookup_finds_running_steps_of_active_runs_only(agent: Any) -
 
     assert runs_with_lost_claims({"c-run", "c-done", "c-unknown"}) == [running.pk]
     assert runs_with_lost_claims(set()) == []
+
+
+def test_a_run_whose_next_message_died_unstarted_with_its_worker_is_redispatched(
+    agent: Any,
+    incarnations: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    redis_client: redis.Redis,
+    dispatched: list[dict[str, Any]],
+    django_capture_on_commit_callbacks: Any,
+) -> None:
+    run = run_create(task=make_task(agent.agent, echo_pipeline(3)), trigger="manual")
+    step_execute(run_id=str(run.pk), index=0, claim_id="m0")
+    live = run_create(task=make_task(agent.agent, echo_pipeline(2)), trigger="manual")
+    services.step_claim(run=live, index=0, claim_id="elsewhere", timeout_s=300)
+    dead = incarnations()
+    announce(dead)
+    as_worker(monkeypatch, dead)
+    # The worker's main process received the messages of step 1 and of the other run's step 0
+    # (prefetched; the latter was redelivered and is running elsewhere), then died.
+    liveness._job_received(request=type("Request", (), {"id": "m1", "args": [str(run.pk), 1], "kwargs": {}})())
+    liveness._job_received(request=type("Request", (), {"id": "m2", "args": [str(live.pk), 0], "kwargs": {}})())
+    assert redis_client.hget(liveness.inflight_key(dead), "m1") == f"{os.getpid()} {run.pk} 1".encode()
+    die(redis_client, dead)
+
+    with django_capture_on_commit_callbacks(execute=True):
+        assert lost_claims_recover() == 1
+
+    assert [(d["run_id"], d["from_index"]) for d in dispatched] == [(run.pk, 1)]
+    assert StepRun.objects.get(run=live, index=0).claim_id == "elsewhere"
+    assert not redis_client.exists(liveness.inflight_key(dead))
