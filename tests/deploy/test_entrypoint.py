@@ -31,7 +31,16 @@ def _environment(**extra: str) -> dict[str, str]:
     # The Procfile's `python` is this interpreter's (as `make run` arranges through PATH); each test
     # gets its own queue, so its processes never take the session's jobs, and beat's keys (named
     # after the queue) are its own.
-    environment = child_env(CELERY_QUEUE=f"deploy-test-{uuid.uuid4().hex[:10]}", ORDINAUT_ENV_FILE="none", **extra)
+    # Their metrics ports are off: fixed ports would clash between two beats here, or with a
+    # developer's `make run`.
+    environment = child_env(
+        CELERY_QUEUE=f"deploy-test-{uuid.uuid4().hex[:10]}",
+        ORDINAUT_ENV_FILE="none",
+        ORDINAUT_METRICS_PORT_WORKER="0",
+        ORDINAUT_METRICS_PORT_BEAT="0",
+        ORDINAUT_METRICS_PORT_EVENTS="0",
+        **extra,
+    )
     environment["PATH"] = f"{Path(sys.executable).parent}:{environment.get('PATH', '')}"
     environment.pop("ORDINAUT_TRUSTED_PROXIES", None)
     return environment

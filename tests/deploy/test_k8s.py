@@ -28,6 +28,7 @@ from tests.deploy.files import (
     procfile,
     workloads,
 )
+from tests.test_docs import environment_reads
 
 # The oldest Kubernetes still commonly run, and the newest the schemas know.
 K8S_VERSIONS = ("1.29.0", kubernetes_validate.latest_version())
@@ -235,3 +236,24 @@ def test_only_the_migrate_job_sees_the_owner() -> None:
             assert sees_owner == (container["args"] == ["migrate"]), doc["metadata"]["name"]
             assert "ordinaut-secrets" in _secret_refs(container)
             assert {"configMapRef": {"name": "ordinaut-config"}} in container["envFrom"]
+
+
+def test_worker_beat_and_events_declare_their_metrics_port() -> None:
+    # The port each process serves its metrics on is the setting's default (the ConfigMap sets no
+    # other), on every interface of the pod.
+    defaults = environment_reads()
+    assert _config()["ORDINAUT_METRICS_HOST"] == "0.0.0.0"  # noqa: S104
+    checked = []
+    for name, doc in k8s_by_kind(k8s_base_documents(), "Deployment").items():
+        [container] = containers(doc)
+        role = container["args"][0]
+        setting = f"ORDINAUT_METRICS_PORT_{role.upper()}"
+        if setting not in defaults:
+            continue
+        assert setting not in _config(), name
+        ports = {port["name"]: port["containerPort"] for port in container.get("ports", [])}
+        assert ports.get("metrics") == defaults[setting], f"{name}: metrics port, {setting}"
+        annotations = doc["spec"]["template"]["metadata"]["annotations"]
+        assert annotations["prometheus.io/port"] == str(defaults[setting]), name
+        checked.append(role)
+    assert sorted(checked) == ["beat", "events", "worker"]
