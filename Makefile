@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/ordinaut
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/15
 
-.PHONY: run test test-sqlite check lint format requirements bench-b3 reliability-r1 reliability-r2 reliability-r3 reliability-r4 clean
+.PHONY: run test test-sqlite check lint format requirements bench-b3 reliability-r1 reliability-r3 reliability-r4 clean
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Ordinaut needs Python 3.11 or newer; found " + sys.version.split()[0])'
@@ -66,16 +66,14 @@ requirements: $(VENV)/.dev
 bench-b3: $(VENV)/.dev
 	$(BIN)/python tests/perf/bench_scheduler.py $(if $(QUICK),--quick,)
 
-## reliability-r1/r2/r3: fault suites (docs/benchmarks.md): the long profile; QUICK=1 for the one-minute one that
-## `make test` runs too. R1: kill -9 a worker every 30 s under load; R2: restart beat, Redis, PostgreSQL while
-## tasks fire; R3: two beats over 1,000 schedules, the leader killed. Reports in var/reliability-rN.json.
+## reliability-r1, reliability-r3: fault suites (docs/benchmarks.md): the long profile; QUICK=1 for the one-minute one that
+## `make test` runs too. R1: kill -9 a worker every 30 s under load; R3: two beats over 1,000 schedules, the
+## leader killed. Reports in var/reliability-rN.json.
 RELIABILITY_RUN = DATABASE_URL="$(TEST_DATABASE_URL)" REDIS_URL="$(TEST_REDIS_URL)" \
 	SECRET_KEY="test-only-secret-key-not-for-production" RELIABILITY_PROFILE="$(if $(QUICK),quick,long)" \
 	$(BIN)/python -m pytest -o addopts="-ra --strict-markers -p no:cacheprovider" -s -q
 reliability-r1: $(VENV)/.dev
 	$(RELIABILITY_RUN) tests/reliability/test_r1_worker_kill.py
-reliability-r2: $(VENV)/.dev
-	$(RELIABILITY_RUN) tests/reliability/test_r2_restarts.py
 reliability-r3: $(VENV)/.dev
 	$(RELIABILITY_RUN) tests/reliability/test_r3_beat_failover.py
 
