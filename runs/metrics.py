@@ -15,7 +15,7 @@ from prometheus_client.core import Metric
 from ordinaut_site import metrics
 
 from .models import Approval, Run
-from .services import STEP_JOB_NAME
+from .services.dispatch import STEP_JOB_NAME  # not the package: creation.py may import this module
 from .signals import run_finished
 
 
