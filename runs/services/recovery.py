@@ -22,6 +22,7 @@ from ..signals import held_runs_found
 from .approvals import approval_expire
 from .deadlines import grace, jitter_parked, queued_deadline
 from .dispatch import dispatch_on_commit
+from .items import items_mark_lost
 from .state import After, run_after_step, run_mark_running, skip_locked
 
 logger = logging.getLogger(__name__)
@@ -73,9 +74,14 @@ def lost_claims_recover(*, now: datetime | None = None) -> int:
     except redis.RedisError as exc:
         logger.warning("sweeper: cannot read worker liveness (%s); dead workers wait for the next pass", exc)
         return 0
+    now = now or timezone.now()
     recovered = 0
     for worker in dead:
         if worker.task_ids:
+            # foreach items claimed by its jobs: due now, and their runs too, so the deadline pass
+            # that follows (runs_sweep, same `now`) re-sends them; the re-claimed step sends only
+            # the items lost and pending.
+            items_mark_lost(claim_ids=sorted(worker.task_ids), now=now)
             runs = sorted(
                 set(runs_with_lost_claims(worker.task_ids)) | set(_runs_with_lost_messages(worker.steps)), key=str
             )
@@ -101,8 +107,8 @@ def lost_claims_recover(*, now: datetime | None = None) -> int:
 
 def runs_with_lost_claims(claim_ids: Collection[str]) -> list[uuid.UUID]:
     """Active runs with a running step whose claim (the Celery message id) is among `claim_ids`:
-    jobs that were running on a worker that died. The one place that knows which records carry
-    claims: step records, and the items of foreach steps where they exist."""
+    jobs that were running on a worker that died. (The items of foreach steps carry claims too:
+    lost_claims_recover hands those to items_mark_lost.)"""
     if not claim_ids:
         return []
     ids = list(claim_ids)

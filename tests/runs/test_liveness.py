@@ -268,3 +268,34 @@ def test_a_run_whose_next_message_died_unstarted_with_its_worker_is_redispatched
     assert [(d["run_id"], d["from_index"]) for d in dispatched] == [(run.pk, 1)]
     assert StepRun.objects.get(run=live, index=0).claim_id == "elsewhere"
     assert not redis_client.exists(liveness.inflight_key(dead))
+
+
+def test_a_foreach_item_claimed_by_a_dead_workers_job_makes_its_run_due_at_once(
+    agent: Any,
+    incarnations: Any,
+    redis_client: redis.Redis,
+    dispatched: list[dict[str, Any]],
+    django_capture_on_commit_callbacks: Any,
+) -> None:
+    from datetime import timedelta
+
+    from runs.models import StepItem
+
+    run = run_create(task=make_task(agent.agent, echo_pipeline(1)), trigger="manual")
+    services.step_claim(run=run, index=0, claim_id="step-msg", timeout_s=300)  # the foreach step, live
+    step = StepRun.objects.get(run=run, index=0)
+    far = timezone.now() + timedelta(hours=1)
+    StepItem.objects.create(step=step, index=0, status="running", claim_id="item-1", deadline_at=far)
+    dead = incarnations()
+    announce(dead)
+    redis_client.hset(liveness.inflight_key(dead), "item-1", 1)
+    die(redis_client, dead)
+
+    with django_capture_on_commit_callbacks(execute=True):
+        result = runs_sweep()
+
+    item = StepItem.objects.get(step=step, index=0)
+    assert item.deadline_at is not None
+    assert item.deadline_at <= timezone.now(), "due now: the re-claimed step sends it again"
+    assert result["runs_recovered"] == 1, "its run was re-dispatched in the same sweep"
+    assert [(d["run_id"], d["from_index"]) for d in dispatched] == [(run.pk, 0)]
