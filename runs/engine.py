@@ -20,6 +20,7 @@ from pipelines.storable import storable_text
 from pipelines.templates import Rendering, condition_evaluate, has_templates, reads_steps, render
 from pipelines.tools import AwaitApproval, Suspend, ToolCall, schema_errors, tool_resolve
 
+from . import metrics as run_metrics
 from . import services as run_services
 from .attempts import (
     RETRY_JITTER_RATIO,
@@ -63,9 +64,12 @@ def _step_execute(run: Run, index: int, claim_id: str) -> Outcome:
     timeout_s = run_services.step_timeout_s(task=run.task, step=run.pipeline[index])
 
     # The claim also starts a queued run (queued -> running), in the same transaction.
+    starting = run.status == Run.Status.QUEUED
     claim = run_services.step_claim(run=run, index=index, claim_id=claim_id, timeout_s=timeout_s)
     if claim is None:
         return _after_redelivery(run, index)
+    if starting and run.status == Run.Status.RUNNING:
+        run_metrics.run_started(run)
     record = claim.step
     attempt = Attempt(record, claim.at)
     policy = retry_policy(task=run.task, step=step)

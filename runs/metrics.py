@@ -15,7 +15,7 @@ from prometheus_client.core import Metric
 from ordinaut_site import metrics
 
 from .models import Approval, Run
-from .services.dispatch import STEP_JOB_NAME  # not the package: creation.py may import this module
+from .services.dispatch import ITEM_JOB_NAME, STEP_JOB_NAME  # not the package: creation.py imports this module
 from .signals import run_finished
 
 
@@ -43,15 +43,19 @@ def runs_created(runs: Iterable[Run]) -> None:
             metrics.run_finished(trigger=run.trigger, status=Run.Status.SKIPPED, duration_s=None)
 
 
+# A foreach item's job is timed as a step job: it is one call of the step's tool.
+TIMED_JOBS = frozenset({STEP_JOB_NAME, ITEM_JOB_NAME})
+
+
 @task_prerun.connect(weak=False)
 def _step_job_started(task: Any = None, **kwargs: Any) -> None:
-    if getattr(task, "name", None) == STEP_JOB_NAME:
+    if getattr(task, "name", None) in TIMED_JOBS:
         metrics.step_job_begin()
 
 
 @task_postrun.connect(weak=False)
 def _step_job_ended(task: Any = None, **kwargs: Any) -> None:
-    if getattr(task, "name", None) == STEP_JOB_NAME:
+    if getattr(task, "name", None) in TIMED_JOBS:
         metrics.step_job_end()
 
 

@@ -22,8 +22,8 @@ from .creation import (
     runs_record_skipped,
 )
 from .deadlines import logical_now, step_timeout_s
-from .dispatch import STEP_JOB_NAME, dispatch_on_commit, run_dispatch
-from .items import ITEM_JOB_NAME, items_mark_lost
+from .dispatch import ITEM_JOB_NAME, STEP_JOB_NAME, dispatch_on_commit, run_dispatch
+from .items import items_mark_lost
 from .recovery import SWEEP_BATCH, held, run_recover, run_start_held, runs_sweep
 from .replay import REPLAY_FROM, run_replay
 from .retention import RETENTION_BATCH, retention_cutoff, runs_purge

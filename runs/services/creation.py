@@ -16,6 +16,7 @@ from ordinaut_site.audit import SYSTEM, Actor, audit_record
 from ordinaut_site.errors import Conflict
 from pipelines.spec import step_id_of
 
+from ..metrics import runs_created
 from ..models import Run, StepRun
 from .deadlines import jitter_parked, logical_now, queued_deadline
 from .dispatch import dispatch_on_commit
@@ -144,6 +145,7 @@ def run_insert(new: NewRun, *, actor: Actor = SYSTEM) -> Run:
                     details={"task": str(new.task.pk), "trigger": new.trigger, "trigger_key": new.trigger_key},
                 )
             _send_after_commit(run, new)
+            transaction.on_commit(lambda: runs_created([run]))
     except IntegrityError as exc:
         if Run.objects.filter(task=new.task, trigger_key=new.trigger_key).exists():
             raise RunAlreadyExists(
@@ -172,6 +174,7 @@ def runs_insert(items: Sequence[NewRun]) -> list[Run]:
     StepRun.objects.bulk_create([step for row, item in created for step in _steps(row, item.reused)], batch_size=1000)
     for row, item in created:
         _send_after_commit(row, item)
+    transaction.on_commit(lambda: runs_created([row for row, _ in created]))
     return [row for row, _ in created]
 
 

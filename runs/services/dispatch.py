@@ -18,6 +18,8 @@ from .state import run_finish_empty
 # The step job (runs/jobs.py) keeps the Celery name it was first published under: messages and
 # chains already on the broker name it.
 STEP_JOB_NAME = "pipelines.run_step"
+# The item job (runs/jobs.py): one item of a foreach step (runs/services/items.py sends them).
+ITEM_JOB_NAME = "runs.run_item"
 
 
 def dispatch_on_commit(run: Run, *, from_index: int = 0, countdown: float = 0, counted: bool = False) -> None:

@@ -29,12 +29,9 @@ from pipelines.storable import storable_json
 
 from ..models import Run, StepItem, StepRun
 from .deadlines import grace, running_deadline
-from .dispatch import dispatch_on_commit
+from .dispatch import ITEM_JOB_NAME, dispatch_on_commit
 from .state import After, run_after_step
 from .steps import attempt_started, step_fail, step_succeed
-
-# The item job (runs/jobs.py): one item of a foreach step.
-ITEM_JOB_NAME = "runs.run_item"
 
 
 @dataclass(frozen=True)

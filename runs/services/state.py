@@ -173,9 +173,9 @@ def run_cancel(*, run: Run, actor: Actor) -> Run:
             resume_at=None,
         )
         # A foreach step's items not done never run (or, in flight, are not recorded).
-        StepItem.objects.filter(
-            step__run=run, status__in=[StepItem.Status.PENDING, StepItem.Status.RUNNING]
-        ).update(status=StepItem.Status.SKIPPED, skip_reason="canceled", claim_id="", deadline_at=None, finished_at=now)
+        StepItem.objects.filter(step__run=run, status__in=[StepItem.Status.PENDING, StepItem.Status.RUNNING]).update(
+            status=StepItem.Status.SKIPPED, skip_reason="canceled", claim_id="", deadline_at=None, finished_at=now
+        )
         audit_record(actor=actor, action="run.cancel", subject_type="run", subject_id=run.pk, details={})
         run_id = str(run.pk)
         transaction.on_commit(lambda: _revoke_chain(run_id))

@@ -160,7 +160,7 @@ def test_a_worker_killed_mid_fan_out_loses_no_item_and_repeats_only_those_in_fli
     assert run.status == "succeeded", run.error
     items = _items(run_id)
     assert [i.status for i in items] == ["succeeded"] * count, "no item lost"
-    outputs = StepRun.objects.get(run_id=run_id, step_id="fetch").output
+    outputs = StepRun.objects.get(run_id=run_id, step_id="fetch").output or []
     assert [slot["json"] for slot in outputs] == [{"n": n} for n in range(count)], "in item order"
     calls = [server.count(f"/{n}") for n in range(count)]
     # At least once for the items in the dead worker's hands; exactly once for every other.

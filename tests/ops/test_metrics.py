@@ -96,10 +96,6 @@ def test_the_events_consumer_reports_what_it_consumed_and_how_late(stack: Stack)
     assert 0 <= total(events, "ordinaut_events_delivery_lag_seconds_sum") < 10
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="runs.metrics.run_started(run) is not called yet where a run starts (runs/engine.py, after the step claim)",
-)
 def test_each_started_run_is_counted_once_with_its_first_step_lateness(stack: Stack) -> None:
     worker = stack.scrape("worker")
 
