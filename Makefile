@@ -86,5 +86,12 @@ reliability-r4: $(VENV)/.dev
 	$(BIN)/python -m pytest -o addopts="-ra --strict-markers -p no:cacheprovider" -s -q \
 	tests/reliability/test_r4_schemathesis.py
 
+## reliability-r7: R7, four hosts in network namespaces (data, control, two workers), one worker host cut
+## off under load and brought back (R7_RUNS=N runs, default 40; needs root); see docs/benchmarks.md
+reliability-r7: $(VENV)/.dev
+	SECRET_KEY="test-only-secret-key-not-for-production" R7_RUNS="$(or $(R7_RUNS),$(if $(QUICK),40,300))" \
+	$(BIN)/python -m pytest -o addopts="-ra --strict-markers -p no:cacheprovider" -s -q \
+	tests/reliability/test_r7_multihost.py
+
 clean:
 	rm -rf $(VENV) var

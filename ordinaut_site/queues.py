@@ -11,7 +11,9 @@ from typing import Any
 
 from kombu import Exchange, Queue
 
-SCHEDULER_JOBS = ("tasks.fire", "tasks.fire_batch", "tasks.record_missed")
+# The recovery sweeper too: a worker lost under load must not wait for its steps' re-run behind
+# the queue of steps that load made.
+SCHEDULER_JOBS = ("tasks.fire", "tasks.fire_batch", "tasks.record_missed", "runs.sweep")
 
 
 def schedule_queue(default: str) -> str:
