@@ -52,10 +52,9 @@ def probe_host() -> str:
 
 
 def _get(url: str) -> str:
-    # X-Forwarded-Proto: with SECURE_SSL the web process redirects plain http, which is what a probe
-    # from inside the container speaks; the header is trusted only when SECURE_SSL is on.
-    headers = {"Host": probe_host(), "X-Forwarded-Proto": "https"}
-    request = urllib.request.Request(url, headers=headers)  # noqa: S310 (an http URL of ours)
+    # Plain http: with SECURE_SSL the web process still answers /health* over http (settings'
+    # SECURE_REDIRECT_EXEMPT), which is all a probe from inside the container speaks.
+    request = urllib.request.Request(url, headers={"Host": probe_host()})  # noqa: S310 (an http URL of ours)
     try:
         with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT_S) as response:  # noqa: S310 (our own http URL)
             return f"{response.status} {response.read(300).decode(errors='replace')}"

@@ -249,6 +249,9 @@ SECURE_SSL = env_bool("SECURE_SSL", False)
 SESSION_COOKIE_SECURE = SECURE_SSL
 CSRF_COOKIE_SECURE = SECURE_SSL
 SECURE_SSL_REDIRECT = SECURE_SSL
+# Health probes and Prometheus reach /health* and /metrics over plain http from inside the network,
+# not through the TLS proxy: those are answered, not redirected to https (deploy/, docs/operations.md).
+SECURE_REDIRECT_EXEMPT = [r"^health(/|$)", r"^metrics/?$"]
 SECURE_HSTS_SECONDS = 31536000 if SECURE_SSL else 0
 SECURE_HSTS_INCLUDE_SUBDOMAINS = SECURE_SSL
 SECURE_HSTS_PRELOAD = SECURE_SSL
