@@ -15,7 +15,7 @@ import jsonschema
 import pytest
 import yaml
 
-from tests.deploy.files import COMPOSE, DEPLOY, ONE_SHOT_ROLES, procfile, yaml_documents
+from tests.deploy.files import COMPOSE, DEPLOY, ENV_EXAMPLE, ONE_SHOT_ROLES, env_values, procfile, yaml_documents
 
 IMAGE = "${ORDINAUT_IMAGE:-ordinaut:latest}"
 CONDITIONS = {"service_started", "service_healthy", "service_completed_successfully"}
@@ -216,3 +216,29 @@ def test_the_dashboard_names_the_provisioned_data_source() -> None:
         "datasources"
     ]
     assert _datasource_uids(dashboard) <= {source["uid"]}, "panels name a data source Grafana is not given"
+
+
+def test_ports_agree_with_the_settings_the_processes_read() -> None:
+    # The published container ports and Prometheus's targets are the ports env.example makes the
+    # processes listen on.
+    settings = env_values(ENV_EXAMPLE)
+    listens = {
+        "web": settings["ORDINAUT_PORT"],
+        "flower": settings["FLOWER_PORT"],
+        "worker": settings["ORDINAUT_METRICS_PORT_WORKER"],
+        "beat": settings["ORDINAUT_METRICS_PORT_BEAT"],
+        "events": settings["ORDINAUT_METRICS_PORT_EVENTS"],
+    }
+    assert settings["ORDINAUT_HOST"] == settings["ORDINAUT_METRICS_HOST"] == "0.0.0.0"  # noqa: S104
+    for name in ("web", "flower"):
+        [published] = services()[name]["ports"]
+        assert published.rsplit(":", 1)[1] == listens[name], name
+    config = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    scraped = set()
+    for job in config["scrape_configs"]:
+        for discovery in job.get("dns_sd_configs", []):
+            for target in discovery["names"]:
+                assert target in ordinaut_services(), f"{job['job_name']} scrapes {target}, not a service"
+                assert str(discovery["port"]) == listens[target], f"{job['job_name']}: port of {target}"
+                scraped.add(target)
+    assert scraped == {"web", "worker", "beat", "events"}

@@ -256,3 +256,11 @@ def test_worker_beat_and_events_declare_their_metrics_port() -> None:
         assert annotations["prometheus.io/port"] == str(defaults[setting]), name
         checked.append(role)
     assert sorted(checked) == ["beat", "events", "worker"]
+
+
+def test_web_and_flower_listen_where_the_config_says() -> None:
+    deployments = k8s_by_kind(k8s_base_documents(), "Deployment")
+    for name, setting in (("ordinaut-web", "ORDINAUT_PORT"), ("ordinaut-flower", "FLOWER_PORT")):
+        [container] = containers(deployments[name])
+        [port] = container["ports"]
+        assert str(port["containerPort"]) == _config()[setting], name
