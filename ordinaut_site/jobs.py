@@ -1,5 +1,6 @@
 """Celery jobs of the cross-cutting pieces (the hourly purge of expired Idempotency-Key records), the
-database-connection handling around every job, and the request id travelling with each message."""
+database-connection handling around every job, and the log correlation travelling with each message
+(the request id and the agent of the API call that sent it; the run a job belongs to)."""
 
 from __future__ import annotations
 
@@ -16,14 +17,33 @@ from .idempotency import purge_expired
 # run's worker lines join the request that started it; jobs a job sends (the rest of a chain,
 # retries) carry it on.
 REQUEST_ID_HEADER = "ordinaut_request_id"
+AGENT_HEADER = "ordinaut_agent"
+# The stamp a run's chain carries (runs/services/dispatch.py): each of its jobs' lines name the run,
+# Celery's own ("succeeded in 0.01s", "retry in 2s") included.
+RUN_STAMP = "run_id"
+_HEADERS = {REQUEST_ID_HEADER: "request_id", AGENT_HEADER: "agent"}
 _BOUND = "_ordinaut_log_token"
 
 
 @before_task_publish.connect
 def _send_request_id(headers: dict[str, Any] | None = None, **kwargs: Any) -> None:
-    request_id = logs.current("request_id")
-    if request_id and headers is not None and REQUEST_ID_HEADER not in headers:
-        headers[REQUEST_ID_HEADER] = request_id
+    if headers is None:
+        return
+    for header, field in _HEADERS.items():
+        value = logs.current(field)
+        if value and header not in headers:
+            headers[header] = value
+
+
+def _header(request: Any, name: str) -> Any:
+    return getattr(request, name, None) or (getattr(request, "headers", None) or {}).get(name)
+
+
+def _stamped_run(request: Any) -> str | None:
+    value = (getattr(request, "stamps", None) or {}).get(RUN_STAMP) or getattr(request, RUN_STAMP, None)
+    if isinstance(value, (list, tuple)):
+        value = value[0] if value else None
+    return str(value) if value else None
 
 
 @task_prerun.connect
@@ -31,11 +51,10 @@ def _bind_request_id(task: Any = None, **kwargs: Any) -> None:
     if task is None:
         return
     request = task.request
-    request_id = getattr(request, REQUEST_ID_HEADER, None) or (getattr(request, "headers", None) or {}).get(
-        REQUEST_ID_HEADER
-    )
-    if request_id:
-        setattr(request, _BOUND, logs.push(request_id=request_id))
+    fields = {field: _header(request, header) for header, field in _HEADERS.items()}
+    fields["run"] = _stamped_run(request)
+    if any(fields.values()):
+        setattr(request, _BOUND, logs.push(**fields))
 
 
 @task_postrun.connect

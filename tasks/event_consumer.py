@@ -33,9 +33,17 @@ import redis
 from django.conf import settings
 from django.db import InterfaceError, OperationalError, close_old_connections, connection
 
-from ordinaut_site import metrics
+from ordinaut_site import logs, metrics
 
-from .events import ENTRY_EVENT, event_deliver, events_republish, events_restore, stream_id_key
+from .events import (
+    ENTRY_AGENT,
+    ENTRY_EVENT,
+    ENTRY_REQUEST_ID,
+    event_deliver,
+    events_republish,
+    events_restore,
+    stream_id_key,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -279,7 +287,13 @@ class EventConsumer:
         return len(done)
 
     def _handle_one(self, entry_id: str, fields: dict[str, str] | None) -> bool:
-        """Deliver one entry's event; True when the entry is to be acknowledged."""
+        """Deliver one entry's event, with the publishing request's id and agent in the log lines
+        (and so in the messages of the runs it starts); True when the entry is to be acknowledged."""
+        entry = fields or {}
+        with logs.bind(request_id=entry.get(ENTRY_REQUEST_ID) or None, agent=entry.get(ENTRY_AGENT) or None):
+            return self._deliver(entry_id, fields)
+
+    def _deliver(self, entry_id: str, fields: dict[str, str] | None) -> bool:
         event_id = (fields or {}).get(ENTRY_EVENT)
         if not event_id:
             self.stats.bad += 1

@@ -31,7 +31,7 @@ from django.db import DatabaseError, IntegrityError, transaction
 from django.db.models import Count, Max, QuerySet
 from django.utils import timezone
 
-from ordinaut_site import metrics
+from ordinaut_site import logs, metrics
 from ordinaut_site.audit import Actor, audit_record
 from ordinaut_site.errors import Conflict, NotFound, ValidationFailed
 from ordinaut_site.models import Agent
@@ -52,6 +52,10 @@ SOURCE_MAX_CHARS = 200
 # the stream with redis-cli, its topic. The payload stays in Postgres.
 ENTRY_EVENT = "event"
 ENTRY_TOPIC = "topic"
+# The request id and agent of the API call that published the event: the consumer's lines, and the
+# runs it starts, carry them on (ordinaut_site/jobs.py).
+ENTRY_REQUEST_ID = "request_id"
+ENTRY_AGENT = "agent"
 # A publish must not hold a request for long when Redis is slow or away: the event is stored and
 # the consumer adds it to the stream later.
 PUBLISH_TIMEOUT_S = 2.0
@@ -167,6 +171,15 @@ def event_publish(
     return event
 
 
+def _entry_fields(event: Event) -> dict[str, str]:
+    fields = {ENTRY_EVENT: str(event.pk), ENTRY_TOPIC: event.topic}
+    for key, field in ((ENTRY_REQUEST_ID, "request_id"), (ENTRY_AGENT, "agent")):
+        value = logs.current(field)
+        if value:
+            fields[key] = value
+    return fields
+
+
 def event_stream_add(event: Event) -> str | None:
     """XADD the event to the capped stream and record its stream id. Returns None (and logs) when
     Redis cannot take it: the row stays without a stream id and the consumer adds it later."""
@@ -174,7 +187,7 @@ def event_stream_add(event: Event) -> str | None:
         stream_id = str(
             stream_redis().xadd(
                 settings.ORDINAUT_EVENT_STREAM,
-                {ENTRY_EVENT: str(event.pk), ENTRY_TOPIC: event.topic},
+                _entry_fields(event),
                 maxlen=settings.ORDINAUT_EVENT_STREAM_MAXLEN,
                 approximate=True,
             )

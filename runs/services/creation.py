@@ -3,6 +3,7 @@ a replay) or in bulk (the scheduler's and the events consumer's occurrences)."""
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,6 +21,8 @@ from ..metrics import runs_created
 from ..models import Run, StepRun
 from .deadlines import jitter_parked, logical_now, queued_deadline
 from .dispatch import dispatch_on_commit
+
+logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from tasks.models import Task
@@ -152,6 +155,10 @@ def run_insert(new: NewRun, *, actor: Actor = SYSTEM) -> Run:
                 f"a run for {new.trigger_key!r} of this task already exists", trigger_key=new.trigger_key
             ) from exc
         raise
+    # The line that joins the request (its id, its agent) to the run's lines on the workers.
+    logger.info(
+        "run %s created (%s, %s)", run.pk, new.trigger, run.status, extra={"run": str(run.pk), "task": str(new.task.pk)}
+    )
     return run
 
 

@@ -3,9 +3,6 @@ tasks chained by orchestrator.emit_event, and `manage.py consume_events` as its 
 
 from __future__ import annotations
 
-import signal
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +15,7 @@ from runs.models import Run, StepRun
 from tasks.models import Event
 from tests.support.events import clean_stream, make_consumer, pending_count
 from tests.support.pipelines import echo_pipeline
-from tests.support.processes import BASE_DIR, child_env, wait_for
+from tests.support.processes import ConsumerProcess, wait_for
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.e2e]
 
@@ -128,31 +125,6 @@ def test_emit_event_chains_two_tasks_through_a_topic(agent: Any, worker: Any) ->
 
 
 # --- manage.py consume_events as a process ----------------------------------------------------
-
-
-class ConsumerProcess:
-    def __init__(self, log_path: Path) -> None:
-        self.log_path = log_path
-        self._log = log_path.open("wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "manage.py", "consume_events", "--name", "e2e-consumer"],
-            cwd=BASE_DIR,
-            env=child_env(),
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self, timeout: float = 20) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout=timeout)
-        finally:
-            self._log.close()
 
 
 def test_the_consume_events_command_delivers_and_stops_cleanly_on_sigterm(

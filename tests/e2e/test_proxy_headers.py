@@ -9,79 +9,31 @@ from __future__ import annotations
 
 import random
 import signal
-import socket
-import subprocess
-import sys
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx2
 import pytest
 
-from tests.support.processes import BASE_DIR, child_env, wait_for
+from tests.support.processes import Web
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.e2e]
 
 BUDGET = 3
 
 
-def _procfile_web() -> str:
-    line = next(line for line in (BASE_DIR / "deploy" / "Procfile").read_text().splitlines() if line.startswith("web:"))
-    return line.removeprefix("web:").strip()
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture
 def web(tmp_path: Path) -> Iterator[object]:
-    started: list[subprocess.Popen[bytes]] = []
+    started: list[Web] = []
 
     def start(**env: str) -> str:
-        port = _free_port()
-        environment = child_env(
-            ORDINAUT_HOST="127.0.0.1",
-            ORDINAUT_PORT=str(port),
-            ORDINAUT_ANON_RATE_LIMIT=f"{BUDGET}/min",
-            **env,
-        )
-        if "ORDINAUT_TRUSTED_PROXIES" not in env:
-            environment.pop("ORDINAUT_TRUSTED_PROXIES", None)
-        # The Procfile's `python` is this interpreter's, as `make run` arranges through PATH.
-        environment["PATH"] = f"{Path(sys.executable).parent}:{environment.get('PATH', '')}"
-        log = (tmp_path / f"web-{uuid.uuid4().hex[:6]}.log").open("ab")
-        proc = subprocess.Popen(
-            ["bash", "-c", f"exec {_procfile_web()}"],
-            env=environment,
-            cwd=BASE_DIR,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        started.append(proc)
-        base = f"http://127.0.0.1:{port}"
-
-        def up() -> bool:
-            assert proc.poll() is None, f"web exited with {proc.returncode}"
-            try:
-                return httpx2.get(f"{base}/health/live", timeout=2).status_code == 200
-            except httpx2.TransportError:
-                return False
-
-        wait_for(up, timeout=60, message="the Procfile's web process to answer")
-        return base
+        server = Web(tmp_path, env={"ORDINAUT_ANON_RATE_LIMIT": f"{BUDGET}/min", **env}).start()
+        started.append(server)
+        return server.base
 
     yield start
-    for proc in started:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    for server in started:
+        server.stop(signal.SIGINT)
 
 
 def _bad_token_statuses(base: str, count: int) -> list[int]:

@@ -1,9 +1,10 @@
-"""Real processes for tests: Celery workers (and later beat) as subprocesses on the test database."""
+"""Real processes for tests: Celery workers, beat and the Procfile's web, as subprocesses on the test database."""
 
 from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -186,3 +187,81 @@ class Beat(_CeleryProcess):
 
     def is_leader(self) -> bool:
         return "acquired the leader lock" in self.log_text()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def procfile_command(role: str) -> str:
+    """The Procfile's command line for a role (web, worker, beat, events, flower)."""
+    prefix = f"{role}:"
+    line = next(line for line in (BASE_DIR / "deploy" / "Procfile").read_text().splitlines() if line.startswith(prefix))
+    return line.removeprefix(prefix).strip()
+
+
+class Web(_CeleryProcess):
+    """The Procfile's web process (uvicorn, as deployed) on a free loopback port, on the test database."""
+
+    def __init__(self, log_dir: Path, *, env: dict[str, str] | None = None) -> None:
+        super().__init__(env)
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_dir / f"web-{uuid.uuid4().hex[:6]}.log"
+
+    def start(self) -> Web:
+        environment = child_env(ORDINAUT_HOST="127.0.0.1", ORDINAUT_PORT=str(self.port), **self.env)
+        if "ORDINAUT_TRUSTED_PROXIES" not in self.env:
+            environment.pop("ORDINAUT_TRUSTED_PROXIES", None)
+        # The Procfile's `python` is this interpreter's, as `make run` arranges through PATH.
+        environment["PATH"] = f"{Path(sys.executable).parent}:{environment.get('PATH', '')}"
+        self._log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            ["bash", "-c", f"exec {procfile_command('web')}"],
+            env=environment,
+            cwd=BASE_DIR,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        wait_for(self.up, timeout=60, message=f"the Procfile's web process to answer (log: {self.log_path})")
+        return self
+
+    def up(self) -> bool:
+        assert self.proc is not None
+        assert self.proc.poll() is None, f"web exited with {self.proc.returncode}; log: {self.log_path}"
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                pass
+        except OSError:
+            return False
+        return True
+
+
+class ConsumerProcess:
+    """`manage.py consume_events` in a subprocess on the test database and stream."""
+
+    def __init__(self, log_path: Path, *, env: dict[str, str] | None = None, name: str = "e2e-consumer") -> None:
+        self.log_path = log_path
+        self._log = log_path.open("wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "manage.py", "consume_events", "--name", name],
+            cwd=BASE_DIR,
+            env=child_env(**(env or {})),
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, timeout: float = 20) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=timeout)
+        finally:
+            self._log.close()
