@@ -241,4 +241,12 @@ def test_ports_agree_with_the_settings_the_processes_read() -> None:
                 assert target in ordinaut_services(), f"{job['job_name']} scrapes {target}, not a service"
                 assert str(discovery["port"]) == listens[target], f"{job['job_name']}: port of {target}"
                 scraped.add(target)
+        for static in job.get("static_configs", []):
+            for address in static["targets"]:
+                target, port = address.rsplit(":", 1)
+                assert target in ordinaut_services(), f"{job['job_name']} scrapes {target}, not a service"
+                assert port == listens[target], f"{job['job_name']}: port of {target}"
+                scraped.add(target)
     assert scraped == {"web", "worker", "beat", "events"}
+    # The web is scraped by its service name, which Django must answer (Prometheus sends it as Host).
+    assert "web" in env_values(ENV_EXAMPLE)["ALLOWED_HOSTS"].split(",")

@@ -156,7 +156,7 @@ def test_the_settings_load_from_env_example() -> None:
     loaded = json.loads(done.stdout.strip().splitlines()[-1])
     assert loaded == {
         "debug": False,
-        "hosts": ["ordinaut.example.com", "localhost"],
+        "hosts": ["ordinaut.example.com", "localhost", "web"],
         "engine": "django.db.backends.postgresql",
         "ssl": True,
         "env_file": None,

@@ -108,13 +108,19 @@ def test_promtool_accepts_the_rules_and_the_scrape_config(tmp_path: Path) -> Non
 def test_the_scrape_config_reads_the_rules_and_every_process_on_its_default_port() -> None:
     config = yaml.safe_load(SCRAPE_CONFIG.read_text())
     assert config["rule_files"] == ["/etc/prometheus/rules.yml"]  # where compose mounts this folder
-    ports = {job["job_name"]: job["dns_sd_configs"][0]["port"] for job in config["scrape_configs"]}
+    ports = {job["job_name"]: _port(job) for job in config["scrape_configs"]}
     assert ports == {
         "ordinaut-web": 8000,
         "ordinaut-worker": settings.ORDINAUT_METRICS_PORT_WORKER,
         "ordinaut-beat": settings.ORDINAUT_METRICS_PORT_BEAT,
         "ordinaut-events": settings.ORDINAUT_METRICS_PORT_EVENTS,
     }
+
+
+def _port(job: dict[str, Any]) -> int:
+    if "static_configs" in job:
+        return int(job["static_configs"][0]["targets"][0].rsplit(":", 1)[1])
+    return int(job["dns_sd_configs"][0]["port"])
 
 
 def test_the_dashboard_is_well_formed_and_uses_the_provisioned_data_source() -> None:
