@@ -412,7 +412,8 @@ ORDINAUT_WORKER_HEARTBEAT_S = env_int("ORDINAUT_WORKER_HEARTBEAT_S", 5)
 ORDINAUT_WORKER_DEAD_AFTER_S = env_int("ORDINAUT_WORKER_DEAD_AFTER_S", 20)
 if ORDINAUT_WORKER_DEAD_AFTER_S < 2 * ORDINAUT_WORKER_HEARTBEAT_S:
     raise ImproperlyConfigured(
-        "ORDINAUT_WORKER_DEAD_AFTER_S must be at least twice ORDINAUT_WORKER_HEARTBEAT_S, or one late beat kills a worker"
+        "ORDINAUT_WORKER_DEAD_AFTER_S must be at least twice ORDINAUT_WORKER_HEARTBEAT_S, "
+        "or one late beat kills a worker"
     )
 # ORDINAUT_FIRE_SOFT_TIME_LIMIT_S: a fire job (tasks.fire_batch, tasks.fire, tasks.record_missed) or one
 # event delivery of the events consumer running longer is interrupted; a batch is then fired again
