@@ -171,7 +171,7 @@ def event_publish(
     return event
 
 
-def _entry_fields(event: Event) -> dict[str, str]:
+def _entry_fields(event: Event) -> dict[Any, Any]:
     fields = {ENTRY_EVENT: str(event.pk), ENTRY_TOPIC: event.topic}
     for key, field in ((ENTRY_REQUEST_ID, "request_id"), (ENTRY_AGENT, "agent")):
         value = logs.current(field)

@@ -138,7 +138,7 @@ def test_r1_kill_a_worker_every_interval_under_load(
     more_calls_than_attempts = [k for k, s in records.items() if calls[k] > s.attempts]
     in_flight_total = sum(k["in_flight"] for k in kills)
     recoveries = _recovery_delays(steps, [k["at"] for k in kills])
-    summary = {
+    summary: dict[str, Any] = {
         "profile": "long" if LONG else "quick",
         "duration_s": DURATION_S,
         "kill_every_s": KILL_EVERY_S,

@@ -85,6 +85,7 @@ def test_r3_two_beats_leader_killed(make_task: Any, worker: Any, worker_logs: Pa
     by_task: dict[Any, list[datetime]] = defaultdict(list)
     reasons: dict[str, int] = defaultdict(int)
     for task_id, at, reason in runs:
+        assert at is not None, "a scheduled run has its instant"
         by_task[task_id].append(at)
         reasons[reason or "ran"] += 1
     tasks = list(Task.objects.values_list("pk", flat=True))

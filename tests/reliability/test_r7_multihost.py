@@ -209,13 +209,10 @@ def test_r7_a_worker_host_cut_off_mid_load(lab: NetLab) -> None:
         timeout=120,
         message="runs after the link came back to finish",
     )
-    by_worker = {
-        name: (broker.control.inspect(destination=[name], timeout=2).stats() or {})
-        .get(name, {})
-        .get("total", {})
-        .get("pipelines.run_step", 0)
-        for name in names
-    }
+    stats: dict[str, Any] = {}
+    for name in names:
+        stats.update(broker.control.inspect(destination=[name], timeout=2).stats() or {})
+    by_worker = {name: stats.get(name, {}).get("total", {}).get("pipelines.run_step", 0) for name in names}
     db.close()
     print(
         f"\n[R7] {RUNS} runs x {STEPS} steps on 2 worker hosts; worker1's link cut with {len(stuck)} step(s) in "

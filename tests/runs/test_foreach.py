@@ -12,6 +12,7 @@ from django.utils import timezone
 
 from ordinaut_site.audit import SYSTEM
 from ordinaut_site.models import Agent
+from runs.engine import Next
 from runs.models import Run, StepItem, StepRun
 from runs.services import run_cancel, run_create, run_replay
 from tests.support.pipelines import drive, make_task
@@ -142,7 +143,7 @@ def test_on_error_continue_leaves_the_error_in_the_items_slot(agent: Any, server
     run = _run(agent.agent, payload)
 
     assert run.status == "succeeded"
-    output = _step(run, "fetch").output
+    output = _step(run, "fetch").output or []
     assert [slot.get("status") for slot in (output[0], output[2])] == [200, 200]
     assert output[1]["error"]["code"] == "http_error"
     assert run.result == {"codes": ["http_error"]}
@@ -285,7 +286,7 @@ def test_cancel_skips_the_items_not_done(agent: Any) -> None:
         ("skipped", "canceled"),
         ("skipped", "canceled"),
     ]
-    assert item_execute(run_id=str(run.pk), index=0, item_index=1, claim_id="item-1").value == "stop"
+    assert item_execute(run_id=str(run.pk), index=0, item_index=1, claim_id="item-1") is Next.STOP
     assert StepItem.objects.get(step__run=run, index=1).status == "skipped"
 
 
@@ -322,7 +323,7 @@ def test_a_foreach_step_claimed_again_sends_only_lost_and_pending_items(agent: A
     assert sent[-1] == [1, 3]
     states = dict(StepItem.objects.filter(step=step).values_list("index", "status"))
     assert states == {0: "succeeded", 1: "pending", 2: "running", 3: "pending"}
-    assert item_execute(run_id=str(run.pk), index=0, item_index=1, claim_id="b").value == "continue"
+    assert item_execute(run_id=str(run.pk), index=0, item_index=1, claim_id="b") is Next.CONTINUE
     item = StepItem.objects.get(step=step, index=1)
     assert (item.status, item.attempts) == ("succeeded", 2)
     assert [h["outcome"] for h in item.attempt_history] == ["lost", "succeeded"]
@@ -340,12 +341,12 @@ def test_the_last_item_to_finish_settles_the_step_once(agent: Any) -> None:
         ]
     }
     run = run_create(task=make_task(agent.agent, payload), trigger="manual")
-    assert step_execute(run_id=str(run.pk), index=0, claim_id="parent").value == "stop"
-    assert item_execute(run_id=str(run.pk), index=0, item_index=1, claim_id="b").value == "continue"
+    assert step_execute(run_id=str(run.pk), index=0, claim_id="parent") is Next.STOP
+    assert item_execute(run_id=str(run.pk), index=0, item_index=1, claim_id="b") is Next.CONTINUE
     assert _step(run, "each").status == "running"
-    assert item_execute(run_id=str(run.pk), index=0, item_index=0, claim_id="a").value == "stop"
+    assert item_execute(run_id=str(run.pk), index=0, item_index=0, claim_id="a") is Next.STOP
     assert _step(run, "each").status == "succeeded"
     # A redelivered item message changes nothing.
-    assert item_execute(run_id=str(run.pk), index=0, item_index=0, claim_id="a-again").value == "stop"
+    assert item_execute(run_id=str(run.pk), index=0, item_index=0, claim_id="a-again") is Next.STOP
     assert _step(run, "each").output == [{"v": 0}, {"v": 1}]
     assert Run.objects.get(pk=run.pk).status == "running", "the next step is sent, not yet run"
