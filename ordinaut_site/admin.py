@@ -7,9 +7,15 @@ from typing import Any
 from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
+from django.utils.safestring import SafeString
 
 from . import audit, services
+from .admin_display import OrdinautModelAdmin, RecordAdmin, json_field, when
 from .models import Agent, AgentToken, AgentUsage, AuditLog
+
+# The page itself is the width operators have (1,280 px screens): no navigation sidebar beside it
+# (the breadcrumbs and the index lead everywhere), so lists and their filters fit.
+admin.site.enable_nav_sidebar = False
 
 
 class AgentTokenInline(admin.TabularInline):
@@ -24,7 +30,7 @@ class AgentTokenInline(admin.TabularInline):
 
 
 @admin.register(Agent)
-class AgentAdmin(admin.ModelAdmin):
+class AgentAdmin(OrdinautModelAdmin):
     list_display = ["name", "is_active", "scope_list", "contact", "created_at"]
     list_filter = ["is_active"]
     search_fields = ["name", "contact"]
@@ -82,15 +88,18 @@ class AgentAdmin(admin.ModelAdmin):
             services.agent_deactivate(agent=agent, actor=audit.Actor.of_user(request.user))
 
 
+TOKEN_SCOPES = json_field("scopes")
+
+
 @admin.register(AgentToken)
-class AgentTokenAdmin(admin.ModelAdmin):
+class AgentTokenAdmin(OrdinautModelAdmin):
     list_display = ["prefix", "agent", "label", "created_at", "last_used_at", "expires_at", "revoked_at"]
     list_filter = ["revoked_at"]
     search_fields = ["prefix", "agent__name"]
     # Scopes are fixed at issue (narrow by issuing another token); label and expiry may change,
     # through token_update, which audits them.
-    readonly_fields = ["agent", "prefix", "scopes", "created_at", "last_used_at", "revoked_at"]
-    exclude = ["secret_hash"]
+    readonly_fields = ["agent", "prefix", TOKEN_SCOPES, "created_at", "last_used_at", "revoked_at"]
+    fields = ["agent", "prefix", "label", TOKEN_SCOPES, "created_at", "last_used_at", "expires_at", "revoked_at"]
     actions = ["revoke"]
 
     def save_model(self, request: HttpRequest, obj: AgentToken, form: Any, change: bool) -> None:
@@ -114,36 +123,32 @@ class AgentTokenAdmin(admin.ModelAdmin):
 
 
 @admin.register(AuditLog)
-class AuditLogAdmin(admin.ModelAdmin):
-    list_display = ["at", "actor_kind", "actor_name", "action", "subject_type", "subject_id", "request_id"]
-    list_filter = ["actor_kind", "action", "subject_type"]
+class AuditLogAdmin(RecordAdmin):
+    list_display = ["moment", "actor_kind", "actor_name", "action", "subject_type", "subject_id", "request_id"]
+    list_filter = ["actor_kind", ("at", admin.DateFieldListFilter), "subject_type", "action"]
     search_fields = ["actor_name", "subject_id", "request_id", "action"]
-    date_hierarchy = "at"
+    fields = [
+        "moment",
+        "actor_kind",
+        "actor_id",
+        "actor_name",
+        "action",
+        "subject_type",
+        "subject_id",
+        json_field("details"),
+        "request_id",
+    ]
 
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
+    @admin.display(description="at", ordering="at")
+    def moment(self, row: AuditLog) -> SafeString | str:
+        return when(row.at)
 
 
 @admin.register(AgentUsage)
-class AgentUsageAdmin(admin.ModelAdmin):
+class AgentUsageAdmin(RecordAdmin):
     """Budget counters per agent and UTC day (read-only: the engine writes them)."""
 
     list_display = ["day", "agent", "tool_calls", "cost_units", "rejected"]
     list_filter = ["day"]
     search_fields = ["agent__name"]
     list_select_related = ["agent"]
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False

@@ -12,6 +12,7 @@ from django.http import HttpRequest
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 
+from ordinaut_site.admin_display import OrdinautModelAdmin, json_field, plural
 from ordinaut_site.audit import Actor
 from ordinaut_site.errors import OrdinautError, ValidationFailed
 
@@ -49,14 +50,14 @@ class ToolServerAdminForm(forms.ModelForm):
 
 
 @admin.register(ToolServer)
-class ToolServerAdmin(admin.ModelAdmin):
+class ToolServerAdmin(OrdinautModelAdmin):
     form = ToolServerAdminForm
     list_display = ["name", "transport", "target", "enabled", "tool_count", "last_refreshed_at", "refresh_error"]
     list_filter = ["transport", "enabled"]
     search_fields = ["name", "url", "command"]
     readonly_fields = [
         "id",
-        "created_by",
+        json_field("created_by"),
         "created_at",
         "last_refreshed_at",
         "last_error",
@@ -119,7 +120,7 @@ class ToolServerAdmin(admin.ModelAdmin):
         except OrdinautError as exc:
             messages.warning(request, f"{created.name}: registered, but {exc.message}")
         else:
-            messages.info(request, f"{created.name}: {len(result.tools)} tool(s) found.")
+            messages.info(request, f"{created.name}: {plural(len(result.tools), 'tool')} found.")
 
     def get_deleted_objects(self, objs: Any, request: HttpRequest) -> Any:
         # A server's tools go with it; they are not deletable on their own (ToolAdmin), so Django
@@ -144,7 +145,9 @@ class ToolServerAdmin(admin.ModelAdmin):
             except OrdinautError as exc:
                 messages.error(request, exc.message)
             else:
-                summary = f"{len(result.tools)} tool(s); added {len(result.added)}, removed {len(result.removed)}"
+                summary = (
+                    f"{plural(len(result.tools), 'tool')}; added {len(result.added)}, removed {len(result.removed)}"
+                )
                 messages.success(request, f"{server.name}: {summary}, changed {len(result.changed)}.")
 
 
@@ -154,8 +157,11 @@ class ToolCostForm(forms.ModelForm):
         fields = ["cost"]
 
 
+TOOL_INPUT, TOOL_OUTPUT = json_field("input_schema"), json_field("output_schema")
+
+
 @admin.register(Tool)
-class ToolAdmin(admin.ModelAdmin):
+class ToolAdmin(OrdinautModelAdmin):
     """What servers report is read-only; only the budget cost is Ordinaut's to set."""
 
     form = ToolCostForm
@@ -163,8 +169,8 @@ class ToolAdmin(admin.ModelAdmin):
     list_filter = ["server"]
     search_fields = ["name", "description", "server__name"]
     list_select_related = ["server"]
-    readonly_fields = ["server", "name", "description", "input_schema", "output_schema", "created_at", "updated_at"]
-    fields = ["server", "name", "description", "cost", "input_schema", "output_schema", "created_at", "updated_at"]
+    readonly_fields = ["server", "name", "description", TOOL_INPUT, TOOL_OUTPUT, "created_at", "updated_at"]
+    fields = ["server", "name", "description", "cost", TOOL_INPUT, TOOL_OUTPUT, "created_at", "updated_at"]
 
     @admin.display(description="uses", ordering="name")
     def full_name(self, tool: Tool) -> str:

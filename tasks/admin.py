@@ -1,7 +1,8 @@
-"""Admin for tasks (schedule text, next fire times, run now/pause/resume/snooze), events (read-only)
-and beat rows: django-celery-beat's pages, where the rows of Ordinaut tasks (PeriodicTask and its
-crontab, interval, clocked and RRULE rows) are read-only and link to their task, because the task
-is their truth (tasks/beat.py rewrites them from it). Other beat rows stay editable."""
+"""Admin for tasks (schedule text, next fire times, the last runs, run now/pause/resume/snooze),
+events (read-only) and beat rows. django-celery-beat's pages are kept out of the operators' way
+(not on the admin index; reachable by their addresses, and from each task's page): the rows of
+Ordinaut tasks (PeriodicTask and its crontab, interval, clocked and RRULE rows) are read-only there
+and link to their task, because the task is their truth (tasks/beat.py rewrites them from it)."""
 
 from __future__ import annotations
 
@@ -14,17 +15,31 @@ from django.http import HttpRequest, HttpResponse
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
+from django.utils.safestring import SafeString
 from django_celery_beat.admin import (
     ClockedScheduleAdmin,
     CrontabScheduleAdmin,
     IntervalScheduleAdmin,
     PeriodicTaskAdmin,
+    SolarScheduleAdmin,
 )
-from django_celery_beat.models import ClockedSchedule, CrontabSchedule, IntervalSchedule, PeriodicTask
+from django_celery_beat.models import ClockedSchedule, CrontabSchedule, IntervalSchedule, PeriodicTask, SolarSchedule
 
+from ordinaut_site.admin_display import (
+    EMPTY,
+    OrdinautModelAdmin,
+    RecordAdmin,
+    duration_text,
+    json_field,
+    moment_text,
+    plural,
+    when,
+)
 from ordinaut_site.audit import Actor
 from ordinaut_site.errors import OrdinautError, ValidationFailed
 from pipelines.spec import payload_validate
+from runs.admin import RUN_HEAVY, TASK_HEAVY, run_link, status_html
+from runs.models import Run
 from runs.selectors import run_stats
 
 from . import selectors, services
@@ -50,6 +65,53 @@ EDITABLE = [
     "condition",
 ]
 ADMIN_SNOOZE_S = 3600
+# The task page lists this many next occurrences and last runs.
+NEXT_OCCURRENCES = 5
+LAST_RUNS = 10
+# The task form, grouped; every EDITABLE field is in one group (tests/admin/test_task_admin.py).
+TASK_FIELDSETS: list[tuple[str | None, dict[str, Any]]] = [
+    (None, {"fields": ["title", "description", "owner"]}),
+    ("Schedule", {"fields": ["schedule_kind", "schedule_expr", "timezone", "condition"]}),
+    ("Pipeline", {"fields": ["payload"]}),
+    (
+        "Retries and limits",
+        {
+            "fields": [
+                "priority",
+                "max_retries",
+                "retry_backoff_seconds",
+                "retry_backoff_max_seconds",
+                "timeout_seconds",
+                "catchup_window_seconds",
+                "overlap",
+                "jitter_seconds",
+            ]
+        },
+    ),
+]
+# What the page of an existing task adds: its state, next occurrences and runs (read-only).
+TASK_STATE_FIELDSETS: list[tuple[str | None, dict[str, Any]]] = [
+    (
+        "Now",
+        {
+            "fields": [
+                "status_text",
+                "schedule_text",
+                "upcoming",
+                "next_run",
+                "last_run",
+                "snoozed",
+                "schedule_error",
+                "parked_since",
+            ]
+        },
+    ),
+    ("Runs", {"fields": ["runs", "last_runs", "stats"]}),
+]
+TASK_RECORD_FIELDSET: tuple[str, dict[str, Any]] = (
+    "Record",
+    {"classes": ["collapse"], "fields": ["id", "created", "updated", "deleted", "beat_row"]},
+)
 
 
 class TaskAdminForm(forms.ModelForm):
@@ -75,77 +137,154 @@ class TaskAdminForm(forms.ModelForm):
 
 
 @admin.register(Task)
-class TaskAdmin(admin.ModelAdmin):
+class TaskAdmin(OrdinautModelAdmin):
     form = TaskAdminForm
-    list_display = [
-        "title",
-        "owner",
-        "status",
-        "schedule_kind",
-        "schedule_text",
-        "next_run_at",
-        "last_run_at",
-        "parked",
-    ]
+    list_display = ["title", "owner", "status_text", "schedule_text", "next_run", "last_run"]
     list_filter = ["status", "schedule_kind", "overlap", ("schedule_parked_at", admin.EmptyFieldListFilter)]
     search_fields = ["title", "description", "owner__name"]
     readonly_fields = [
         "id",
-        "status",
+        "status_text",
         "schedule_text",
         "upcoming",
         "stats",
         "runs",
-        "next_run_at",
-        "last_run_at",
-        "snoozed_until",
+        "last_runs",
+        "next_run",
+        "last_run",
+        "snoozed",
         "schedule_error",
-        "schedule_parked_at",
-        "created_at",
-        "updated_at",
-        "deleted_at",
+        "parked_since",
+        "created",
+        "updated",
+        "deleted",
+        "beat_row",
     ]
     list_select_related = ["owner"]
+    show_full_result_count = False
     actions = ["run_now", "pause", "resume", "snooze_one_hour"]
+
+    def get_fieldsets(self, request: HttpRequest, obj: Task | None = None) -> Any:
+        if obj is None:
+            return TASK_FIELDSETS
+        return [TASK_FIELDSETS[0], *TASK_STATE_FIELDSETS, *TASK_FIELDSETS[1:], TASK_RECORD_FIELDSET]
+
+    @admin.display(description="status", ordering="status")
+    def status_text(self, task: Task) -> SafeString:
+        if task.schedule_parked_at is not None:
+            return status_html(task.status, "parked: its schedule cannot be evaluated")
+        if task.snoozed_until is not None and task.snoozed_until > timezone.now():
+            return status_html(task.status, f"snoozed until {moment_text(task.snoozed_until)}")
+        return status_html(task.status)
 
     @admin.display(description="schedule")
     def schedule_text(self, task: Task) -> str:
         return describe(task.schedule_kind, task.schedule_expr, task.timezone)
 
-    @admin.display(description="parked", boolean=True)
-    def parked(self, task: Task) -> bool:
-        return task.schedule_parked_at is not None
+    @admin.display(description="next run", ordering="next_run_at")
+    def next_run(self, task: Task) -> SafeString | str:
+        return when(task.next_run_at)
 
-    @admin.display(description="next fire times")
+    @admin.display(description="last run", ordering="last_run_at")
+    def last_run(self, task: Task) -> SafeString | str:
+        return when(task.last_run_at)
+
+    @admin.display(description="snoozed until")
+    def snoozed(self, task: Task) -> SafeString | str:
+        return when(task.snoozed_until)
+
+    @admin.display(description="parked since")
+    def parked_since(self, task: Task) -> SafeString | str:
+        return when(task.schedule_parked_at)
+
+    @admin.display(description="created")
+    def created(self, task: Task) -> SafeString | str:
+        return when(task.created_at)
+
+    @admin.display(description="updated")
+    def updated(self, task: Task) -> SafeString | str:
+        return when(task.updated_at)
+
+    @admin.display(description="deleted")
+    def deleted(self, task: Task) -> SafeString | str:
+        return when(task.deleted_at)
+
+    @admin.display(description="next occurrences")
     def upcoming(self, task: Task) -> str:
-        rows = selectors.task_next_runs(task=task, count=5)
+        rows = selectors.task_next_runs(task=task, count=NEXT_OCCURRENCES)
         if not rows:
-            return "-"
+            return "none: " + ("the task is not active" if task.status != Task.Status.ACTIVE else "nothing scheduled")
         return format_html(
-            "<ul>{}</ul>",
+            '<ul class="upcoming">{}</ul>',
             format_html_join(
                 "",
-                "<li>{} ({}){}</li>",
-                ((row["at"], row["utc"], " skipped: snoozed" if row.get("skipped") else "") for row in rows),
+                '<li><time datetime="{}">{}</time> ({} UTC){}</li>',
+                (
+                    (
+                        row["utc"],
+                        row["at"].replace("T", " "),
+                        row["utc"][11:19],
+                        ", skipped: snoozed" if row.get("skipped") else "",
+                    )
+                    for row in rows
+                ),
             ),
         )
 
     @admin.display(description="runs")
     def runs(self, task: Task) -> str:
         if task._state.adding:
-            return "-"
+            return EMPTY
         url = f"{reverse('admin:runs_run_changelist')}?task__id__exact={task.pk}"
         return format_html('<a href="{}">All runs of this task</a>', url)
+
+    @admin.display(description="last runs")
+    def last_runs(self, task: Task) -> str:
+        if task._state.adding:
+            return EMPTY
+        runs = list(Run.objects.filter(task=task).defer(*RUN_HEAVY).order_by("-created_at", "-pk")[:LAST_RUNS])
+        if not runs:
+            return "no runs yet"
+        lines = []
+        for run in runs:
+            took = (
+                (run.finished_at - run.started_at).total_seconds() * 1000
+                if run.started_at and run.finished_at
+                else None
+            )
+            lines.append(
+                (
+                    run_link(run, moment_text(run.created_at)),
+                    run.get_trigger_display(),
+                    status_html(run.status, run.skip_reason),
+                    duration_text(took),
+                )
+            )
+        return format_html(
+            '<table class="last-runs"><thead><tr><th>created</th><th>trigger</th><th>status</th><th>duration</th></tr>'
+            "</thead><tbody>{}</tbody></table>",
+            format_html_join("", "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>", lines),
+        )
+
+    @admin.display(description="beat row")
+    def beat_row(self, task: Task) -> str:
+        if task.periodic_task_id is None:
+            return "none (the task is not on beat's schedule)"
+        url = reverse("admin:django_celery_beat_periodictask_change", args=[task.periodic_task_id])
+        return format_html(
+            '<a href="{}">django-celery-beat row {}</a> (written from this task)', url, task.periodic_task_id
+        )
 
     @admin.display(description="run statistics")
     def stats(self, task: Task) -> str:
         if task._state.adding:
-            return "-"
+            return EMPTY
         stats = run_stats(agent=None, task_id=task.pk)
         if not stats["total"]:
             return "no runs yet"
         rate = stats["success_rate"]
         failure = stats["last_failure"]
+        failed_at = failure and failure["finished_at"]
         lines = [
             ("runs", f"{stats['total']}: " + ", ".join(f"{n} {s}" for s, n in stats["by_status"].items() if n)),
             ("triggers", ", ".join(f"{n} {t}" for t, n in stats["by_trigger"].items() if n)),
@@ -157,10 +296,9 @@ class TaskAdmin(admin.ModelAdmin):
                 "-"
                 if failure is None
                 else format_html(
-                    '<a href="{}">{}</a> at {} ({})',
+                    '<a href="{}">{}</a> ({})',
                     reverse("admin:runs_run_change", args=[failure["run"]]),
-                    failure["run"],
-                    failure["finished_at"] or "-",
+                    moment_text(failed_at) if failed_at else "unfinished",
                     failure["code"] or "no code",
                 ),
             ),
@@ -187,12 +325,17 @@ class TaskAdmin(admin.ModelAdmin):
             except OrdinautError as exc:
                 messages.error(request, f"{task.title}: {exc.message}")
             else:
-                messages.success(request, f"{task.title}: {verb}" + (f" ({result})" if result else ""))
+                messages.success(
+                    request, format_html("{}: {}{}", task.title, verb, format_html(" ({})", result) if result else "")
+                )
 
     @admin.action(description="Run now")
     def run_now(self, request: HttpRequest, queryset: QuerySet[Task]) -> None:
         self._each(
-            request, queryset, "run queued", lambda task, actor: services.task_run_now(task=task, actor=actor).pk
+            request,
+            queryset,
+            "run queued",
+            lambda task, actor: run_link(services.task_run_now(task=task, actor=actor), "see the run"),
         )
 
     @admin.action(description="Pause")
@@ -211,48 +354,89 @@ class TaskAdmin(admin.ModelAdmin):
             request,
             queryset,
             "snoozed",
-            lambda task, actor: (
-                services.task_snooze(task=task, actor=actor, delay_seconds=ADMIN_SNOOZE_S, reason="admin").snoozed_until
+            lambda task, actor: _snoozed_until(
+                services.task_snooze(task=task, actor=actor, delay_seconds=ADMIN_SNOOZE_S, reason="admin")
             ),
         )
+
+
+def _snoozed_until(task: Task) -> str:
+    return f"until {moment_text(task.snoozed_until)}" if task.snoozed_until else ""
 
 
 def _percentiles(values: dict[str, float | None]) -> str:
     return " / ".join("-" if value is None else f"{value:.3f} s" for value in values.values())
 
 
+class EventOrigin(admin.SimpleListFilter):
+    """From outside (published through the API) or emitted by a step: a filter with no query of
+    its own (listing the distinct hop counts would read every event)."""
+
+    title = "origin"
+    parameter_name = "origin"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [("outside", "published (API)"), ("step", "emitted by a step")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Event]) -> QuerySet[Event]:
+        if self.value() == "outside":
+            return queryset.filter(hops=0)
+        if self.value() == "step":
+            return queryset.filter(hops__gt=0)
+        return queryset
+
+
 @admin.register(Event)
-class EventAdmin(admin.ModelAdmin):
+class EventAdmin(RecordAdmin):
     """What was published, by whom, whether it reached the stream and the consumer. Events are
     facts: published through the API or by steps, never edited here."""
 
-    list_display = ["topic", "publisher", "published_at", "hops", "stream_id", "consumed_at"]
-    list_filter = ["hops", ("consumed_at", admin.EmptyFieldListFilter)]
+    list_display = ["topic", "publisher", "published", "origin", "stream_id", "consumed"]
+    list_filter = [
+        EventOrigin,
+        ("consumed_at", admin.EmptyFieldListFilter),
+        ("published_at", admin.DateFieldListFilter),
+    ]
     search_fields = ["=id", "topic", "publisher__name", "source"]
-    date_hierarchy = "published_at"
-    list_select_related = ["publisher"]
-    readonly_fields = (
+    list_select_related = ["publisher", "emitted_by_run__task"]
+    list_defer = (
+        "payload",
+        *(f"emitted_by_run__{name}" for name in RUN_HEAVY),
+        *(f"emitted_by_run__task__{name}" for name in TASK_HEAVY),
+    )
+    fields = (
         "id",
         "topic",
-        "payload",
+        json_field("payload"),
         "source",
         "publisher",
-        "hops",
-        "emitted_by_run",
-        "published_at",
+        "broadcast",
+        "origin",
+        "published",
         "stream_id",
-        "consumed_at",
+        "consumed",
     )
-    fields = readonly_fields
 
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Event]:
+        return super().get_queryset(request).select_related("publisher", "emitted_by_run__task")
 
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
+    @admin.display(description="published", ordering="published_at")
+    def published(self, event: Event) -> SafeString | str:
+        return when(event.published_at)
 
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
+    @admin.display(description="consumed", ordering="consumed_at")
+    def consumed(self, event: Event) -> SafeString | str:
+        return when(event.consumed_at)
+
+    @admin.display(description="origin")
+    def origin(self, event: Event) -> SafeString | str:
+        if event.emitted_by_run_id is None or event.emitted_by_run is None:
+            return "published" if event.hops == 0 else f"emitted ({plural(event.hops, 'hop')}; its run is gone)"
+        return format_html(
+            "emitted by {} ({})",
+            run_link(event.emitted_by_run, event.emitted_by_run.task.title),
+            plural(event.hops, "hop"),
+        )
 
 
 class RRuleScheduleInline(admin.StackedInline):
@@ -265,13 +449,21 @@ class RRuleScheduleInline(admin.StackedInline):
         return False  # RRULE rows exist only for Ordinaut tasks, and are written from the task
 
 
+class BeatInternalsAdmin(admin.ModelAdmin):
+    """django-celery-beat's pages stay reachable (by address, and from a task's "beat row") but
+    off the admin index and its sidebar: operators act on tasks, beat rows are written from them."""
+
+    def has_module_permission(self, request: HttpRequest) -> bool:
+        return False
+
+
 def _task_link(task: Task | None) -> str:
     if task is None:
         return "-"
     return format_html('<a href="{}">{}</a>', reverse("admin:tasks_task_change", args=[task.pk]), task.title)
 
 
-class OwnedByTaskAdmin(admin.ModelAdmin):
+class OwnedByTaskAdmin(BeatInternalsAdmin):
     """A beat-row admin that refuses changes and deletions of the rows an Ordinaut task owns
     (a POST to their change form is answered 403), shows the task and links to it."""
 
@@ -322,7 +514,7 @@ class OwnedScheduleAdmin(OwnedByTaskAdmin):
         return fields
 
 
-for model in (PeriodicTask, CrontabSchedule, IntervalSchedule, ClockedSchedule):
+for model in (PeriodicTask, CrontabSchedule, IntervalSchedule, ClockedSchedule, SolarSchedule):
     admin.site.unregister(model)
 
 
@@ -352,7 +544,8 @@ class OrdinautPeriodicTaskAdmin(OwnedByTaskAdmin, PeriodicTaskAdmin):
     def _foreign_only(self, request: HttpRequest, queryset: QuerySet[PeriodicTask]) -> QuerySet[PeriodicTask]:
         owned = queryset.filter(ordinaut_task__isnull=False).count()
         if owned:
-            messages.warning(request, f"{owned} row(s) of Ordinaut tasks left as they are: act on the task instead.")
+            rows = plural(owned, "row")
+            messages.warning(request, f"{rows} of Ordinaut tasks left as they are: act on the task instead.")
         return queryset.filter(ordinaut_task__isnull=True)
 
     @admin.action(description="Enable selected tasks")
@@ -386,3 +579,8 @@ class OrdinautIntervalScheduleAdmin(OwnedScheduleAdmin, IntervalScheduleAdmin):
 @admin.register(ClockedSchedule)
 class OrdinautClockedScheduleAdmin(OwnedScheduleAdmin, ClockedScheduleAdmin):
     owner_lookup = "periodic_task__clocked"
+
+
+@admin.register(SolarSchedule)
+class OrdinautSolarScheduleAdmin(BeatInternalsAdmin, SolarScheduleAdmin):
+    """Ordinaut tasks never use solar schedules; dcb's page, off the index like the others."""

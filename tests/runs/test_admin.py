@@ -142,7 +142,7 @@ def test_a_too_long_comment_shows_the_page_again_with_the_ticks_kept(agent: Any,
     assert Approval.objects.get(pk=approval.pk).status == "pending"
 
 
-def test_the_message_counts_approvals_not_their_items(agent: Any, operator: Client) -> None:
+def test_the_message_counts_the_approval_and_the_items_it_approved(agent: Any, operator: Client) -> None:
     run = run_in_process(agent.agent, approval_payload())  # one approval of three items
     approval = Approval.objects.get(run=run)
 
@@ -152,9 +152,35 @@ def test_the_message_counts_approvals_not_their_items(agent: Any, operator: Clie
         follow=True,
     )
 
+    assert [str(message) for message in response.context["messages"]] == ["Approved 1 approval with 3 items."]
+
+
+def test_approving_two_of_three_items_says_two_items(agent: Any, operator: Client) -> None:
+    run = run_in_process(agent.agent, approval_payload())
+    approval = Approval.objects.get(run=run)
+
+    response = operator.post(
+        "/admin/runs/approval/",
+        {
+            "action": "approve_chosen_items",
+            "_selected_action": [str(approval.pk)],
+            "post": "yes",
+            f"items_{approval.pk}": ["0", "2"],
+        },
+        follow=True,
+    )
+
     shown = [str(message) for message in response.context["messages"]]
-    assert "Approved 1 approval." in shown
-    assert not [text for text in shown if "item" in text]
+    assert shown == ["Approved 1 approval with 2 items (1 item not chosen)."]
+
+
+def test_rejecting_says_how_many_approvals_were_rejected(agent: Any, operator: Client) -> None:
+    runs = [run_in_process(agent.agent, approval_payload(guarded=False)) for _ in range(2)]
+    selected = [str(approval.pk) for approval in Approval.objects.filter(run__in=runs)]
+
+    response = operator.post("/admin/runs/approval/", {"action": "reject", "_selected_action": selected}, follow=True)
+
+    assert [str(message) for message in response.context["messages"]] == ["Rejected 2 approvals."]
 
 
 def test_the_task_page_links_to_the_runs_of_that_task_only(agent: Any, operator: Client) -> None:

@@ -123,7 +123,7 @@ def test_bulk_actions_on_periodic_tasks_leave_the_rows_of_tasks_alone(operator: 
         {"action": "disable_tasks", "_selected_action": selected},
         follow=True,
     )
-    assert "1 row(s) of Ordinaut tasks left as they are" in response.content.decode()
+    assert "1 row of Ordinaut tasks left as they are" in response.content.decode()
     assert PeriodicTask.objects.get(pk=task.periodic_task_id).enabled
     assert not PeriodicTask.objects.get(pk=own.pk).enabled
 
