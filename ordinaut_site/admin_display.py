@@ -195,6 +195,8 @@ class RecordAdmin(OrdinautModelAdmin):
     leave `list_defer` unloaded."""
 
     show_full_result_count = False
+    # No "Show counts" either: it counts every filter choice over the whole table.
+    show_facets = admin.ShowFacets.NEVER
     list_defer: tuple[str, ...] = ()
 
     def record_label(self, obj: Any) -> str:

@@ -482,7 +482,10 @@ class ApprovalAdmin(RecordAdmin):
     ordering = APPROVALS_ORDER
     actions = ["approve_all_items", "approve_chosen_items", "reject", "reject_with_comment"]
     fieldsets = [
-        (None, {"fields": ["run_link", "step_id", "status_text", "message", "asked", "expires", "decided", "comment"]}),
+        (
+            None,
+            {"fields": ["run_named", "step_id", "status_text", "message", "asked", "expires", "decided", "comment"]},
+        ),
         ("Items", {"fields": [json_field("data", description="asked about"), json_field("approved_items")]}),
         ("Record", {"classes": ["collapse"], "fields": ["id", "step_index", json_field("decided_by")]}),
     ]
@@ -529,6 +532,10 @@ class ApprovalAdmin(RecordAdmin):
     @admin.display(description="run")
     def run_link(self, approval: Approval) -> SafeString:
         return run_link(approval.run, f"{approval.run.trigger} run")
+
+    @admin.display(description="run")
+    def run_named(self, approval: Approval) -> SafeString:
+        return run_link(approval.run)
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Approval]:
         runs = Run.objects.select_related("task").defer(*RUN_HEAVY, *_defer("task__", TASK_HEAVY))

@@ -136,11 +136,26 @@ class TaskAdminForm(forms.ModelForm):
         return data
 
 
+class ParkedFilter(admin.EmptyFieldListFilter):
+    """schedule_parked_at set or not, said as operators say it: parked (beat cannot evaluate the
+    task's row, so it does not fire it) or not."""
+
+    LABELS = {"Empty": "not parked", "Not empty": "parked (schedule error)"}
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.title = "parked"
+
+    def choices(self, changelist: Any) -> Any:
+        for choice in super().choices(changelist):
+            yield {**choice, "display": self.LABELS.get(str(choice["display"]), choice["display"])}
+
+
 @admin.register(Task)
 class TaskAdmin(OrdinautModelAdmin):
     form = TaskAdminForm
     list_display = ["title", "owner", "status_text", "schedule_text", "next_run", "last_run"]
-    list_filter = ["status", "schedule_kind", "overlap", ("schedule_parked_at", admin.EmptyFieldListFilter)]
+    list_filter = ["status", "schedule_kind", "overlap", ("schedule_parked_at", ParkedFilter)]
     search_fields = ["title", "description", "owner__name"]
     readonly_fields = [
         "id",

@@ -7,10 +7,12 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from django.utils import timezone
 
 from ordinaut_site.audit import Actor
 from runs.models import Approval, Run, StepItem, StepRun
 from runs.services import approval_decide, run_create
+from tasks.models import Task
 from tests.admin.conftest import WINDOW, AdminPage
 from tests.support.pipelines import DRAFTS, approval_payload, drive, run_in_process
 
@@ -94,6 +96,7 @@ def test_the_task_list_fits_with_its_last_column(admin_page: AdminPage, make_tas
     )
     make_task("cron", "*/15 * * * *", title="Inbox sweep every quarter of an hour, with a longish title to wrap")
     make_task("manual", "", title="On demand")
+    Task.objects.update(last_run_at=timezone.now())
 
     admin_page.visit("/admin/tasks/task/")
 
