@@ -287,6 +287,8 @@ def test_approving_two_of_three_items_from_the_list(admin_page: AdminPage, agent
 
     _select_action(admin_page, [first], "approve_chosen_items")
 
+    assert admin_page.text("fieldset.module h2") == "Weekly follow-ups — ask"
+    assert str(first.run_id) not in admin_page.text("#content")
     boxes = admin_page.css(f"input[name=items_{first.pk}]")
     assert len(boxes) == 3
     assert all(box.is_selected() for box in boxes)
