@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/ordinaut
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/15
 
-.PHONY: run test test-sqlite check lint format requirements bench-b3 reliability-r1 reliability-r3 reliability-r4 clean
+.PHONY: run test test-sqlite check lint format requirements bench-b3 reliability-r1 reliability-r2 reliability-r3 reliability-r4 clean
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Ordinaut needs Python 3.11 or newer; found " + sys.version.split()[0])'
@@ -76,6 +76,10 @@ reliability-r1: $(VENV)/.dev
 	$(RELIABILITY_RUN) tests/reliability/test_r1_worker_kill.py
 reliability-r3: $(VENV)/.dev
 	$(RELIABILITY_RUN) tests/reliability/test_r3_beat_failover.py
+## reliability-r2: R2, beat killed, then Redis and PostgreSQL restarted while 60 tasks fire every 5 s, three
+## rounds (QUICK=1: 30 tasks, one round); private PostgreSQL and Redis on loopback. Report in var/reliability-r2.json
+reliability-r2: $(VENV)/.dev
+	$(RELIABILITY_RUN) tests/reliability/test_r2_restarts.py
 
 ## reliability-r4: R4 schemathesis long profile, >= 1,000 generated requests (EXAMPLES=N per operation and mode,
 ## default 50; QUICK=1 for 20; R4_SEED=N replays a run); report in var/reliability-r4.json. See docs/benchmarks.md

@@ -234,3 +234,141 @@ def wait_until(predicate: Callable[[], Any], *, timeout: float, message: str, in
             return value
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout:g}s waiting for {message}")
+
+
+def free_port(address: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((address, 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class LoopbackLab:
+    """Private PostgreSQL and Redis on 127.0.0.1 (free ports, their data in a temporary folder) and
+    processes beside them, without namespaces: runs wherever the binaries are installed. Both
+    servers can be stopped and started again on the same port and data, as a fault suite needs."""
+
+    address: str = "127.0.0.1"
+    processes: list[Process] = field(default_factory=list)
+    workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="ordinaut-loopback-")))
+    redis_args: list[str] = field(default_factory=list)
+    redis: Process | None = None
+    pgdata: Path | None = None
+
+    def start(self, label: str, args: list[str], *, env: dict[str, str]) -> Process:
+        log_path = self.workdir / f"{label}.log"
+        log = log_path.open("ab")
+        proc = subprocess.Popen(
+            args,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            cwd=Path(__file__).resolve().parents[2],
+        )
+        process = Process(label, proc, log_path, log)
+        self.processes.append(process)
+        return process
+
+    def down(self) -> None:
+        for process in reversed(self.processes):
+            process.stop(signal.SIGKILL, timeout=10)
+        if self.pgdata is not None and (self.pgdata / "postmaster.pid").exists():
+            self._pg_ctl("stop", "-m", "immediate", check=False)
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    # --- PostgreSQL: a cluster of its own, started and stopped by pg_ctl ---------------------------
+
+    @property
+    def postgres_log(self) -> Path:
+        return self.workdir / "postgres.log"
+
+    def _pg_ctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        assert self.pgdata is not None
+        command = [_pg_binary("pg_ctl"), "-D", str(self.pgdata), *args]
+        if os.geteuid() == 0:  # the server refuses to run as root
+            command = ["runuser", "-u", "postgres", "--", *command]
+        return subprocess.run(command, check=check, capture_output=True, text=True, timeout=120)
+
+    def start_postgres(self) -> str:
+        """initdb (as user postgres when run as root; trust auth), start on a free port; its URL
+        (database `ordinaut`)."""
+        if os.geteuid() == 0 and shutil.which("runuser") is None:
+            raise LabUnavailable("`runuser` is not installed")
+        initdb = _pg_binary("initdb")
+        self.pgdata = self.workdir / "pgdata"
+        self.pgdata.mkdir()
+        self.postgres_log.touch()
+        if os.geteuid() == 0:
+            for path in (self.workdir, self.pgdata, self.postgres_log):
+                shutil.chown(path, user="postgres")
+        command = [initdb, "-D", str(self.pgdata), "-A", "trust", "-U", "postgres", "--no-sync"]
+        if os.geteuid() == 0:
+            command = ["runuser", "-u", "postgres", "--", *command]
+        subprocess.run(command, check=True, capture_output=True, timeout=120)
+        self.postgres_port = free_port(self.address)
+        with (self.pgdata / "postgresql.conf").open("a") as conf:
+            conf.write(
+                f"listen_addresses = '{self.address}'\nport = {self.postgres_port}\n"
+                f"unix_socket_directories = '{self.pgdata}'\n"
+                # The server process may die, not the machine: no fsync is safe here and spares the disk.
+                "fsync = off\nmax_connections = 200\n"
+            )
+        self.postgres_start()
+        import psycopg
+
+        with psycopg.connect(self.postgres_url("postgres"), autocommit=True) as conn:
+            conn.execute("CREATE DATABASE ordinaut")
+        return self.postgres_url("ordinaut").replace("postgresql://", "postgres://")
+
+    def postgres_url(self, database: str) -> str:
+        return f"postgresql://postgres@{self.address}:{self.postgres_port}/{database}"
+
+    def postgres_start(self) -> None:
+        self._pg_ctl("start", "-w", "-t", "60", "-l", str(self.postgres_log))
+        wait_until(lambda: port_open(self.address, self.postgres_port), timeout=60, message="the private PostgreSQL")
+
+    def postgres_stop(self, mode: str = "fast") -> None:
+        """pg_ctl stop: `fast` (sessions ended, a clean shutdown) or `immediate` (like a crash:
+        recovery from the WAL at the next start)."""
+        self._pg_ctl("stop", "-w", "-t", "60", "-m", mode)
+
+    # --- Redis: append-only file in the folder, stopped and started on the same port ---------------
+
+    def start_redis(self, *, appendfsync: str = "everysec") -> str:
+        redis_server = shutil.which("redis-server")
+        if redis_server is None:
+            raise LabUnavailable("redis-server is not installed")
+        self.redis_port = free_port(self.address)
+        data = self.workdir / "redis"
+        data.mkdir()
+        self.redis_args = [
+            redis_server,
+            "--bind",
+            self.address,
+            "--port",
+            str(self.redis_port),
+            "--dir",
+            str(data),
+            "--save",
+            "",
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            appendfsync,
+            "--protected-mode",
+            "no",
+        ]
+        self.redis_start()
+        return f"redis://{self.address}:{self.redis_port}/0"
+
+    def redis_start(self) -> None:
+        self.redis = self.start("redis", self.redis_args, env={"PATH": os.environ.get("PATH", "")})
+        wait_until(lambda: port_open(self.address, self.redis_port), timeout=30, message="the private Redis")
+
+    def redis_stop(self, sig: int = signal.SIGTERM) -> None:
+        """SIGTERM: Redis writes its append-only file and exits; SIGKILL: what was fsynced survives."""
+        assert self.redis is not None
+        self.redis.stop(sig)
+        self.processes.remove(self.redis)
+        self.redis = None
