@@ -1,12 +1,16 @@
-"""Request edge middleware: X-Request-ID on every response, the one error shape, request size limits."""
+"""Request edge middleware: X-Request-ID on every response, the one error shape, request size limits,
+and (under the ASGI server) the few long-lived threads each request's synchronous code runs on."""
 
 from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 
+from asgiref.sync import AsyncToSync, SyncToAsync, ThreadSensitiveContext, markcoroutinefunction, sync_to_async
 from django.conf import settings
+from django.db import connections
 from django.http import HttpRequest, HttpResponse, JsonResponse
 
 from . import logs
@@ -29,17 +33,88 @@ def request_id_for(request: HttpRequest) -> str:
     return safe_request_id(request.headers.get(REQUEST_ID_HEADER, ""))
 
 
+# Under an ASGI server Django runs each request's synchronous code (the middleware, the view) on a
+# thread made for that request, and a database connection belongs to a thread: every request opened
+# a PostgreSQL connection of its own and, with DB_CONN_MAX_AGE, left it open until the thread was
+# collected (B4, docs/benchmarks.md: one web process under load held 60 connections and requests met
+# "too many clients"). Instead each request's synchronous code runs on one of REQUEST_THREADS
+# long-lived threads, each keeping its connection from request to request (DB_CONN_MAX_AGE and
+# DB health checks apply as under WSGI): a web process holds at most this many connections and
+# runs at most this many requests' synchronous code at a time (one Python process runs Python on
+# one core anyway: scale with processes, deploy/Procfile). Requests sharing a thread take turns
+# between their synchronous calls, never inside one, so no transaction spans two requests.
+REQUEST_THREADS = 4
+
+
+def _connections_upkeep() -> None:
+    """What Django does at each request's start and end (close_old_connections), for the thread it
+    runs on: drop a connection that is too old, broken or left out of autocommit. Not inside a
+    transaction (a test's): that connection is not this request's to close."""
+    for connection in connections.all(initialized_only=True):
+        if not connection.in_atomic_block:
+            connection.close_if_unusable_or_obsolete()
+
+
+class _RequestThreads:
+    """REQUEST_THREADS single-thread executors; a request goes to the least busy one."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self._executors: list[ThreadPoolExecutor] = []
+        self._busy = [0] * count
+
+    async def run(self, call: Callable[[HttpRequest], Awaitable[HttpResponse]], request: HttpRequest) -> HttpResponse:
+        if not self._executors:  # at the first request: after uvicorn has started (or forked) the process
+            self._executors = [
+                ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"request-thread-{n}") for n in range(self.count)
+            ]
+        index = min(range(self.count), key=self._busy.__getitem__)
+        self._busy[index] += 1
+        try:
+            async with ThreadSensitiveContext(executor=self._executors[index]):
+                await sync_to_async(_connections_upkeep)()
+                response = await call(request)
+                await sync_to_async(_connections_upkeep)()
+                return response
+        finally:
+            self._busy[index] -= 1
+
+
+_request_threads = _RequestThreads(REQUEST_THREADS)
+
+
+def _under_asgi_handler() -> bool:
+    """Called by Django's ASGI handler (a thread-sensitive context of its own for the request) with no
+    synchronous caller waiting above: the test client and WSGI call through async_to_sync, and their
+    synchronous code (a test's transaction) must stay on the caller's thread."""
+    return (
+        SyncToAsync.thread_sensitive_context.get(None) is not None
+        and getattr(AsyncToSync.executors, "current", None) is None
+    )
+
+
 class RequestIdMiddleware:
-    """Outermost middleware, so every response (errors and unknown routes too) carries the id."""
+    """Outermost middleware, so every response (errors and unknown routes too) carries the id.
 
-    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+    Asynchronous, so that under the ASGI server it can send the request's synchronous rest (the other
+    middleware and the view, which Django adapts) to one of the request threads above; called
+    synchronously (the test client, WSGI), Django adapts it and everything stays on the caller's thread."""
+
+    sync_capable = False
+    async_capable = True
+
+    def __init__(self, get_response: Callable[[HttpRequest], Awaitable[HttpResponse]]) -> None:
         self.get_response = get_response
+        markcoroutinefunction(self)
 
-    def __call__(self, request: HttpRequest) -> HttpResponse:
+    async def __call__(self, request: HttpRequest) -> HttpResponse:
         request_id = request_id_for(request)
         request.request_id = request_id  # type: ignore[attr-defined]
         with logs.bind(request_id=request_id):
-            response = self.get_response(request)
+            if _under_asgi_handler():
+                response = await _request_threads.run(self.get_response, request)
+            else:
+                response = await self.get_response(request)
         response[REQUEST_ID_HEADER] = request_id
         return response
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any
 
 from django.conf import settings
@@ -23,6 +24,18 @@ from runs.selectors import run_stats
 from . import selectors, services
 from .models import Task
 from .schedules import PREVIEW_MAX, describe
+
+# Describing a cron expression in words (cron_descriptor) costs more than the rest of a task's
+# representation; cron and interval descriptions depend on their three arguments alone (an RRULE's
+# may depend on today, through its default DTSTART), so those are kept.
+_describe_pure = lru_cache(maxsize=4096)(describe)
+
+
+def schedule_description(kind: str, expr: str, tz: str) -> str:
+    if kind in (Task.Kind.CRON, Task.Kind.INTERVAL):
+        return _describe_pure(kind, expr, tz)
+    return describe(kind, expr, tz)
+
 
 KIND_HELP = (
     "How the task is triggered: cron (schedule_expr '0 9 * * 1-5', names and @daily allowed), rrule "
@@ -149,7 +162,7 @@ class TaskSerializer(serializers.ModelSerializer):
         ]
 
     def get_schedule_description(self, task: Task) -> str:
-        return describe(task.schedule_kind, task.schedule_expr, task.timezone)
+        return schedule_description(task.schedule_kind, task.schedule_expr, task.timezone)
 
     def validate_timeout_seconds(self, value: int | None) -> int | None:
         if value is not None and value > settings.ORDINAUT_MAX_STEP_TIMEOUT_S:
@@ -253,7 +266,8 @@ class TaskViewSet(viewsets.GenericViewSet):
         serializer = TaskSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         task = services.task_create(owner=request_agent(request), actor=self._actor(), fields=serializer.validated_data)
-        return Response(TaskSerializer(task).data, status=status.HTTP_201_CREATED)
+        serializer.instance = task  # its fields are built already: the answer is the task's representation
+        return Response(serializer.data, status=status.HTTP_201_CREATED)
 
     @extend_schema(summary="One task")
     def retrieve(self, request: Request, pk: str) -> Response:
