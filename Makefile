@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/ordinaut
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/15
 
-.PHONY: run test test-sqlite check lint format requirements bench-b3 reliability-r1 reliability-r2 reliability-r3 reliability-r4 clean
+.PHONY: run test test-sqlite check lint format requirements bench bench-b3 reliability-r1 reliability-r2 reliability-r3 reliability-r4 clean
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Ordinaut needs Python 3.11 or newer; found " + sys.version.split()[0])'
@@ -61,6 +61,13 @@ format: $(VENV)/.dev
 requirements: $(VENV)/.dev
 	$(BIN)/pip-compile --quiet --strip-extras --no-header --no-emit-index-url --no-emit-find-links requirements/base.in -o requirements/base.txt
 	$(BIN)/pip-compile --quiet --strip-extras --no-header --no-emit-index-url --no-emit-find-links requirements/dev.in -o requirements/dev.txt
+
+## bench: B1-B6 one after the other (QUICK=1: each one's quick variant), a table at the end and one
+## report, perf-report.json, with py-spy profiles in var/bench-profiles/; needs wrk (apt-get install -y wrk).
+## See docs/benchmarks.md
+bench: $(VENV)/.dev
+	@command -v wrk >/dev/null || { echo "make bench: wrk is not installed (apt-get install -y wrk)" >&2; exit 1; }
+	$(BIN)/python tests/perf/bench_all.py $(if $(QUICK),--quick,)
 
 ## bench-b3: B3 scheduler benchmark (QUICK=1 for the one-minute-scale variant); see docs/benchmarks.md
 bench-b3: $(VENV)/.dev
