@@ -7,6 +7,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -95,7 +96,7 @@ def test_a_collapsed_profile_is_summarised_without_its_idle_samples(tmp_path: Pa
 
 
 def test_the_table_judges_each_figure_by_the_documented_goals() -> None:
-    reports = {
+    reports: dict[str, Any] = {
         "B1/B2": {
             "b1": {
                 "ratio": 0.72,
