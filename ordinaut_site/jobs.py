@@ -4,11 +4,12 @@ database-connection handling around every job, and the log correlation travellin
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from celery import shared_task
 from celery.signals import before_task_publish, task_postrun, task_prerun
-from django.db import close_old_connections, connections
+from django.db import close_old_connections, connection, connections
 
 from . import logs
 from .idempotency import purge_expired
@@ -77,6 +78,18 @@ def _recycle_database_connections(**kwargs: Any) -> None:
     for conn in connections.all(initialized_only=True):
         if conn.connection is not None:
             setattr(conn, "health_check_done", True)  # noqa: B010 - not in django-stubs
+
+
+def connection_abandon() -> None:
+    """After a time limit interrupted a job mid-statement: cancel what the database is still doing
+    for it, then close the connection (the next job reconnects). Closing alone is not enough: a
+    statement waiting for a row lock does not notice its client went away, and keeps the locks
+    its transaction already holds (another task's row) until it gets the one it waits for."""
+    raw = connection.connection
+    if raw is not None:
+        with contextlib.suppress(Exception):
+            raw.cancel()
+    connection.close()
 
 
 @shared_task(name="ordinaut.purge_idempotency_keys", ignore_result=True)

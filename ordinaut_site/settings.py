@@ -399,6 +399,11 @@ ORDINAUT_TOOL_REFRESH_INTERVAL_S = env_int("ORDINAUT_TOOL_REFRESH_INTERVAL_S", 3
 ORDINAUT_TOOL_HEADER_ENV_PREFIX = os.environ.get("ORDINAUT_TOOL_HEADER_ENV_PREFIX", "MCP_")
 # ORDINAUT_APPROVAL_TIMEOUT_S: how long an approval waits when the step sets no timeout_seconds.
 ORDINAUT_APPROVAL_TIMEOUT_S = env_int("ORDINAUT_APPROVAL_TIMEOUT_S", 7 * 86400)
+# ORDINAUT_DISPATCH_LEAD_S: beat fires an occurrence up to this many seconds before its instant: the
+# run is created (status scheduled) and its first step sent with an ETA at the instant, so a burst of
+# occurrences on one second starts on time. Pause, snooze, deletion, condition and overlap are still
+# decided at the instant, when that step starts. 0: fire at the instant.
+ORDINAUT_DISPATCH_LEAD_S = env_int("ORDINAUT_DISPATCH_LEAD_S", 2)
 # ORDINAUT_QUEUED_GRACE_S: how long a queued run may wait for its first step before the sweeper re-sends it.
 ORDINAUT_QUEUED_GRACE_S = env_int("ORDINAUT_QUEUED_GRACE_S", 300)
 # ORDINAUT_RUNNING_GRACE_S: added to a step's timeout (and retry delay) before the sweeper calls it lost.

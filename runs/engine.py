@@ -55,6 +55,11 @@ def step_execute(*, run_id: str, index: int, claim_id: str) -> Outcome:
 
 
 def _step_execute(run: Run, index: int, claim_id: str) -> Outcome:
+    if run.status == Run.Status.SCHEDULED and index == 0 and not run_services.run_due(run=run):
+        # Dispatched ahead of its instant and, now that it came, not to run (skipped, or held
+        # for its turn: released later with a message of its own).
+        logger.info("scheduled run not started: %s", run.skip_reason or "held for its turn")
+        return Next.STOP
     if run.status not in (Run.Status.QUEUED, Run.Status.RUNNING):
         logger.info("run is %s; step %s not started", run.status, index)
         return Next.STOP

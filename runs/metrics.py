@@ -14,8 +14,8 @@ from prometheus_client.core import Metric
 
 from ordinaut_site import metrics
 
+from .job_names import ITEM_JOB_NAME, STEP_JOB_NAME
 from .models import Approval, Run
-from .services.dispatch import ITEM_JOB_NAME, STEP_JOB_NAME  # not the package: creation.py imports this module
 from .signals import run_finished
 
 

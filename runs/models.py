@@ -17,6 +17,9 @@ class Run(models.Model):
         REPLAY = "replay"
 
     class Status(models.TextChoices):
+        # Created ahead of its instant (ORDINAUT_DISPATCH_LEAD_S), its first step sent with an ETA;
+        # whether it runs is decided when that step starts.
+        SCHEDULED = "scheduled"
         QUEUED = "queued"
         RUNNING = "running"
         WAITING_APPROVAL = "waiting_approval"
@@ -26,7 +29,9 @@ class Run(models.Model):
         SKIPPED = "skipped"
 
     TERMINAL = (Status.SUCCEEDED, Status.FAILED, Status.CANCELED, Status.SKIPPED)
+    # Started or about to: a scheduled run is not yet active (its instant has not come).
     ACTIVE = (Status.QUEUED, Status.RUNNING, Status.WAITING_APPROVAL)
+    NOT_DONE = (Status.SCHEDULED, *ACTIVE)
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     task = models.ForeignKey("tasks.Task", on_delete=models.PROTECT, related_name="runs")
@@ -60,6 +65,7 @@ class Run(models.Model):
             models.CheckConstraint(
                 condition=Q(
                     status__in=[
+                        "scheduled",
                         "queued",
                         "running",
                         "waiting_approval",

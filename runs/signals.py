@@ -11,3 +11,8 @@ run_finished = Signal()
 # maybe no one left to release them (a worker died between a run's end and the release; kwargs:
 # task_ids). Receivers return how many runs they started.
 held_runs_found = Signal()
+# Sent by the first step job of a run created ahead of its instant (status scheduled), when it starts
+# (kwargs: run). A receiver (tasks/) decides, under its task's lock, whether the run starts, waits for
+# its turn or is skipped, and makes that transition (runs.services.run_scheduled_*); it returns True
+# when it decided. With no receiver deciding, the run starts.
+scheduled_run_due = Signal()

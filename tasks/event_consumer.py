@@ -34,6 +34,7 @@ from django.conf import settings
 from django.db import InterfaceError, OperationalError, close_old_connections, connection
 
 from ordinaut_site import logs, metrics
+from ordinaut_site.jobs import connection_abandon
 
 from .events import (
     ENTRY_AGENT,
@@ -339,7 +340,7 @@ class EventConsumer:
         (claimed again after claim_idle_ms) until DELIVERY_TIME_LIMIT_TRIES, then give it up."""
         self.stats.timed_out += 1
         if not connection.in_atomic_block:
-            connection.close()  # interrupted mid-statement perhaps: the next delivery reconnects
+            connection_abandon()  # interrupted mid-statement perhaps: canceled; the next delivery reconnects
         key = f"{self.stream}:timeouts"
         tries = int(self.client.hincrby(key, entry_id, 1))
         self.client.expire(key, 86400)

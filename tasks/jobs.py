@@ -18,10 +18,10 @@ from typing import Any
 from celery import Task, shared_task
 from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 from django.conf import settings
-from django.db import connection
 from django.utils import timezone
 
 from ordinaut_site import metrics
+from ordinaut_site.jobs import connection_abandon
 
 from . import events, services
 from .beat import FIRE_BATCH_JOB_NAME, FIRE_JOB_NAME, RECORD_MISSED_JOB_NAME
@@ -84,21 +84,20 @@ def fire_batch_job(self: Any, occurrences: list[list[str]]) -> None:
         again = services.task_fire_batch(
             occurrences=[(task_id, datetime.fromisoformat(at)) for task_id, at in occurrences]
         )
-    except SoftTimeLimitExceeded:
-        # Interrupted mid-statement perhaps: the next job starts on a fresh connection.
-        connection.close()
+    except (SoftTimeLimitExceeded, services.FireBlocked) as exc:
+        if isinstance(exc, SoftTimeLimitExceeded):
+            # Interrupted mid-statement perhaps: the next job starts on a fresh connection.
+            connection_abandon()
+        blocked = isinstance(exc, services.FireBlocked)
+        why = str(exc) if blocked else f"ran past {settings.ORDINAUT_FIRE_SOFT_TIME_LIMIT_S}s"
         if len(occurrences) > 1:
-            logger.error(
-                "firing %d occurrences ran past %ss; firing them one per job",
-                len(occurrences),
-                settings.ORDINAUT_FIRE_SOFT_TIME_LIMIT_S,
-            )
+            logger.error("firing %d occurrences %s; firing them one per job", len(occurrences), why)
             split(occurrences)
             return
         if self.request.retries < FIRE_TIME_LIMIT_RETRIES:
-            logger.error("firing %s ran past %ss; trying again", occurrences, settings.ORDINAUT_FIRE_SOFT_TIME_LIMIT_S)
+            logger.error("firing %s %s; trying again", occurrences, why)
             raise self.retry(kwargs={"occurrences": occurrences}, countdown=FIRE_RETRY_COUNTDOWN_S) from None
-        logger.error("firing %s ran past its time limit %d times; given up", occurrences, self.request.retries + 1)
+        logger.error("firing %s %s, %d times; given up", occurrences, why, self.request.retries + 1)
         return
     if again:
         # The database was away (restart, failover): try those again; the catch-up window decides

@@ -1,5 +1,6 @@
 """What tasks/ does when the layers it builds on report a change: an owner deactivated or reactivated
-(ordinaut_site.signals), a run finished or held runs found by the sweeper (runs.signals)."""
+(ordinaut_site.signals), a run finished, held runs found by the sweeper, or a run fired ahead of its
+instant reaching it (runs.signals)."""
 
 from __future__ import annotations
 
@@ -13,10 +14,10 @@ from ordinaut_site.errors import Conflict
 from ordinaut_site.models import Agent
 from ordinaut_site.signals import agent_deactivated, agent_reactivated
 from runs.models import Run
-from runs.signals import held_runs_found, run_finished
+from runs.signals import held_runs_found, run_finished, scheduled_run_due
 
 from .models import Task
-from .services import task_pause, task_release_held, task_resume
+from .services import task_pause, task_release_held, task_resume, task_start_scheduled
 
 
 def _each_task(tasks: Any, transition: Any, actor: Actor) -> list[str]:
@@ -57,3 +58,10 @@ def release_next_held_run(*, run: Run, **_: Any) -> None:
 def release_lost_held_runs(*, task_ids: list[Any], **_: Any) -> int:
     """The sweeper found held runs; start those whose turn it is (their release was lost)."""
     return sum(task_release_held(task_id=task_id) is not None for task_id in task_ids)
+
+
+@receiver(scheduled_run_due, dispatch_uid="tasks.start_scheduled_run")
+def start_scheduled_run(*, run: Run, **_: Any) -> bool:
+    """A run fired ahead of its instant starts: the task decides, as a fire at the instant would."""
+    task_start_scheduled(run=run)
+    return True

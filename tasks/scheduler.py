@@ -493,7 +493,12 @@ class OrdinautScheduler(DatabaseScheduler):
             return self.max_interval
         if not self._queue:
             return self.max_interval
-        return max(0.0, min(self._queue[0][0] - self.clock(), self.max_interval))
+        return max(0.0, min(self._queue[0][0] - self._lead_s() - self.clock(), self.max_interval))
+
+    @staticmethod
+    def _lead_s() -> float:
+        """How far ahead of its instant an occurrence is fired (ORDINAUT_DISPATCH_LEAD_S)."""
+        return float(max(0, settings.ORDINAUT_DISPATCH_LEAD_S))
 
     def _heartbeat(self, monotonic: float) -> None:
         if monotonic - self._last_heartbeat >= HEARTBEAT_INTERVAL_S:
@@ -502,14 +507,17 @@ class OrdinautScheduler(DatabaseScheduler):
                 self._redis.set(beat_heartbeat_key(), f"{time.time():.3f}", ex=HEARTBEAT_EXPIRE_S)
 
     def _collect(self, now_ts: float) -> Batch:
+        """Everything due by now plus the dispatch lead: occurrences are fired that much ahead, and
+        their runs wait, scheduled, for their instant (foreign entries are sent when due)."""
         batch = Batch()
         now = datetime.fromtimestamp(now_ts, UTC)
-        while self._queue and self._queue[0][0] <= now_ts and len(batch) < MAX_DISPATCH_PER_TICK:
+        ahead = now_ts + self._lead_s()
+        while self._queue and self._queue[0][0] <= ahead and len(batch) < MAX_DISPATCH_PER_TICK:
             _, _, pt_id, entry = heapq.heappop(self._queue)
             if self._entries.get(pt_id) is not entry:
                 continue  # replaced or removed since it was queued
             if isinstance(entry, ForeignEntry):
-                batch.foreign.append(entry)
+                batch.foreign.append(entry)  # sent only once due (_send_foreign asks it)
                 continue
             if isinstance(entry, TaskEntry):
                 self._collect_task(entry, now, batch)
@@ -537,7 +545,7 @@ class OrdinautScheduler(DatabaseScheduler):
                 )
                 cursor = oldest_allowed
                 due = entry.next_due(cursor)
-            if due is not None and due <= now:
+            if due is not None and due <= now + timedelta(seconds=self._lead_s()):
                 fire = cursor = due
                 due = entry.next_due(cursor)
             entry.cursor = cursor

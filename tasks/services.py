@@ -16,7 +16,7 @@ from zoneinfo import ZoneInfo
 
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
-from django.db import InterfaceError, OperationalError, transaction
+from django.db import InterfaceError, OperationalError, connection, transaction
 from django.db.models import Q
 from django.utils import timezone as dj_timezone
 
@@ -26,11 +26,15 @@ from ordinaut_site.models import Agent
 from ordinaut_site.parsers import display_name_problem
 from pipelines.spec import payload_validate
 from pipelines.templates import condition_error, condition_evaluate
+from runs.metrics import runs_created
 from runs.models import Run
 from runs.services import (
     ScheduledRun,
     run_cancel,
     run_create,
+    run_scheduled_hold,
+    run_scheduled_skip,
+    run_scheduled_start,
     run_start_held,
     runs_create_scheduled,
     runs_record_skipped,
@@ -42,6 +46,10 @@ from .schedules import SCHEDULED_KINDS, Schedule, next_due, parse_schedule, sche
 from .schedules import next_run as schedule_next_run
 
 logger = logging.getLogger(__name__)
+
+# An occurrence fired further ahead of its instant than the dispatch lead (beat's clock ahead of
+# this worker's, or a test's) is fired as due now, as without a lead; this much slack is allowed.
+EARLY_TOLERANCE_S = 1.0
 
 MAX_SNOOZE_S = 366 * 86400
 # The skip reason of an occurrence whose task condition spent its expression budget (Run.skip_reason
@@ -402,9 +410,12 @@ def task_fire_batch(
     later: those the database could not take (firing is idempotent, a retry duplicates nothing)."""
     try:
         with transaction.atomic():
+            _bound_lock_waits()
             _fire([_scheduled(task_id, at) for task_id, at in occurrences], now or dj_timezone.now())
         return []
     except (OperationalError, InterfaceError) as exc:
+        if _lock_timed_out(exc):
+            raise FireBlocked(f"waited over {_lock_timeout_s():g}s for a task's row lock") from exc
         logger.warning("firing %d occurrence(s): database unavailable (%s)", len(occurrences), exc)
         return list(occurrences)
     except SoftTimeLimitExceeded:
@@ -430,6 +441,28 @@ def _uuid_or_none(value: Any) -> str | None:
     except ValueError:
         logger.error("fire for %r: not a task id", value)
         return None
+
+
+class FireBlocked(Exception):
+    """A fire waited too long for a task's row lock (another transaction holds it): its statement
+    ended, its locks went with its rollback, and the job fires the batch's occurrences one by one."""
+
+
+def _lock_timeout_s() -> float:
+    return max(0.5, settings.ORDINAUT_FIRE_SOFT_TIME_LIMIT_S / 3)
+
+
+def _lock_timed_out(exc: Exception) -> bool:
+    return getattr(getattr(exc, "__cause__", None), "sqlstate", None) == "55P03"  # lock_not_available
+
+
+def _bound_lock_waits() -> None:
+    """Within a fire batch's transaction, a lock wait ends (an error) after a third of the fire job's
+    soft time limit. A time limit interrupting a statement that waits for one row lock would leave
+    it waiting on the server, still holding the locks it took before (other tasks' rows)."""
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT set_config('lock_timeout', %s, true)", [f"{int(_lock_timeout_s() * 1000)}ms"])
 
 
 def _fire(occurrences: list[Occurrence], now: datetime) -> list[Run]:
@@ -461,6 +494,23 @@ def _fire(occurrences: list[Occurrence], now: datetime) -> list[Run]:
         task = tasks.get(key)
         if task is None:
             continue  # deleted, paused, canceled, completed or its owner deactivated since it was sent
+        # A run with no steps has no first step to wait with: it is decided now, as one due.
+        early_s = (occurrence.at - now).total_seconds() if occurrence.event is None and task.pipeline else 0.0
+        if 0 < early_s <= settings.ORDINAUT_DISPATCH_LEAD_S + EARLY_TOLERANCE_S:
+            # Fired ahead of its instant (ORDINAUT_DISPATCH_LEAD_S): created scheduled, its first
+            # step sent with an ETA at the instant, where task_start_scheduled decides the rest.
+            jitter = round(random.uniform(0, task.jitter_seconds), 3) if task.jitter_seconds else 0.0
+            items.append(
+                ScheduledRun(
+                    task=task,
+                    scheduled_for=occurrence.at,
+                    trigger_key=occurrence.trigger_key,
+                    jitter_seconds=jitter,
+                    trigger=occurrence.trigger,
+                    early_s=early_s,
+                )
+            )
+            continue
         reason = _skip_reason(task, occurrence, now)
         hold = False
         if not reason and task.overlap != Task.Overlap.ALLOW and active[key]:
@@ -513,6 +563,60 @@ def _fire(occurrences: list[Occurrence], now: datetime) -> list[Run]:
     if len(created) < len(items):
         logger.info("%d occurrence(s) already had a run", len(items) - len(created))
     return created
+
+
+def task_start_scheduled(*, run: Run, now: datetime | None = None) -> None:
+    """The instant of a run fired ahead of it has come (its first step starts): decide, under the
+    task's lock as a fire does, what fire would have decided at the instant. Skipped (with the
+    reason) when the task was deleted, canceled or paused, its owner deactivated, the schedule no
+    longer has this instant (`rescheduled`), or snooze, catch-up, condition or overlap say so; held
+    for its turn (overlap=queue); else it starts (after canceling the runs before it, for
+    overlap=cancel_previous)."""
+    now = now or dj_timezone.now()
+    assert run.scheduled_for is not None
+    with transaction.atomic():
+        task = Task.objects.select_for_update(of=("self",)).select_related("owner").filter(pk=run.task_id).first()
+        reason = _start_refusal(task, run.scheduled_for)
+        if not reason and task is not None:
+            reason = _skip_reason(task, _scheduled(task.pk, run.scheduled_for), now)
+        if reason:
+            _skip_scheduled(run, reason)
+            return
+        assert task is not None
+        if task.overlap != Task.Overlap.ALLOW:
+            others = list(Run.objects.filter(task_id=task.pk, status__in=Run.ACTIVE).exclude(pk=run.pk))
+            if others and task.overlap == Task.Overlap.SKIP:
+                _skip_scheduled(run, "overlap")
+                return
+            if others and task.overlap == Task.Overlap.QUEUE:
+                run_scheduled_hold(run=run)
+                return
+            for previous in others:  # cancel_previous
+                with contextlib.suppress(Conflict):  # it finished meanwhile
+                    run_cancel(run=previous, actor=Actor.system("overlap=cancel_previous"))
+        run_scheduled_start(run=run)
+
+
+def _skip_scheduled(run: Run, reason: str) -> None:
+    if run_scheduled_skip(run=run, reason=reason):
+        transaction.on_commit(lambda: runs_created([run]))  # counted as a run created skipped is
+
+
+def _start_refusal(task: Task | None, scheduled_for: datetime) -> str:
+    """Why a task no longer runs an occurrence it was fired for, if it does not."""
+    if task is None or task.deleted_at is not None:
+        return "deleted"
+    if task.status == Task.Status.CANCELED:
+        return "canceled"
+    if task.status == Task.Status.PAUSED:
+        return "paused"
+    if not task.owner.is_active:
+        return "owner_inactive"
+    schedule = task_schedule(task)
+    earlier = scheduled_for - timedelta(microseconds=1)
+    if schedule is None or next_due(schedule, cursor=earlier, wake=task.snoozed_until) != scheduled_for:
+        return "rescheduled"
+    return ""
 
 
 def task_release_held(*, task_id: Any) -> Run | None:

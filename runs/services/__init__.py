@@ -2,6 +2,7 @@
 and the after-step rule), steps, items (of foreach steps), approvals, replay and recovery. Callers
 import from here."""
 
+from ..job_names import ITEM_JOB_NAME, STEP_JOB_NAME
 from .approvals import (
     MAX_APPROVAL_ITEMS,
     approval_close,
@@ -22,7 +23,7 @@ from .creation import (
     runs_record_skipped,
 )
 from .deadlines import logical_now, step_timeout_s
-from .dispatch import ITEM_JOB_NAME, STEP_JOB_NAME, dispatch_on_commit, run_dispatch
+from .dispatch import dispatch_on_commit, run_dispatch
 from .items import items_mark_lost
 from .recovery import SWEEP_BATCH, held, run_recover, run_start_held, runs_sweep
 from .replay import REPLAY_FROM, run_replay
@@ -31,6 +32,7 @@ from .state import (
     After,
     run_after_step,
     run_cancel,
+    run_due,
     run_error,
     run_error_of_step,
     run_extend_deadline,
@@ -38,6 +40,9 @@ from .state import (
     run_finish_empty,
     run_mark_running,
     run_on_terminal,
+    run_scheduled_hold,
+    run_scheduled_skip,
+    run_scheduled_start,
     run_succeed,
 )
 from .steps import (
@@ -81,6 +86,7 @@ __all__ = [
     "run_context",
     "run_create",
     "run_dispatch",
+    "run_due",
     "run_error",
     "run_error_of_step",
     "run_extend_deadline",
@@ -91,6 +97,9 @@ __all__ = [
     "run_on_terminal",
     "run_recover",
     "run_replay",
+    "run_scheduled_hold",
+    "run_scheduled_skip",
+    "run_scheduled_start",
     "run_start_held",
     "run_succeed",
     "runs_create_scheduled",

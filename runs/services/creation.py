@@ -60,6 +60,9 @@ class NewRun:
     replay_of: Run | None = None
     start_index: int = 0
     reused: Sequence[StepRun] = ()
+    # Fired this many seconds ahead of its instant (ORDINAUT_DISPATCH_LEAD_S): created scheduled,
+    # its first step sent with that countdown; what depends on the instant is decided then.
+    early_s: float = 0
 
     @property
     def skipped(self) -> bool:
@@ -68,7 +71,7 @@ class NewRun:
     @property
     def sending(self) -> bool:
         """Whether a chain is sent after commit (counted in dispatch_count when it has steps)."""
-        return not self.skipped and not self.hold and not jitter_parked(self.jitter_seconds)
+        return not self.skipped and not self.hold and not jitter_parked(self.early_s + self.jitter_seconds)
 
 
 def _build(new: NewRun, now: datetime) -> Run:
@@ -78,7 +81,7 @@ def _build(new: NewRun, now: datetime) -> Run:
         trigger=new.trigger,
         trigger_key=new.trigger_key,
         scheduled_for=new.scheduled_for,
-        status=Run.Status.SKIPPED if new.skipped else Run.Status.QUEUED,
+        status=Run.Status.SKIPPED if new.skipped else Run.Status.SCHEDULED if new.early_s else Run.Status.QUEUED,
         skip_reason=new.skip_reason,
         context=new.context,
         pipeline=new.pipeline,
@@ -87,7 +90,7 @@ def _build(new: NewRun, now: datetime) -> Run:
         current_step=new.start_index,
         dispatch_count=1 if new.sending and new.start_index < len(new.pipeline) else 0,
         finished_at=now if new.skipped else None,
-        deadline_at=None if new.skipped or new.hold else queued_deadline(now, new.jitter_seconds),
+        deadline_at=None if new.skipped or new.hold else queued_deadline(now, new.early_s + new.jitter_seconds),
     )
 
 
@@ -126,7 +129,10 @@ def _reused_step(run: Run, old: StepRun) -> StepRun:
 def _send_after_commit(run: Run, new: NewRun) -> None:
     if new.sending:
         dispatch_on_commit(
-            run, from_index=new.start_index, countdown=run.jitter_seconds, counted=run.dispatch_count == 1
+            run,
+            from_index=new.start_index,
+            countdown=new.early_s + run.jitter_seconds,
+            counted=run.dispatch_count == 1,
         )
 
 
@@ -236,6 +242,7 @@ class ScheduledRun:
     hold: bool = False
     trigger: str = Run.Trigger.SCHEDULE
     event: dict[str, Any] | None = None
+    early_s: float = 0
 
     def new_run(self) -> NewRun:
         return NewRun(
@@ -250,6 +257,7 @@ class ScheduledRun:
             skip_reason=self.skip_reason,
             jitter_seconds=self.jitter_seconds,
             hold=self.hold,
+            early_s=self.early_s,
         )
 
 

@@ -11,15 +11,10 @@ from django.conf import settings
 from django.db import transaction
 from django.db.models import F
 
+from ..job_names import STEP_JOB_NAME
 from ..models import Run
 from .deadlines import step_timeouts
 from .state import run_finish_empty
-
-# The step job (runs/jobs.py) keeps the Celery name it was first published under: messages and
-# chains already on the broker name it.
-STEP_JOB_NAME = "pipelines.run_step"
-# The item job (runs/jobs.py): one item of a foreach step (runs/services/items.py sends them).
-ITEM_JOB_NAME = "runs.run_item"
 
 
 def dispatch_on_commit(run: Run, *, from_index: int = 0, countdown: float = 0, counted: bool = False) -> None:

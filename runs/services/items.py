@@ -27,9 +27,10 @@ from ordinaut_site.errors import ToolOutputTooLarge
 from pipelines.spec import Step
 from pipelines.storable import storable_json
 
+from ..job_names import ITEM_JOB_NAME
 from ..models import Run, StepItem, StepRun
 from .deadlines import grace, running_deadline
-from .dispatch import ITEM_JOB_NAME, dispatch_on_commit
+from .dispatch import dispatch_on_commit
 from .state import After, run_after_step
 from .steps import attempt_started, step_fail, step_succeed
 

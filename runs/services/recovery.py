@@ -27,6 +27,9 @@ from .state import After, run_after_step, run_mark_running, skip_locked
 
 logger = logging.getLogger(__name__)
 
+# Runs the sweeper re-sends once their deadline passes: a scheduled one's first step message may be
+# lost too (its ETA then starts it late, not never).
+RECOVERABLE = (Run.Status.SCHEDULED, Run.Status.QUEUED, Run.Status.RUNNING)
 # Runs the sweeper handles per pass; the next pass takes the rest.
 SWEEP_BATCH = 200
 
@@ -46,7 +49,7 @@ def runs_sweep(*, now: datetime | None = None, limit: int = SWEEP_BATCH) -> dict
     for run_id in list(due_approvals):
         expired += approval_expire(run_id=run_id, now=now)
     stuck = (
-        Run.objects.filter(status__in=[Run.Status.QUEUED, Run.Status.RUNNING], deadline_at__lte=now)
+        Run.objects.filter(status__in=RECOVERABLE, deadline_at__lte=now)
         .order_by("deadline_at")
         .values_list("pk", flat=True)[:limit]
     )
@@ -133,7 +136,7 @@ def _runs_with_lost_messages(steps: Collection[tuple[str, int]]) -> list[uuid.UU
             run_id=pk,
             index=index,
             status=StepRun.Status.PENDING,
-            run__status__in=[Run.Status.QUEUED, Run.Status.RUNNING],
+            run__status__in=RECOVERABLE,
         ).exists():
             found.append(pk)
     return found
@@ -177,9 +180,7 @@ def run_recover(
     now = now or timezone.now()
     with transaction.atomic():
         # SKIP LOCKED: two sweepers never handle the same run; the other one moves on.
-        runs = skip_locked(Run.objects.select_related("task")).filter(
-            pk=run_id, status__in=[Run.Status.QUEUED, Run.Status.RUNNING]
-        )
+        runs = skip_locked(Run.objects.select_related("task")).filter(pk=run_id, status__in=RECOVERABLE)
         if lost_claims is None:
             runs = runs.filter(deadline_at__lte=now)
         run = runs.first()

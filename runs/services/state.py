@@ -19,7 +19,7 @@ from ordinaut_site.errors import Conflict, StepCanceled
 from pipelines.spec import Step
 
 from ..models import Approval, Run, StepItem, StepRun
-from ..signals import run_finished
+from ..signals import run_finished, scheduled_run_due
 from .deadlines import grace, logical_now
 
 logger = logging.getLogger(__name__)
@@ -150,17 +150,66 @@ def run_extend_deadline(*, run: Run, seconds: float, current_step: int | None = 
     Run.objects.filter(pk=run.pk, status=Run.Status.RUNNING).update(**fields)
 
 
+# --- A run created ahead of its instant (status scheduled), when its first step starts ----------
+
+
+def run_due(*, run: Run) -> bool:
+    """The first step of a scheduled run starts: the task's owner (tasks/, through the
+    scheduled_run_due signal) decides whether it starts, waits its turn or is skipped, and makes
+    that transition. True when the run is now queued (the step goes on to claim it); the
+    in-memory run follows the database."""
+    decided = any(answer is True for _, answer in scheduled_run_due.send(sender=Run, run=run))
+    if not decided:
+        run_scheduled_start(run=run)
+    row = Run.objects.filter(pk=run.pk).values("status", "skip_reason", "deadline_at").first()
+    if row is None:
+        return False
+    run.status, run.skip_reason, run.deadline_at = row["status"], row["skip_reason"], row["deadline_at"]
+    return run.status == Run.Status.QUEUED and run.deadline_at is not None
+
+
+def run_scheduled_start(*, run: Run) -> bool:
+    """scheduled -> queued: its instant came and it runs."""
+    return bool(Run.objects.filter(pk=run.pk, status=Run.Status.SCHEDULED).update(status=Run.Status.QUEUED))
+
+
+def run_scheduled_hold(*, run: Run) -> bool:
+    """scheduled -> queued and held (overlap=queue): it starts when the runs before it end."""
+    return bool(
+        Run.objects.filter(pk=run.pk, status=Run.Status.SCHEDULED).update(
+            status=Run.Status.QUEUED, deadline_at=None, dispatch_count=0
+        )
+    )
+
+
+def run_scheduled_skip(*, run: Run, reason: str) -> bool:
+    """scheduled -> skipped, with the reason (paused, snoozed, deleted, condition, overlap,
+    rescheduled, ...): its steps never run."""
+    now = timezone.now()
+    won = bool(
+        Run.objects.filter(pk=run.pk, status=Run.Status.SCHEDULED).update(
+            status=Run.Status.SKIPPED, skip_reason=reason, finished_at=now, deadline_at=None
+        )
+    )
+    if won:
+        StepRun.objects.filter(run=run, status=StepRun.Status.PENDING).update(
+            status=StepRun.Status.SKIPPED, skip_reason=reason[:24], finished_at=now
+        )
+        run.status, run.skip_reason = Run.Status.SKIPPED, reason
+    return won
+
+
 def run_cancel(*, run: Run, actor: Actor) -> Run:
     """Any active run -> canceled: its chain is revoked, running or waiting steps end as failed
     (code `canceled`), later steps never start."""
     now = timezone.now()
     with transaction.atomic():
-        won = Run.objects.filter(pk=run.pk, status__in=Run.ACTIVE).update(
+        won = Run.objects.filter(pk=run.pk, status__in=Run.NOT_DONE).update(
             status=Run.Status.CANCELED, finished_at=now, deadline_at=None
         )
         if not won:
             current = Run.objects.filter(pk=run.pk).values_list("status", flat=True).first()
-            raise Conflict(f"the run is {current}; only queued, running or waiting runs can be canceled")
+            raise Conflict(f"the run is {current}; only scheduled, queued, running or waiting runs can be canceled")
         Approval.objects.filter(run=run, status=Approval.Status.PENDING).update(
             status=Approval.Status.CANCELED, decided_at=now, decided_by=actor_dict(actor)
         )

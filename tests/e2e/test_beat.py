@@ -14,6 +14,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
+from django.conf import settings
 from django.utils import timezone
 
 from ordinaut_site.audit import Actor
@@ -175,7 +176,11 @@ def test_beat_down_then_restarted_catches_up_inside_window_and_records_older_as_
     beats("second", ORDINAUT_MISSED_GRACE_S="0")
     restarted = timezone.now()
     wait_for(
-        lambda: Run.objects.filter(task=task, scheduled_for__gt=restarted + timedelta(seconds=EVERY_S)).exists(),
+        lambda: (
+            Run.objects.filter(task=task, scheduled_for__gt=restarted + timedelta(seconds=EVERY_S))
+            .exclude(status="skipped")
+            .exists()
+        ),
         timeout=60,
         message="runs after the restart",
     )
@@ -184,7 +189,8 @@ def test_beat_down_then_restarted_catches_up_inside_window_and_records_older_as_
     down = [r for r in runs if stopped < when(r) <= restarted]
     assert down, "occurrences fell in the downtime"
     missed = [r for r in down if r.skip_reason == "missed"]
-    caught_up = [r for r in runs if when(r) > stopped and r.status != "skipped"]
+    # Fired by the second beat (the first may have fired ahead of its stop, by the dispatch lead).
+    caught_up = [r for r in runs if r.created_at > stopped and r.status != "skipped"]
     assert missed, "occurrences older than the window are recorded as skipped"
     assert caught_up, "occurrences inside the window run"
     # At load time L, occurrences before L - 3 s are missed and those after run: missed ones all
@@ -210,7 +216,11 @@ def test_pause_stops_firing_and_resume_continues_without_backfill(make_task: Any
     during = Run.objects.filter(
         task=task, scheduled_for__gt=paused_at + timedelta(seconds=1.5), scheduled_for__lte=resumed_at
     )
-    assert not during.exists(), "nothing fires while paused, and resume does not backfill"
+    # An occurrence fired ahead of the pause (ORDINAUT_DISPATCH_LEAD_S) is recorded, skipped at its
+    # instant with reason paused; nothing else falls in the pause, nothing runs in it.
+    assert not during.exclude(status="skipped", skip_reason="paused").exists(), "nothing runs while paused"
+    lead = timedelta(seconds=settings.ORDINAUT_DISPATCH_LEAD_S + 1)
+    assert all(when(run) <= paused_at + lead for run in during), "resume does not backfill"
 
 
 def test_snooze_skips_what_it_covers_then_runs(make_task: Any, beats: Any, worker: Any) -> None:
@@ -236,5 +246,35 @@ def test_condition_false_records_skipped_runs(make_task: Any, beats: Any, worker
         payload={"params": {"go": False}, "pipeline": []},
     )
     beats()
-    runs = wait_for(lambda: (r := schedule_runs(task)) and len(r) >= 2 and r, timeout=60, message="two runs")
+    runs = wait_for(
+        lambda: (r := [run for run in schedule_runs(task) if run.status in Run.TERMINAL]) and len(r) >= 2 and r,
+        timeout=60,
+        message="two runs",
+    )
     assert {(r.status, r.skip_reason) for r in runs} == {("skipped", "condition")}
+
+
+def test_runs_are_fired_ahead_and_start_at_their_instant(make_task: Any, beats: Any, worker: Any) -> None:
+    """ORDINAUT_DISPATCH_LEAD_S (2 s by default): each run exists before its instant, scheduled,
+    and its first step starts at the instant (the ETA), not before it and not a batch later."""
+    task = make_task("interval", str(EVERY_S), overlap="allow")
+    beats()
+
+    def settled_after_beat_was_up() -> list[Run] | None:
+        runs = schedule_runs(task)
+        if not runs:
+            return None
+        # Beat's first tick fires what fell due while it started: those are not ahead of time.
+        up_at = min(run.created_at for run in runs) + timedelta(seconds=3)
+        later = [run for run in runs if run.scheduled_for is not None and run.scheduled_for > up_at]
+        done = [run for run in later if run.status == "succeeded"]
+        return done if len(done) >= 3 else None
+
+    runs = wait_for(settled_after_beat_was_up, timeout=60, message="three runs after beat was up")
+    for run in runs:
+        assert run.scheduled_for is not None
+        assert run.started_at is not None
+        assert run.created_at < run.scheduled_for, "created ahead of its instant"
+        assert run.started_at >= run.scheduled_for - timedelta(milliseconds=50), "not started before its instant"
+    lateness = sorted((run.started_at - run.scheduled_for).total_seconds() for run in runs if run.started_at)
+    print(f"\n[lead] first-step lateness of {len(lateness)} runs fired ahead: {[round(x, 3) for x in lateness]} s")

@@ -76,9 +76,10 @@ def test_a_batch_stuck_on_one_task_is_split_and_the_others_fire_meanwhile(
 ) -> None:
     stuck, free = make_task("cron", "* * * * *"), make_task("cron", "* * * * *")
     at = timezone.now().replace(microsecond=0)
-    # A worker of its own, on a queue of its own, with a one-second soft limit.
+    # A worker of its own, on a queue of its own, with a short soft limit (long enough for the free
+    # task's own fire on a busy machine).
     queue = f"{app.conf.task_default_queue}-limits"
-    env = {"ORDINAUT_FIRE_SOFT_TIME_LIMIT_S": "1", "ORDINAUT_FIRE_TIME_LIMIT_S": "5"}
+    env = {"ORDINAUT_FIRE_SOFT_TIME_LIMIT_S": "4", "ORDINAUT_FIRE_TIME_LIMIT_S": "12"}
     limited = Worker(worker_logs, queue=queue, env=env).start()
     workers.append(limited)
     release = row_lock(stuck)
@@ -91,7 +92,7 @@ def test_a_batch_stuck_on_one_task_is_split_and_the_others_fire_meanwhile(
 
     wait_for(lambda: runs_of(free), timeout=60, message="the free task to fire while the other is stuck")
     assert runs_of(stuck) == [], "still locked"
-    assert "ran past 1s; firing them one per job" in limited.log_text()
+    assert "firing them one per job" in limited.log_text()
     release.set()
     wait_for(lambda: runs_of(stuck), timeout=60, message="the stuck task to fire once its lock is released")
     limited.wait_idle()
