@@ -126,3 +126,18 @@ def test_bad_rates_are_refused_at_start(monkeypatch: Any, text: str) -> None:
     monkeypatch.setenv("ORDINAUT_RATE_LIMIT", text)
     with pytest.raises(ImproperlyConfigured):
         env_rate("ORDINAUT_RATE_LIMIT", "600/min")
+
+
+def test_a_window_counter_is_one_redis_key_with_the_windows_lifetime(redis_client: Any) -> None:
+    from django.core.cache import cache
+
+    identity = "agent:counter-test"
+    assert throttling.window_wait("all", identity, "3/min") is None
+    assert throttling.window_wait("all", identity, "3/min") is None
+
+    key = f"{throttling.THROTTLE_KEY_PREFIX}:all:{identity}:60:{int(NOON_S // 60)}"
+    assert cache.get(key) == 2, "Django's cache reads the counter"
+    ttl = redis_client.ttl(cache.make_key(key))
+    assert 0 < ttl <= 61, "a new window's key expires after the window (and the second count kept it)"
+    assert throttling.window_wait("all", identity, "3/min") is None
+    assert throttling.window_wait("all", identity, "3/min") == pytest.approx(60 - NOON_S % 60)
