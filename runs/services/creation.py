@@ -154,7 +154,8 @@ def run_insert(new: NewRun, *, actor: Actor = SYSTEM) -> Run:
                     details={"task": str(new.task.pk), "trigger": new.trigger, "trigger_key": new.trigger_key},
                 )
             _send_after_commit(run, new)
-            transaction.on_commit(lambda: runs_created([run]))
+            if run.status == Run.Status.SKIPPED:
+                transaction.on_commit(lambda: runs_created([run]))
     except IntegrityError as exc:
         if Run.objects.filter(task=new.task, trigger_key=new.trigger_key).exists():
             raise RunAlreadyExists(
@@ -187,7 +188,9 @@ def runs_insert(items: Sequence[NewRun]) -> list[Run]:
     StepRun.objects.bulk_create([step for row, item in created for step in _steps(row, item.reused)], batch_size=1000)
     for row, item in created:
         _send_after_commit(row, item)
-    transaction.on_commit(lambda: runs_created([row for row, _ in created]))
+    skipped = [row for row, _ in created if row.status == Run.Status.SKIPPED]
+    if skipped:
+        transaction.on_commit(lambda: runs_created(skipped))
     return [row for row, _ in created]
 
 

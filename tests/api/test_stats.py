@@ -75,6 +75,7 @@ def expected_stats(runs: dict[str, Run]) -> dict[str, Any]:
     return {
         "total": 7,
         "by_status": {
+            "scheduled": 0,
             "queued": 1,
             "running": 0,
             "waiting_approval": 0,
