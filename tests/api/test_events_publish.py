@@ -134,7 +134,13 @@ def test_the_event_is_on_the_stream_when_the_answer_comes(publisher: Any, redis_
     body = response.json()
     assert body["stream_id"]
     entries = redis_client.xrange(settings.ORDINAUT_EVENT_STREAM, min=body["stream_id"], max=body["stream_id"])
-    assert entries == [(body["stream_id"].encode(), {b"event": body["id"].encode(), b"topic": b"email.received"})]
+    [(stream_id, fields)] = entries
+    assert stream_id == body["stream_id"].encode()
+    assert fields[b"event"] == body["id"].encode()
+    assert fields[b"topic"] == b"email.received"
+    # The publishing request's id and agent travel with the entry (the consumer's lines carry them).
+    assert fields[b"request_id"] == response["X-Request-ID"].encode()
+    assert fields[b"agent"] == publisher.agent.name.encode()
     assert Event.objects.get(pk=body["id"]).stream_id == body["stream_id"]
 
 
