@@ -23,13 +23,17 @@ from tests.support.processes import BASE_DIR, child_env, free_port, wait_for
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.e2e]
 
 REQUESTS = 120
+# The web process's connections name themselves (libpq reads PGAPPNAME), so the session's worker
+# and other processes on the test database are not counted.
+APP_NAME = f"web-threads-{uuid.uuid4().hex[:8]}"
 
 
 def web_connections() -> int:
-    """Connections to the test database other than this test's own."""
+    """The web process's connections to the test database."""
     with connection.cursor() as cursor:
         cursor.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND application_name = %s",
+            [APP_NAME],
         )
         return int(cursor.fetchone()[0])
 
@@ -40,7 +44,8 @@ def web(tmp_path: Path) -> Any:
     log = (tmp_path / f"web-{uuid.uuid4().hex[:6]}.log").open("ab")
     command = [sys.executable, "-m", "uvicorn", "ordinaut_site.asgi:application"]
     command += ["--host", "127.0.0.1", "--port", str(port), "--lifespan", "on", "--no-access-log"]
-    proc = subprocess.Popen(command, env=child_env(ORDINAUT_RATE_LIMIT="off"), cwd=BASE_DIR, stdout=log, stderr=log)
+    environment = child_env(ORDINAUT_RATE_LIMIT="off", PGAPPNAME=APP_NAME)
+    proc = subprocess.Popen(command, env=environment, cwd=BASE_DIR, stdout=log, stderr=log)
     base = f"http://127.0.0.1:{port}"
 
     def up() -> bool:
