@@ -1,6 +1,6 @@
 """`make bench`: B1-B6 (docs/benchmarks.md) one after the other, a table at the end and one JSON report.
 
-Run:  make bench            (B1/B2 about 3 min, B3 about 8, B4/B5 about 6, B6 about 5: about 25 minutes)
+Run:  make bench            (B1/B2 about 6 min, B3 about 12, B4/B5 about 9, B6 about 4: about 30 minutes)
       make bench QUICK=1    (each one's --quick: about 10 minutes, B3's quick phases wait for their minutes)
       .venv/bin/python tests/perf/bench_all.py [--quick] [--only B4/B5 B6] [--report perf-report.json]
 

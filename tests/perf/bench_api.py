@@ -1,7 +1,7 @@
 """B4 and B5 (docs/benchmarks.md): the agents' API through the ASGI server as shipped.
 
 Run:  .venv/bin/python tests/perf/bench_api.py --quick    (about 2 minutes)
-      .venv/bin/python tests/perf/bench_api.py            (about 6 minutes)
+      .venv/bin/python tests/perf/bench_api.py            (about 9 minutes)
       make bench QUICK=1                                  (with B1-B3 and B6, one report)
 
 B4: POST /tasks (a cron task with a 3-step pipeline) requests per second through deploy/Procfile's
