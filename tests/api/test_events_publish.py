@@ -133,7 +133,7 @@ def test_the_event_is_on_the_stream_when_the_answer_comes(publisher: Any, redis_
     assert response.status_code == 202
     body = response.json()
     assert body["stream_id"]
-    entries = redis_client.xrange(settings.ORDINAUT_EVENT_STREAM, min=body["stream_id"], max=body["stream_id"])
+    entries: Any = redis_client.xrange(settings.ORDINAUT_EVENT_STREAM, min=body["stream_id"], max=body["stream_id"])
     [(stream_id, fields)] = entries
     assert stream_id == body["stream_id"].encode()
     assert fields[b"event"] == body["id"].encode()
