@@ -81,3 +81,39 @@ def test_the_command_reports_progress_and_the_count(agent: Any) -> None:
 def test_beat_purges_daily(settings: Any) -> None:
     entry = settings.CELERY_BEAT_SCHEDULE["ordinaut.purge_runs"]
     assert (entry["task"], entry["schedule"]) == ("runs.purge", 86400.0)
+
+
+def test_a_few_thousand_old_runs_go_in_bounded_batches(agent: Any) -> None:
+    """3,000 finished runs (with 2 steps each) past the cutoff, over 3 tasks, and 30 recent ones:
+    deleted in transactions of at most 500 runs, each task's newest kept, the recent ones kept."""
+    tasks = [make_task(agent.agent, echo_pipeline(2), title=f"bulk {n}") for n in range(3)]
+    old_at = timezone.now() - timedelta(days=200)
+    runs = [
+        Run(
+            task=tasks[n % 3],
+            trigger="manual",
+            trigger_key=f"bulk:{n}",
+            status="succeeded",
+            created_at=old_at + timedelta(seconds=n),
+            finished_at=old_at + timedelta(seconds=n),
+        )
+        for n in range(3000)
+    ]
+    recent = [
+        Run(task=tasks[n % 3], trigger="manual", trigger_key=f"recent:{n}", status="failed", finished_at=timezone.now())
+        for n in range(30)
+    ]
+    Run.objects.bulk_create(runs + recent, batch_size=1000)
+    StepRun.objects.bulk_create(
+        [StepRun(run=run, index=i, step_id=f"s{i}", uses="orchestrator.echo") for run in runs for i in range(2)],
+        batch_size=2000,
+    )
+    progress: list[int] = []
+
+    deleted = runs_purge(before=timezone.now() - timedelta(days=90), batch=500, progress=progress.append)
+
+    assert deleted == 3000, "the newest of each task is a recent run: every old one goes"
+    assert progress == [500 * n for n in range(1, 7)], "six transactions of 500"
+    assert Run.objects.filter(trigger_key__startswith="bulk:").count() == 0
+    assert Run.objects.filter(trigger_key__startswith="recent:").count() == 30
+    assert StepRun.objects.filter(run__trigger_key__startswith="bulk:").count() == 0
