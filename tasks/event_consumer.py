@@ -25,6 +25,7 @@ import signal
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -35,12 +36,14 @@ from django.db import InterfaceError, OperationalError, close_old_connections, c
 
 from ordinaut_site import logs, metrics
 from ordinaut_site.jobs import connection_abandon
+from runs.models import Run
 
 from .events import (
     ENTRY_AGENT,
     ENTRY_EVENT,
     ENTRY_REQUEST_ID,
     event_deliver,
+    events_deliver,
     events_republish,
     events_restore,
     stream_id_key,
@@ -104,6 +107,25 @@ def time_limits(*, soft_s: float, hard_s: float, what: str) -> Iterator[None]:
             if previous_delay > 0:
                 left = max(previous_delay - (time.monotonic() - started), 0.001)
                 signal.setitimer(signal.ITIMER_REAL, left, previous_interval)
+
+
+def _entry_log_fields(fields: dict[str, str]) -> contextlib.AbstractContextManager[None]:
+    """The publishing request's id and agent, for the lines (and the runs' messages) of an entry."""
+    return logs.bind(request_id=fields.get(ENTRY_REQUEST_ID) or None, agent=fields.get(ENTRY_AGENT) or None)
+
+
+def _valid_event_id(value: str | None) -> bool:
+    if not value:
+        return False
+    try:
+        uuid.UUID(str(value))
+    except ValueError:
+        return False
+    return True
+
+
+def _lock_timed_out(exc: Exception) -> bool:
+    return getattr(getattr(exc, "__cause__", None), "sqlstate", None) == "55P03"  # lock_not_available
 
 
 def heartbeat_key(stream: str) -> str:
@@ -274,10 +296,22 @@ class EventConsumer:
     # --- Entries ---------------------------------------------------------------------------------
 
     def handle(self, entries: list[tuple[str, dict[str, str] | None]]) -> int:
-        """Deliver each entry's event and acknowledge it. A transient database error stops the
-        batch with the rest unacknowledged (read again after the backoff)."""
+        """Deliver the entries' events and acknowledge the entries after commit. The events of a
+        read are delivered together, in one transaction (events_deliver); when that fails (a poison
+        event, a lock wait or the soft time limit), it is rolled back and the entries are delivered
+        one by one, each in its own transaction with its own time limits, so one bad event cannot
+        take the others with it. A transient database error stops the batch with the rest
+        unacknowledged (read again after the backoff)."""
         done: list[str] = []
         try:
+            together = [
+                (entry_id, fields) for entry_id, fields in entries if _valid_event_id((fields or {}).get(ENTRY_EVENT))
+            ]
+            if len(together) > 1 and self._handle_together(together):
+                self.stats.entries += len(together)
+                done.extend(entry_id for entry_id, _ in together)
+                taken = {entry_id for entry_id, _ in together}
+                entries = [entry for entry in entries if entry[0] not in taken]
             for entry_id, fields in entries:
                 self.stats.entries += 1
                 if self._handle_one(entry_id, fields):
@@ -287,11 +321,55 @@ class EventConsumer:
                 self.client.xack(self.stream, self.group, *done)
         return len(done)
 
+    def _handle_together(self, entries: list[tuple[str, dict[str, str] | None]]) -> bool:
+        """Deliver the events of several entries in one transaction; False (rolled back, nothing
+        counted) when they are to be delivered one by one instead."""
+        fields_of = {entry_id: fields or {} for entry_id, fields in entries}
+        event_of = {entry_id: fields[ENTRY_EVENT] for entry_id, fields in fields_of.items()}
+        first_entry: dict[str, str] = {}
+        for entry_id, event_id in event_of.items():
+            first_entry.setdefault(event_id, entry_id)
+
+        def bind(event_id: str) -> contextlib.AbstractContextManager[None]:
+            return _entry_log_fields(fields_of[first_entry[event_id]])
+
+        what = f"delivering {len(entries)} events (entries {entries[0][0]} to {entries[-1][0]})"
+        try:
+            with time_limits(
+                soft_s=settings.ORDINAUT_FIRE_SOFT_TIME_LIMIT_S, hard_s=settings.ORDINAUT_FIRE_TIME_LIMIT_S, what=what
+            ):
+                results = events_deliver(
+                    event_ids=list(event_of.values()), bind=bind, lock_timeout_s=self._lock_timeout_s()
+                )
+        except DeliveryTimeLimitExceeded:
+            if not connection.in_atomic_block:
+                connection_abandon()
+            limit = settings.ORDINAUT_FIRE_SOFT_TIME_LIMIT_S
+            logger.warning("%s ran past %ss; delivering them one by one", what, limit)
+            return False
+        except TRANSIENT_DB_ERRORS as exc:
+            if not _lock_timed_out(exc):
+                raise
+            logger.warning("%s waited too long for a task's lock; delivering them one by one", what)
+            return False
+        except Exception:
+            logger.exception("%s failed; delivering them one by one", what)
+            return False
+        for entry_id, event_id in event_of.items():
+            runs = results.get(event_id) if first_entry[event_id] == entry_id else []
+            with _entry_log_fields(fields_of[entry_id]):
+                self._delivered(entry_id, event_id, runs)
+        return True
+
+    @staticmethod
+    def _lock_timeout_s() -> float:
+        """A lock wait of a read's transaction ends before the soft time limit would."""
+        return max(0.5, settings.ORDINAUT_FIRE_SOFT_TIME_LIMIT_S / 3)
+
     def _handle_one(self, entry_id: str, fields: dict[str, str] | None) -> bool:
         """Deliver one entry's event, with the publishing request's id and agent in the log lines
         (and so in the messages of the runs it starts); True when the entry is to be acknowledged."""
-        entry = fields or {}
-        with logs.bind(request_id=entry.get(ENTRY_REQUEST_ID) or None, agent=entry.get(ENTRY_AGENT) or None):
+        with _entry_log_fields(fields or {}):
             return self._deliver(entry_id, fields)
 
     def _deliver(self, entry_id: str, fields: dict[str, str] | None) -> bool:
@@ -317,6 +395,10 @@ class EventConsumer:
             metrics.event_consumed(delivered=False)
             logger.exception("delivering event %s (entry %s) failed; acknowledged and ignored", event_id, entry_id)
             return True
+        return self._delivered(entry_id, event_id, runs)
+
+    def _delivered(self, entry_id: str, event_id: str, runs: list[Run] | None) -> bool:
+        """Count and log one entry's delivery (inside its log fields); True: acknowledge it."""
         if runs is None:
             self.stats.bad += 1
             metrics.event_consumed(delivered=False)
