@@ -7,9 +7,12 @@ import re
 import uuid
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextvars import ContextVar
 
 from asgiref.sync import AsyncToSync, SyncToAsync, ThreadSensitiveContext, markcoroutinefunction, sync_to_async
 from django.conf import settings
+from django.core.exceptions import MiddlewareNotUsed
+from django.core.handlers.base import BaseHandler
 from django.db import connections
 from django.http import HttpRequest, HttpResponse, JsonResponse
 
@@ -41,8 +44,15 @@ def request_id_for(request: HttpRequest) -> str:
 # long-lived threads, each keeping its connection from request to request (DB_CONN_MAX_AGE and
 # DB health checks apply as under WSGI): a web process holds at most this many connections and
 # runs at most this many requests' synchronous code at a time (one Python process runs Python on
-# one core anyway: scale with processes, deploy/Procfile). Requests sharing a thread take turns
-# between their synchronous calls, never inside one, so no transaction spans two requests.
+# one core anyway: scale with processes, deploy/Procfile).
+#
+# And it runs there in one call: the rest of MIDDLEWARE and the view, loaded as Django loads them
+# under WSGI (`_sync_handler`, same settings.MIDDLEWARE, same order, minus this outermost one). In
+# the chain Django builds for ASGI, every MiddlewareMixin middleware runs in async mode, and each
+# of its process_request/process_view/process_response calls, and the view, is a hop between the
+# event loop and the request thread: about 16 thread switches per request, several milliseconds of
+# CPU (B4). One call per request also means a request thread runs one request's synchronous code
+# from its start to its end: no transaction, connection state or thread-local spans two requests.
 REQUEST_THREADS = 4
 
 
@@ -55,6 +65,14 @@ def _connections_upkeep() -> None:
             connection.close_if_unusable_or_obsolete()
 
 
+def _on_request_thread(call: Callable[[HttpRequest], HttpResponse], request: HttpRequest) -> HttpResponse:
+    _connections_upkeep()
+    try:
+        return call(request)
+    finally:
+        _connections_upkeep()
+
+
 class _RequestThreads:
     """REQUEST_THREADS single-thread executors; a request goes to the least busy one."""
 
@@ -63,7 +81,8 @@ class _RequestThreads:
         self._executors: list[ThreadPoolExecutor] = []
         self._busy = [0] * count
 
-    async def run(self, call: Callable[[HttpRequest], Awaitable[HttpResponse]], request: HttpRequest) -> HttpResponse:
+    async def run(self, call: Callable[[HttpRequest], HttpResponse], request: HttpRequest) -> HttpResponse:
+        """`call(request)`, the request's synchronous code, on a request thread, in one call."""
         if not self._executors:  # at the first request: after uvicorn has started (or forked) the process
             self._executors = [
                 ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"request-thread-{n}") for n in range(self.count)
@@ -72,15 +91,33 @@ class _RequestThreads:
         self._busy[index] += 1
         try:
             async with ThreadSensitiveContext(executor=self._executors[index]):
-                await sync_to_async(_connections_upkeep)()
-                response = await call(request)
-                await sync_to_async(_connections_upkeep)()
-                return response
+                return await sync_to_async(_on_request_thread)(call, request)
         finally:
             self._busy[index] -= 1
 
 
 _request_threads = _RequestThreads(REQUEST_THREADS)
+# Set while _SyncHandler loads MIDDLEWARE: RequestIdMiddleware then declines (MiddlewareNotUsed).
+_loading_sync_chain: ContextVar[bool] = ContextVar("loading_sync_chain", default=False)
+
+
+class _SyncHandler(BaseHandler):
+    """settings.MIDDLEWARE below RequestIdMiddleware and the view, loaded in Django's synchronous
+    mode (as under WSGI): what a request thread runs for a request, in one call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        token = _loading_sync_chain.set(True)
+        try:
+            self.load_middleware(is_async=False)
+        finally:
+            _loading_sync_chain.reset(token)
+
+    def chain(self, request: HttpRequest) -> HttpResponse:
+        # The chain only: Django's ASGI handler does the rest of get_response (the URLconf, the
+        # request's closers, the log line of an error response) around RequestIdMiddleware.
+        response: HttpResponse = self._middleware_chain(request)  # type: ignore[attr-defined]
+        return response
 
 
 def _under_asgi_handler() -> bool:
@@ -97,14 +134,18 @@ class RequestIdMiddleware:
     """Outermost middleware, so every response (errors and unknown routes too) carries the id.
 
     Asynchronous, so that under the ASGI server it can send the request's synchronous rest (the other
-    middleware and the view, which Django adapts) to one of the request threads above; called
-    synchronously (the test client, WSGI), Django adapts it and everything stays on the caller's thread."""
+    middleware and the view, as `_SyncHandler` loads them) to one of the request threads above, in
+    one call; called synchronously (the test client, WSGI), Django adapts it and everything stays on
+    the caller's thread, through the chain Django built."""
 
     sync_capable = False
     async_capable = True
 
     def __init__(self, get_response: Callable[[HttpRequest], Awaitable[HttpResponse]]) -> None:
+        if _loading_sync_chain.get():
+            raise MiddlewareNotUsed  # the request threads' chain is what runs below this one
         self.get_response = get_response
+        self._sync_handler: _SyncHandler | None = None
         markcoroutinefunction(self)
 
     async def __call__(self, request: HttpRequest) -> HttpResponse:
@@ -112,7 +153,9 @@ class RequestIdMiddleware:
         request.request_id = request_id  # type: ignore[attr-defined]
         with logs.bind(request_id=request_id):
             if _under_asgi_handler():
-                response = await _request_threads.run(self.get_response, request)
+                if self._sync_handler is None:  # at the first request, on the event loop (no await: once)
+                    self._sync_handler = _SyncHandler()
+                response = await _request_threads.run(self._sync_handler.chain, request)
             else:
                 response = await self.get_response(request)
         response[REQUEST_ID_HEADER] = request_id
