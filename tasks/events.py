@@ -24,7 +24,7 @@ import json
 import logging
 import re
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -314,14 +314,14 @@ def events_deliver(
 ) -> dict[str, list[Run] | None]:
     """event_deliver for many events in one transaction (the events consumer's read): the events
     loaded with one query, matched against the event tasks read once, every matched task locked up
-    front (in id order, so this never deadlocks with a fire batch or another consumer), each event's
-    runs created as event_deliver creates them (in the order given, each seeing the runs of the
-    events before it: overlap, conditions over last_run), the events marked consumed with one
-    statement. Returns event id -> its runs created ([] when it was consumed already), None for an
+    front (in id order, so this never deadlocks with a fire batch or another consumer), the runs of
+    all the events created by as few fires as the result of delivering them one after the other in
+    the order given allows (_rounds: overlap and conditions see the runs of the events before), the
+    events marked consumed with one statement. Returns event id -> its runs created ([] when it was consumed already), None for an
     id that names no event. All or nothing: on any error nothing is committed.
 
-    `bind(event_id)`: a context (log fields) entered while the event's runs are created, in which
-    their first steps are also sent after commit (the messages carry the publishing request's id).
+    `bind(event_id)`: a context (log fields) in which the first steps of the event's runs are sent
+    after commit (the messages carry the publishing request's id and agent).
     `lock_timeout_s`: lock waits in the transaction end with an error after this long (outside a
     transaction only; lock_not_available, SQLSTATE 55P03)."""
     now = now or timezone.now()
@@ -353,8 +353,8 @@ def events_deliver(
         if not fresh:
             return results
         tasks = _event_tasks()
-        matched = {str(event.pk): [task.pk for task in tasks if _reaches(task, event)] for event in fresh}
-        to_lock = sorted({task_id for ids in matched.values() for task_id in ids})
+        matched = {str(event.pk): [task for task in tasks if _reaches(task, event)] for event in fresh}
+        to_lock = sorted({task.pk for found in matched.values() for task in found})
         if to_lock:
             list(
                 Task.objects.select_for_update(of=("self",))
@@ -362,22 +362,62 @@ def events_deliver(
                 .order_by("pk")
                 .values_list("pk", flat=True)
             )
-        for event in fresh:
-            key = str(event.pk)
-            if not matched[key]:
-                continue
-            with bind(key) if bind is not None else contextlib.nullcontext(), _sent_in_this_context():
-                results[key] = services.task_fire_event(
-                    task_ids=matched[key], event=event.as_context(), published_at=event.published_at, now=now
-                )
+        contexts = {str(event.pk): _context_of(bind, str(event.pk)) for event in fresh if matched[str(event.pk)]}
+        by_key = {services.event_trigger_key(event.pk): str(event.pk) for event in fresh}
+        for occurrences in _rounds(fresh, matched):
+            pending: list[Any] = connection.run_on_commit  # (savepoint ids, callback, robust)
+            start = len(pending)
+            created = services._fire(occurrences, now)
+            context_of_run: dict[Any, contextvars.Context] = {}
+            for run in created:
+                key = by_key[run.trigger_key]
+                runs = results[key]
+                assert runs is not None
+                runs.append(run)
+                context_of_run[run.pk] = contexts[key]
+            _sends_in_their_context(pending, start, context_of_run)
         Event.objects.filter(pk__in=[event.pk for event in fresh], consumed_at__isnull=True).update(consumed_at=now)
     return results
+
+
+def _rounds(events: list[Event], matched: dict[str, list[Task]]) -> list[list[services.Occurrence]]:
+    """The events' occurrences, fired as few times as the policies allow with the result of
+    delivering the events one after the other. A task with no condition and overlap allow, skip or
+    queue sees the occurrences before it in the same fire (the fire tracks them); one with a
+    condition (over last_run) or overlap cancel_previous (which cancels the runs before it) gets
+    its k-th occurrence of the read in the k-th fire, after the runs of the earlier ones exist."""
+    rounds: list[list[services.Occurrence]] = [[]]
+    seen: dict[Any, int] = {}
+    for event in events:
+        context = event.as_context()
+        for task in matched[str(event.pk)]:
+            number = 0
+            if task.condition or task.overlap == Task.Overlap.CANCEL_PREVIOUS:
+                number = seen.get(task.pk, 0)
+                seen[task.pk] = number + 1
+            while len(rounds) <= number:
+                rounds.append([])
+            rounds[number].append(
+                services.Occurrence(
+                    task_id=task.pk,
+                    at=event.published_at,
+                    trigger_key=services.event_trigger_key(event.pk),
+                    trigger=Run.Trigger.EVENT,
+                    event=context,
+                )
+            )
+    return [occurrences for occurrences in rounds if occurrences]
+
+
+def _context_of(bind: Callable[[str], contextlib.AbstractContextManager[Any]] | None, key: str) -> contextvars.Context:
+    with bind(key) if bind is not None else contextlib.nullcontext():
+        return contextvars.copy_context()
 
 
 def _event_tasks() -> list[Task]:
     return list(
         Task.objects.filter(schedule_kind=Task.Kind.EVENT, status=Task.Status.ACTIVE, deleted_at__isnull=True)
-        .only("id", "schedule_expr", "owner_id")
+        .only("id", "schedule_expr", "owner_id", "overlap", "condition")
         .order_by("pk")
     )
 
@@ -386,19 +426,27 @@ def _reaches(task: Task, event: Event) -> bool:
     return (event.broadcast or task.owner_id == event.publisher_id) and topic_matches(task.schedule_expr, event.topic)
 
 
-@contextlib.contextmanager
-def _sent_in_this_context() -> Iterator[None]:
-    """The after-commit callbacks registered in the block (a run's first step sent) run in the
-    context (log fields) of the block, not in the one the transaction commits in."""
-    pending: list[Any] = connection.run_on_commit  # (savepoint ids, callback, robust)
-    start = len(pending)
+def _sends_in_their_context(pending: list[Any], start: int, context_of_run: dict[Any, contextvars.Context]) -> None:
+    """Each run's first step, sent after commit by a callback registered since `start`, is sent in
+    the context (log fields) of the event that created the run, not in the one the transaction
+    commits in: the step's messages carry the publishing request's id and agent. The callback's run
+    is the `run_id` it closes over (runs.services.dispatch.dispatch_on_commit); others are left as
+    they are."""
+    for index in range(start, len(pending)):
+        savepoints, func, robust = pending[index]
+        context = context_of_run.get(_closed_over(func, "run_id"))
+        if context is not None:
+            pending[index] = (savepoints, _in_context(context, func), robust)
+
+
+def _closed_over(func: Any, name: str) -> Any:
+    code, cells = getattr(func, "__code__", None), getattr(func, "__closure__", None)
+    if code is None or not cells or name not in code.co_freevars:
+        return None
     try:
-        yield
-    finally:
-        added = pending[start:]
-        if added:
-            context = contextvars.copy_context()
-            pending[start:] = [(savepoints, _in_context(context, func), robust) for savepoints, func, robust in added]
+        return cells[code.co_freevars.index(name)].cell_contents
+    except ValueError:  # an empty cell
+        return None
 
 
 def _in_context(context: contextvars.Context, func: Callable[[], Any]) -> Callable[[], Any]:
