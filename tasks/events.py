@@ -317,8 +317,8 @@ def events_deliver(
     front (in id order, so this never deadlocks with a fire batch or another consumer), the runs of
     all the events created by as few fires as the result of delivering them one after the other in
     the order given allows (_rounds: overlap and conditions see the runs of the events before), the
-    events marked consumed with one statement. Returns event id -> its runs created ([] when it was consumed already), None for an
-    id that names no event. All or nothing: on any error nothing is committed.
+    events marked consumed with one statement. Returns event id -> its runs created ([] when it was
+    consumed already), None for an id that names no event. All or nothing: on any error nothing is committed.
 
     `bind(event_id)`: a context (log fields) in which the first steps of the event's runs are sent
     after commit (the messages carry the publishing request's id and agent).
