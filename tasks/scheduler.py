@@ -34,6 +34,7 @@ import logging
 import threading
 import time
 import uuid
+import weakref
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -104,7 +105,7 @@ def _iso(at: datetime) -> str:
     return at.astimezone(UTC).isoformat()
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class TaskEntry:
     """An Ordinaut task as beat sees it: its schedule and a cursor of what has been dispatched."""
 
@@ -214,6 +215,9 @@ class OrdinautScheduler(DatabaseScheduler):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._entries: dict[int, Entry] = {}
+        # Parsed schedules by what their row says: tasks with the same cron or RRULE (and zone) share
+        # one, parsed once; a schedule no entry holds any more drops out.
+        self._schedules: weakref.WeakValueDictionary[tuple[Any, ...], Schedule] = weakref.WeakValueDictionary()
         self._queue: list[tuple[float, int, int, Entry]] = []
         self._seq = itertools.count()
         self._loaded = False
@@ -320,8 +324,15 @@ class OrdinautScheduler(DatabaseScheduler):
     # --- loading ------------------------------------------------------------------------------
 
     def _rows(self) -> Any:
+        """Beat rows with what building an entry reads, and no more: a task's payload, a row's
+        kwargs and description are not loaded (at 100,000 rows they were much of the start-up's
+        time and memory). A row that is not an Ordinaut task is read again in full (_install)."""
         # The crontab's timezone comes as text (see CRONTAB_TIMEZONE_TEXT): one row holding a name
         # that is not a timezone must fail its own entry, not the query that loads them all.
+        return self._full_rows().only(*ROW_FIELDS)
+
+    @staticmethod
+    def _full_rows() -> Any:
         return (
             PeriodicTask.objects.select_related(
                 "ordinaut_task", "crontab", "interval", "clocked", "solar", "rrule_schedule"
@@ -365,17 +376,18 @@ class OrdinautScheduler(DatabaseScheduler):
     def _reconcile(self) -> None:
         """Catch what the change feed cannot show: deleted rows and late-committed changes."""
         close_old_connections()
-        rows = dict(PeriodicTask.objects.filter(enabled=True).values_list("pk", "date_changed"))
-        versions = dict(
-            Task.objects.filter(periodic_task_id__in=rows).values_list("periodic_task_id", "schedule_version")
-        )
+        # One query with the task's version beside its row (a join), not a second one naming every
+        # row's id: at 100,000 rows that list was most of a reconcile's cost, every 30 s.
+        rows = {
+            pk: (changed, version or 0)
+            for pk, changed, version in PeriodicTask.objects.filter(enabled=True).values_list(
+                "pk", "date_changed", "ordinaut_task__schedule_version"
+            )
+        }
         for pk in [pk for pk in self._entries if pk not in rows]:
             del self._entries[pk]
-        stale = [
-            pk
-            for pk, changed in rows.items()
-            if pk not in self._entries or self._entries[pk].version != (changed, versions.get(pk, 0))
-        ]
+        entries = self._entries
+        stale = [pk for pk, version in rows.items() if pk not in entries or entries[pk].version != version]
         for row in self._rows().filter(pk__in=stale):
             self._install(row)
         self._last_reconcile = time.monotonic()
@@ -393,6 +405,7 @@ class OrdinautScheduler(DatabaseScheduler):
                 self._install_task(row, task)
             return
         try:
+            row = self._full_rows().get(pk=row.pk)  # _rows() leaves out what ModelEntry reads
             entry = ForeignEntry(row.pk, row.date_changed, ModelEntry(row, app=self.app), row.name)
         except Exception:
             logger.exception("cannot load periodic task %s", row.name)
@@ -415,7 +428,12 @@ class OrdinautScheduler(DatabaseScheduler):
         self._push(entry, first)
 
     def _task_entry(self, row: PeriodicTask, task: Task) -> TaskEntry:
-        schedule = beat_row_schedule(row, task_kind=task.schedule_kind, task_timezone=task.timezone).occurrence
+        key = _schedule_key(row, task.schedule_kind)
+        schedule = self._schedules.get(key) if key is not None else None
+        if schedule is None:
+            schedule = beat_row_schedule(row, task_kind=task.schedule_kind, task_timezone=task.timezone).occurrence
+            if key is not None:
+                self._schedules[key] = schedule
         return TaskEntry(
             pt_id=row.pk,
             pt_version=row.date_changed,
@@ -601,6 +619,54 @@ class OrdinautScheduler(DatabaseScheduler):
 
     def _save_cursors(self, entries: list[TaskEntry]) -> None:
         cursors_save(entries)
+
+
+# What _rows() loads: the fields of the row, its task and its schedule rows that beat_row_schedule,
+# _task_entry, _install_task and _park read.
+ROW_FIELDS = (
+    "id",
+    "name",
+    "task",
+    "enabled",
+    "date_changed",
+    "crontab",
+    "interval",
+    "clocked",
+    "solar",
+    "ordinaut_task__id",
+    "ordinaut_task__status",
+    "ordinaut_task__deleted_at",
+    "ordinaut_task__schedule_kind",
+    "ordinaut_task__timezone",
+    "ordinaut_task__schedule_version",
+    "ordinaut_task__fired_through",
+    "ordinaut_task__snoozed_until",
+    "ordinaut_task__catchup_window_seconds",
+    "ordinaut_task__schedule_parked_at",
+    "crontab__minute",
+    "crontab__hour",
+    "crontab__day_of_month",
+    "crontab__month_of_year",
+    "crontab__day_of_week",
+    "interval__every",
+    "interval__period",
+    "clocked__clocked_time",
+    "rrule_schedule__rrule",
+    "rrule_schedule__timezone",
+    "rrule_schedule__periodic_task",
+)
+
+
+def _schedule_key(row: PeriodicTask, task_kind: str) -> tuple[Any, ...] | None:
+    """What a cron or RRULE row's schedule depends on (None: not cached, other kinds are cheap)."""
+    rrule = getattr(row, "rrule_schedule", None)
+    if rrule is not None:
+        return ("rrule", task_kind, rrule.rrule, rrule.timezone)
+    if row.crontab_id is not None:
+        c = row.crontab
+        text = getattr(row, CRONTAB_TIMEZONE_TEXT, None)
+        return ("cron", task_kind, c.minute, c.hour, c.day_of_month, c.month_of_year, c.day_of_week, text)
+    return None
 
 
 def cursors_save(entries: list[Any]) -> None:
