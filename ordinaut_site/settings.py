@@ -346,6 +346,10 @@ CELERY_BEAT_SCHEDULER = "tasks.scheduler:OrdinautScheduler"
 CELERY_BEAT_MAX_LOOP_INTERVAL = 1
 # ORDINAUT_BEAT_LOCK_TTL_S: beat's Redis leader lock lifetime; a standby beat takes over within it.
 ORDINAUT_BEAT_LOCK_TTL_S = env_int("ORDINAUT_BEAT_LOCK_TTL_S", 10)
+# ORDINAUT_BEAT_CHANGE_MARKER: also bump django-celery-beat's change marker (its PeriodicTasks row), once
+# after each commit that writes task beat rows, for django-celery-beat's stock DatabaseScheduler, which
+# reloads when it moves. Ordinaut's scheduler follows PeriodicTask.date_changed and does not read it.
+ORDINAUT_BEAT_CHANGE_MARKER = env_bool("ORDINAUT_BEAT_CHANGE_MARKER", False)
 # ORDINAUT_MISSED_GRACE_S: an occurrence this late still runs even if the task's catch-up window is smaller.
 ORDINAUT_MISSED_GRACE_S = env_int("ORDINAUT_MISSED_GRACE_S", 30)
 # WORKER_CONCURRENCY: worker processes per `celery worker` (prefork).

@@ -6,8 +6,9 @@ PeriodicTask bumps its `date_changed`, which is how Ordinaut's beat (tasks/sched
 the change.
 
 django-celery-beat's change marker (the single `PeriodicTasks` row, which its stock
-DatabaseScheduler reads to know it must reload) is bumped at most once per transaction, after
-commit (`_marker_bump_on_commit`), not by dcb's model signals: those bump it on every save of a
+DatabaseScheduler reads to know it must reload; Ordinaut's does not) is bumped only with
+ORDINAUT_BEAT_CHANGE_MARKER, and then at most once per transaction, after commit
+(`_marker_bump_on_commit`), never by dcb's model signals: those bump it on every save of a
 PeriodicTask or schedule row, three times per created task, with a SELECT ... FOR UPDATE that holds
 the one row locked until commit and so serialized every concurrent task write (B4,
 docs/benchmarks.md). Bumped after commit, the marker never says "changed" before the change is
@@ -20,8 +21,10 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime, tzinfo
+from functools import lru_cache
 from typing import Any
 
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import router, transaction
 from django.utils import timezone as dj_timezone
@@ -85,6 +88,17 @@ def _schedule_row(task: Task) -> tuple[str, type[Any], dict[str, Any]]:
     return "clocked", ClockedSchedule, {"clocked_time": NEVER}  # RRULE, see RRuleSchedule
 
 
+# Cron and interval descriptions depend on their three arguments alone (cron_descriptor is slow; an
+# RRULE's may depend on today, through its default DTSTART), as in tasks/api.py.
+_describe_pure = lru_cache(maxsize=4096)(describe)
+
+
+def _description(task: Task) -> str:
+    if task.schedule_kind in (Task.Kind.CRON, Task.Kind.INTERVAL):
+        return _describe_pure(task.schedule_kind, task.schedule_expr, task.timezone)
+    return describe(task.schedule_kind, task.schedule_expr, task.timezone)
+
+
 def _marker_bump() -> None:
     """What dcb's PeriodicTasks.update_changed() does, in one statement once the row exists."""
     if not PeriodicTasks.objects.filter(ident=1).update(last_update=dj_timezone.now()):
@@ -93,7 +107,10 @@ def _marker_bump() -> None:
 
 def _marker_bump_on_commit() -> None:
     """Bump dcb's change marker once the current transaction commits, once however many beat rows
-    it wrote (a rolled-back savepoint drops its callback, so a later write registers another)."""
+    it wrote (a rolled-back savepoint drops its callback, so a later write registers another).
+    Only with ORDINAUT_BEAT_CHANGE_MARKER: nothing of Ordinaut's reads the marker."""
+    if not settings.ORDINAUT_BEAT_CHANGE_MARKER:
+        return
     connection = transaction.get_connection(router.db_for_write(PeriodicTasks))
     if any(func is _marker_bump for _, func, _ in connection.run_on_commit):
         return
@@ -176,9 +193,7 @@ def beat_rows_sync(task: Task) -> PeriodicTask | None:
         periodic.one_off = field == "clocked"  # dcb requires clocked rows to be one-off
         periodic.enabled = True
         periodic.priority = task.priority
-        periodic.description = f"Ordinaut task {task.title!r}: " + describe(
-            task.schedule_kind, task.schedule_expr, task.timezone
-        )
+        periodic.description = f"Ordinaut task {task.title!r}: " + _description(task)
         _periodic_save(periodic)
         for old in stale:  # after the PeriodicTask points elsewhere, so no row refers to it
             _schedule_row_delete(old)

@@ -1,6 +1,7 @@
-"""django-celery-beat's change marker: bumped once per transaction, after commit, never locked
-inside a task write; the stock DatabaseScheduler still sees every change, and the beat rows are
-written without dcb's name-uniqueness query (tasks/beat.py)."""
+"""django-celery-beat's change marker: not touched by task writes unless ORDINAUT_BEAT_CHANGE_MARKER,
+and then bumped once per transaction, after commit, never locked inside a task write, so the stock
+DatabaseScheduler still sees every change; the beat rows are written without dcb's
+name-uniqueness query (tasks/beat.py)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,11 @@ ACTOR = Actor.system("tests")
 MARKER_TABLE = PeriodicTasks._meta.db_table
 
 
+@pytest.fixture
+def marker_on(settings: Any) -> None:
+    settings.ORDINAUT_BEAT_CHANGE_MARKER = True
+
+
 def _statements(captured: CaptureQueriesContext) -> list[str]:
     return [q["sql"] for q in captured.captured_queries if "SAVEPOINT" not in q["sql"]]
 
@@ -32,7 +38,7 @@ def _marker_callbacks(callbacks: list[Any]) -> int:
 
 @pytest.mark.django_db
 def test_a_task_create_bumps_the_marker_once_after_commit_and_never_inside(
-    make_task: Any, django_capture_on_commit_callbacks: Any
+    marker_on: None, make_task: Any, django_capture_on_commit_callbacks: Any
 ) -> None:
     PeriodicTasks.update_changed()
     before = PeriodicTasks.last_change()
@@ -56,7 +62,7 @@ def test_a_task_create_bumps_the_marker_once_after_commit_and_never_inside(
 
 @pytest.mark.django_db
 def test_the_marker_row_is_created_when_dcb_never_wrote_it(
-    make_task: Any, django_capture_on_commit_callbacks: Any
+    marker_on: None, make_task: Any, django_capture_on_commit_callbacks: Any
 ) -> None:
     PeriodicTasks.objects.all().delete()
     with django_capture_on_commit_callbacks(execute=True):
@@ -66,7 +72,7 @@ def test_the_marker_row_is_created_when_dcb_never_wrote_it(
 
 @pytest.mark.django_db
 def test_many_beat_writes_in_one_transaction_bump_the_marker_once(
-    make_task: Any, django_capture_on_commit_callbacks: Any
+    marker_on: None, make_task: Any, django_capture_on_commit_callbacks: Any
 ) -> None:
     with django_capture_on_commit_callbacks() as callbacks, transaction.atomic():
         task = make_task()
@@ -77,7 +83,7 @@ def test_many_beat_writes_in_one_transaction_bump_the_marker_once(
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_write_after_a_rolled_back_one_still_bumps_the_marker(make_task: Any) -> None:
+def test_a_write_after_a_rolled_back_one_still_bumps_the_marker(marker_on: None, make_task: Any) -> None:
     """The rolled-back savepoint takes its bump with it; the write that commits bumps again."""
     task = make_task()
     before = PeriodicTasks.last_change()
@@ -93,6 +99,16 @@ def test_a_write_after_a_rolled_back_one_still_bumps_the_marker(make_task: Any) 
     assert before is not None
     assert last is not None
     assert last > before
+
+
+@pytest.mark.django_db
+def test_by_default_task_writes_leave_the_marker_alone(make_task: Any, django_capture_on_commit_callbacks: Any) -> None:
+    with CaptureQueriesContext(connection) as captured, django_capture_on_commit_callbacks(execute=True) as callbacks:
+        task = make_task()
+        services.task_update(task=task, actor=ACTOR, fields={"schedule_expr": "0 10 * * *"})
+        services.task_pause(task=task, actor=ACTOR)
+    assert _marker_callbacks(callbacks) == 0
+    assert not [sql for sql in _statements(captured) if MARKER_TABLE in sql]
 
 
 @pytest.mark.django_db
@@ -142,7 +158,7 @@ def test_an_edit_writes_only_the_schedule_fields_that_changed(make_task: Any) ->
 
 
 @pytest.mark.django_db(transaction=True)
-def test_the_stock_database_scheduler_still_sees_every_change(make_task: Any) -> None:
+def test_the_stock_database_scheduler_still_sees_every_change(marker_on: None, make_task: Any) -> None:
     """django-celery-beat's own DatabaseScheduler reloads when the marker moves (B3's baseline,
     tests/perf/bench_scheduler.py, and any operator running it): a create, an edit and a pause
     each move it, once committed."""
