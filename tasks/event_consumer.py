@@ -235,6 +235,11 @@ class EventConsumer:
         """One read (and, when due, maintenance). Returns the number of entries handled."""
         if not connection.in_atomic_block:  # (tests may run the loop inside their transaction)
             close_old_connections()  # as Django does per request: drop a broken or too old connection
+            if connection.connection is not None:
+                # Not the health-check ping Django would send before the next query (a round
+                # trip per read, as for jobs: ordinaut_site/jobs.py): a dead connection fails that
+                # query instead, a transient error, and the next step drops it.
+                setattr(connection, "health_check_done", True)  # noqa: B010 - not in django-stubs
         self._ensure_group()
         now = time.monotonic()
         if now >= self._next_beat:

@@ -313,12 +313,13 @@ def events_deliver(
     lock_timeout_s: float | None = None,
 ) -> dict[str, list[Run] | None]:
     """event_deliver for many events in one transaction (the events consumer's read): the events
-    loaded with one query, matched against the event tasks read once, every matched task locked up
-    front (in id order, so this never deadlocks with a fire batch or another consumer), the runs of
-    all the events created by as few fires as the result of delivering them one after the other in
-    the order given allows (_rounds: overlap and conditions see the runs of the events before), the
-    events marked consumed with one statement. Returns event id -> its runs created ([] when it was
-    consumed already), None for an id that names no event. All or nothing: on any error nothing is committed.
+    loaded with one query and matched against the event tasks read once; the runs of all of them
+    created by as few fires as delivering them one after the other, in the order given, allows
+    (_rounds: overlap and conditions see the runs of the events before); the events marked
+    consumed with one statement. The first fire locks every matched task, in id order, so this
+    never deadlocks with a fire batch or another consumer. Returns event id -> its runs created
+    ([] when it was consumed already), None for an id that names no event. All or nothing: on any
+    error nothing is committed.
 
     `bind(event_id)`: a context (log fields) in which the first steps of the event's runs are sent
     after commit (the messages carry the publishing request's id and agent).
@@ -354,16 +355,11 @@ def events_deliver(
             return results
         tasks = _event_tasks()
         matched = {str(event.pk): [task for task in tasks if _reaches(task, event)] for event in fresh}
-        to_lock = sorted({task.pk for found in matched.values() for task in found})
-        if to_lock:
-            list(
-                Task.objects.select_for_update(of=("self",))
-                .filter(pk__in=to_lock)
-                .order_by("pk")
-                .values_list("pk", flat=True)
-            )
         contexts = {str(event.pk): _context_of(bind, str(event.pk)) for event in fresh if matched[str(event.pk)]}
         by_key = {services.event_trigger_key(event.pk): str(event.pk) for event in fresh}
+        # The first fire locks every matched task (each has its first occurrence there), in id
+        # order, so this never deadlocks with a fire batch or another consumer; the later ones
+        # hold a subset of those locks already.
         for occurrences in _rounds(fresh, matched):
             pending: list[Any] = connection.run_on_commit  # (savepoint ids, callback, robust)
             start = len(pending)
