@@ -216,8 +216,9 @@ def _loaded(model: type[Any], alias: str, connection: Any, values: Sequence[Any]
     fields = model._meta.concrete_fields
     converted = []
     for field, value in zip(fields, values, strict=True):
-        for converter in connection.ops.get_db_converters(field) + field.get_db_converters(connection):
-            value = converter(value, field, connection)
+        column = field.cached_col  # the backend's converters take an expression (SQLite's read its output_field)
+        for converter in connection.ops.get_db_converters(column) + column.get_db_converters(connection):
+            value = converter(value, column, connection)
         converted.append(value)
     return model.from_db(alias, [f.attname for f in fields], converted)
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
-from django.db import DatabaseError, InterfaceError, OperationalError, transaction
+from django.db import DatabaseError, InterfaceError, OperationalError, connection, transaction
 from django.utils import timezone
 
 from ordinaut_site import logs
@@ -37,44 +37,67 @@ from .attempts import (
 from .fanout import fan_out
 from .models import Run, StepRun
 from .selectors import run_get_for_step
-from .services import After
+from .services import After, Claim
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["RETRY_JITTER_RATIO", "Next", "Outcome", "RetryIn", "RetryPolicy", "retry_delay_s", "step_execute"]
 
 
-def step_execute(*, run_id: str, index: int, claim_id: str) -> Outcome:
-    """Run step `index` of a run, at most once to success per step (record-level idempotency)."""
-    run = run_get_for_step(run_id=run_id)
+def step_execute(*, run_id: str, index: int, claim_id: str, timeout_s: float | None = None) -> Outcome:
+    """Run step `index` of a run, at most once to success per step (record-level idempotency).
+    `timeout_s`: the step's timeout as its message carries it (its soft time limit); with it, on
+    PostgreSQL, the run is loaded by the statement that claims the step."""
+    claimed: Claim | None = None
+    tried = timeout_s is not None and connection.vendor == "postgresql"
+    if tried:
+        assert timeout_s is not None
+        loaded = run_services.step_claim_loaded(run_id=run_id, index=index, claim_id=claim_id, timeout_s=timeout_s)
+        run, claimed = loaded if loaded is not None else (None, None)
+    else:
+        run = run_get_for_step(run_id=run_id)
     if run is None:
         logger.warning("step job for a run that does not exist", extra={"run": run_id, "step": index})
         return Next.STOP
     with logs.bind(run=run.pk, task=run.task_id, step=index):
-        return _step_execute(run, index, claim_id)
+        return _step_execute(run, index, claim_id, claimed, tried=tried and claimed is None)
 
 
-def _step_execute(run: Run, index: int, claim_id: str) -> Outcome:
-    if run.status == Run.Status.SCHEDULED and index == 0 and not run_services.run_due(run=run):
-        # Dispatched ahead of its instant and, now that it came, not to run (skipped, or held
-        # for its turn: released later with a message of its own).
-        logger.info("scheduled run not started: %s", run.skip_reason or "held for its turn")
-        return Next.STOP
+def _step_execute(run: Run, index: int, claim_id: str, claimed: Claim | None = None, *, tried: bool = False) -> Outcome:
+    """`claimed`: the claim step_execute already made (the run is then running). `tried`: it
+    tried and got none; run.status is what the run was then."""
+    if claimed is not None:
+        return _claimed(run, index, claimed, starting=claimed.started_run)
+    if run.status == Run.Status.SCHEDULED and index == 0:
+        if not run_services.run_due(run=run):
+            # Dispatched ahead of its instant and, now that it came, not to run (skipped, or
+            # held for its turn: released later with a message of its own).
+            logger.info("scheduled run not started: %s", run.skip_reason or "held for its turn")
+            return Next.STOP
+        tried = False  # it was scheduled when step_execute tried; now it is queued: claim it
     if run.status not in (Run.Status.QUEUED, Run.Status.RUNNING):
         logger.info("run is %s; step %s not started", run.status, index)
         return Next.STOP
     if index >= len(run.pipeline):
         return Next.STOP
-    step = Step.of(run.pipeline, index)
+    if tried:
+        # The claim step_execute tried saw the run queued or running: the step is another's, or done.
+        return _after_redelivery(run, index)
     timeout_s = run_services.step_timeout_s(task=run.task, step=run.pipeline[index])
-
     # The claim also starts a queued run (queued -> running), in the same transaction.
     starting = run.status == Run.Status.QUEUED
     claim = run_services.step_claim(run=run, index=index, claim_id=claim_id, timeout_s=timeout_s)
     if claim is None:
         return _after_redelivery(run, index)
-    if starting and run.status == Run.Status.RUNNING:
+    return _claimed(run, index, claim, starting=starting and run.status == Run.Status.RUNNING)
+
+
+def _claimed(run: Run, index: int, claim: Claim, *, starting: bool) -> Outcome:
+    """The step is this message's: execute it and record how the attempt ended."""
+    if starting:
         run_metrics.run_started(run)
+    step = Step.of(run.pipeline, index)
+    timeout_s = run_services.step_timeout_s(task=run.task, step=run.pipeline[index])
     record = claim.step
     attempt = Attempt(record, claim.at)
     policy = retry_policy(task=run.task, step=step)

@@ -28,7 +28,16 @@ DB_CONNECTION_ERRORS = (OperationalError, InterfaceError)
     retry_backoff_max=60,
 )
 def run_step_job(self: Any, run_id: str, index: int) -> None:
-    _follow(self, step_execute(run_id=run_id, index=index, claim_id=self.request.id or ""))
+    outcome = step_execute(run_id=run_id, index=index, claim_id=self.request.id or "", timeout_s=_soft_limit(self))
+    _follow(self, outcome)
+
+
+def _soft_limit(job: Any) -> float | None:
+    """The step's timeout as its message carries it (run_dispatch sends each step with it as the
+    soft time limit; a retry keeps it); None when it has none."""
+    limits = job.request.timelimit or (None, None)
+    soft = limits[1] if len(limits) > 1 else None
+    return float(soft) if isinstance(soft, int | float) and soft > 0 else None
 
 
 # An item job is a link of one lane (a chain) of a foreach step's items; the same rules.

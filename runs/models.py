@@ -34,7 +34,9 @@ class Run(models.Model):
     NOT_DONE = (Status.SCHEDULED, *ACTIVE)
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    task = models.ForeignKey("tasks.Task", on_delete=models.PROTECT, related_name="runs")
+    # No index of its own: (task, trigger_key) and (task, -created_at) lead with it, and every
+    # index is one more write on each of the run's updates (one per step).
+    task = models.ForeignKey("tasks.Task", on_delete=models.PROTECT, related_name="runs", db_index=False)
     trigger = models.CharField(max_length=10, choices=Trigger.choices)
     # The occurrence this run is for; unique per task so no occurrence runs twice.
     trigger_key = models.CharField(max_length=300)
@@ -50,7 +52,10 @@ class Run(models.Model):
     pipeline = models.JSONField(default=list, blank=True, help_text="The steps as they were when the run began.")
     error = models.JSONField(null=True, blank=True, help_text="{code, message, step_id}")
     result = models.JSONField(null=True, blank=True)
-    replay_of = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="replays")
+    # Indexed only where set (Meta): most runs are not replays.
+    replay_of = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="replays", db_index=False
+    )
     jitter_seconds = models.FloatField(default=0)
 
     # Progress bookkeeping for the engine and the recovery sweeper.
@@ -81,6 +86,7 @@ class Run(models.Model):
         indexes = [
             models.Index(fields=["task", "-created_at"]),
             models.Index(fields=["status", "deadline_at"]),
+            models.Index(fields=["replay_of"], name="run_replay_of", condition=Q(replay_of__isnull=False)),
             models.Index(fields=["-created_at"]),
         ]
 
@@ -104,7 +110,8 @@ class StepRun(models.Model):
 
     DONE = (Status.SUCCEEDED, Status.FAILED, Status.SKIPPED)
 
-    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="steps")
+    # No index of its own: the unique (run, index) leads with it.
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="steps", db_index=False)
     index = models.PositiveSmallIntegerField()
     step_id = models.CharField(max_length=100)
     uses = models.CharField(max_length=200)

@@ -48,6 +48,7 @@ from .state import (
 from .steps import (
     Claim,
     step_claim,
+    step_claim_loaded,
     step_fail,
     step_failed,
     step_get,
@@ -108,6 +109,7 @@ __all__ = [
     "runs_record_skipped",
     "runs_sweep",
     "step_claim",
+    "step_claim_loaded",
     "step_fail",
     "step_failed",
     "step_get",

@@ -8,12 +8,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import psycopg
 from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
 from ..models import Run, StepRun
-from ..selectors import model_from_columns
+from ..selectors import STEP_ROW_COLUMNS, STEP_ROW_SELECT, model_from_columns, run_from_step_row
 from .deadlines import logical_now, running_deadline, step_timeout_s
 from .state import After, after_terminal, is_last_step, run_after_step, run_extend_deadline, run_mark_running
 
@@ -26,6 +27,8 @@ class Claim:
 
     step: StepRun
     at: datetime
+    # This claim started its run (queued -> running); step_claim_loaded says, step_claim's caller sees.
+    started_run: bool = False
 
 
 def step_claim(*, run: Run, index: int, claim_id: str, timeout_s: float) -> Claim | None:
@@ -44,40 +47,6 @@ def step_claim(*, run: Run, index: int, claim_id: str, timeout_s: float) -> Clai
     return None if step is None else Claim(step, now)
 
 
-# On PostgreSQL the claim is one statement: the conditional UPDATEs of the step and of the run in
-# data-modifying CTEs, the claimed row returned. One round trip and one commit instead of six and
-# two: the claim is the largest part of what each step pays the database.
-_CLAIM_SQL = """
-WITH claimed AS (
-    UPDATE runs_steprun
-       SET status = 'running',
-           claim_id = %(claim_id)s,
-           attempts = CASE WHEN resume_at IS NULL THEN attempts + 1 ELSE attempts END,
-           attempt_history = CASE WHEN resume_at IS NULL
-                                  THEN attempt_history || jsonb_build_array(jsonb_build_object(
-                                       'attempt', attempts + 1, 'started_at', %(now_text)s::text,
-                                       'outcome', 'running'))
-                                  ELSE attempt_history END,
-           started_at = COALESCE(started_at, %(now)s)
-     WHERE run_id = %(run_id)s AND index = %(index)s
-       AND (status = 'pending' OR (status = 'running' AND claim_id = %(claim_id)s))
-       AND EXISTS (SELECT 1 FROM runs_run WHERE id = %(run_id)s AND status IN ('queued', 'running'))
- RETURNING id, run_id, index, step_id, uses, status, attempts, input, claim_id, attempt_history,
-           resume_at, started_at
-), progressed AS (
-    UPDATE runs_run
-       SET current_step = %(index)s,
-           deadline_at = %(deadline)s,
-           status = 'running',
-           started_at = COALESCE(started_at, %(now)s),
-           context = CASE WHEN context->>'now' IS NULL
-                          THEN jsonb_set(context, '{now}', to_jsonb(%(now_local)s::text))
-                          ELSE context END
-     WHERE id = %(run_id)s AND status IN ('queued', 'running') AND EXISTS (SELECT 1 FROM claimed)
- RETURNING status, started_at, context
-)
-SELECT claimed.*, progressed.* FROM claimed LEFT JOIN progressed ON true
-"""
 _CLAIM_COLUMNS = (
     "id",
     "run_id",
@@ -92,6 +61,85 @@ _CLAIM_COLUMNS = (
     "resume_at",
     "started_at",
 )
+# pending -> running for this message (or this message's own running step, resumed), while the run
+# is queued or running and the step before it is done: the first part of both claim statements
+# below. (A step's success does not wait for the disk, see step_succeed: the next step's claim is
+# what keeps a chain from going on past a success a database crash lost.)
+_CLAIMED_CTE = f"""
+claimed AS (
+    UPDATE runs_steprun
+       SET status = 'running',
+           claim_id = %(claim_id)s,
+           attempts = CASE WHEN resume_at IS NULL THEN attempts + 1 ELSE attempts END,
+           attempt_history = CASE WHEN resume_at IS NULL
+                                  THEN attempt_history || jsonb_build_array(jsonb_build_object(
+                                       'attempt', attempts + 1, 'started_at', %(now_text)s::text,
+                                       'outcome', 'running'))
+                                  ELSE attempt_history END,
+           started_at = COALESCE(started_at, %(now)s)
+     WHERE run_id = %(run_id)s AND index = %(index)s
+       AND (status = 'pending' OR (status = 'running' AND claim_id = %(claim_id)s))
+       AND EXISTS (SELECT 1 FROM runs_run WHERE id = %(run_id)s AND status IN ('queued', 'running'))
+       AND (%(index)s = 0 OR EXISTS (SELECT 1 FROM runs_steprun prior
+                                      WHERE prior.run_id = %(run_id)s AND prior.index = %(index)s - 1
+                                        AND prior.status IN ('succeeded', 'failed', 'skipped')))
+ RETURNING {", ".join(_CLAIM_COLUMNS)}
+)"""  # noqa: S608 - constant column names, values are parameters
+# On PostgreSQL the claim is one statement: the conditional UPDATEs of the step and of the run in
+# data-modifying CTEs, the claimed row returned. One round trip and one commit instead of six and
+# two: the claim is the largest part of what each step pays the database.
+_CLAIM_SQL = f"""
+WITH {_CLAIMED_CTE}, progressed AS (
+    UPDATE runs_run
+       SET current_step = %(index)s,
+           deadline_at = %(deadline)s,
+           status = 'running',
+           started_at = COALESCE(started_at, %(now)s),
+           context = CASE WHEN context->>'now' IS NULL
+                          THEN jsonb_set(context, '{{now}}', to_jsonb(%(now_local)s::text))
+                          ELSE context END
+     WHERE id = %(run_id)s AND status IN ('queued', 'running') AND EXISTS (SELECT 1 FROM claimed)
+ RETURNING status, started_at, context
+)
+SELECT claimed.*, progressed.* FROM claimed LEFT JOIN progressed ON true
+"""  # noqa: S608 - constant column names, values are parameters
+
+
+# Two of a step's writes are not worth a wait for the disk (a WAL flush, milliseconds on most disks,
+# each time): their commits do not wait for it (synchronous_commit off for that statement), and
+# the next write that does wait (a run's end, a failure, a run's creation) flushes them too.
+# - The claim. One lost with a database crash leaves the step as it was before, which its job,
+#   still holding its message, claims again when it retries on the lost connection: what a kept
+#   claim would have led to as well.
+# - The success of a step that is not the last. One lost with a crash leaves the step running (or
+#   pending); the next step's message, already sent, finds the step before it not done and does
+#   not claim (_CLAIMED_CTE), so the chain stops there, and the sweeper re-runs the step at the
+#   run's deadline (a tool call that may run twice, as with a lost worker). A run's end (success or
+#   failure) waits for the flush: what follows it (a held run released, an event emitted, the
+#   API's answer) must not be undone.
+# Visibility is not affected: other sessions see an asynchronous commit at once. In one
+# simple-protocol query string, SET LOCAL holds for that statement's implicit transaction alone.
+# Only in autocommit (inside a transaction it would hold for everything else there) and with
+# client-side binding (Django's default for psycopg), which sends the query string as it is.
+_COMMIT_ASYNC = "SET LOCAL synchronous_commit = off;\n"
+
+
+def execute_commit_async(cursor: Any, sql: str, params: Any) -> None:
+    """Execute one statement whose commit does not wait for the WAL flush when it can (in
+    autocommit, with client-side binding); the cursor is then at that statement's result."""
+    if not connection.in_atomic_block and isinstance(cursor.cursor, psycopg.ClientCursor):
+        cursor.execute(_COMMIT_ASYNC + sql, params)
+        cursor.nextset()  # past the SET's result
+    else:
+        cursor.execute(sql, params)
+
+
+def claim_fetch(sql: str, params: dict[str, Any]) -> tuple[Any, ...] | None:
+    """Execute a claim statement (its commit not waiting for the flush) and return its one row."""
+    with connection.cursor() as cursor:
+        execute_commit_async(cursor, sql, params)
+        row: tuple[Any, ...] | None = cursor.fetchone()
+    return row
 
 
 def _step_claim_one_statement(
@@ -106,10 +154,75 @@ def _step_claim_one_statement(
         "now_local": logical_now(run.task, now),
         "now_text": now.isoformat(),
     }
-    with connection.cursor() as cursor:
-        cursor.execute(_CLAIM_SQL, params)
-        row = cursor.fetchone()
+    row = claim_fetch(_CLAIM_SQL, params)
+    return None if row is None else _claimed_step(run, row)
+
+
+# The claim of a step job whose message carries the step's timeout, in the same statement as the
+# load of its run and task (the first thing a step job would otherwise do, a round trip of its
+# own): the claim above, with the run's logical `now` computed in SQL from the task's timezone as
+# logical_now() writes it (ISO 8601, to the second, with the offset), then the run and task rows
+# as the statement's snapshot saw them (before the claim) and the claimed step, if any. The run
+# is returned even when the claim fails (another message owns the step, the run is scheduled or
+# finished), for the engine to decide what that means.
+_CLAIM_LOAD_SQL = f"""
+WITH {_CLAIMED_CTE}, progressed AS (
+    UPDATE runs_run
+       SET current_step = %(index)s,
+           deadline_at = %(deadline)s,
+           status = 'running',
+           started_at = COALESCE(runs_run.started_at, %(now)s),
+           context = CASE WHEN runs_run.context->>'now' IS NULL
+                          THEN jsonb_set(runs_run.context, '{{now}}', to_jsonb(local.now_text))
+                          ELSE runs_run.context END
+      FROM tasks_task t,
+           LATERAL (SELECT to_char(date_trunc('second', at_local), 'YYYY-MM-DD"T"HH24:MI:SS')
+                           || CASE WHEN offset_ < interval '0' THEN '-' ELSE '+' END
+                           || to_char(CASE WHEN offset_ < interval '0' THEN -offset_ ELSE offset_ END, 'HH24:MI')
+                           AS now_text
+                      FROM (SELECT %(now)s::timestamptz AT TIME ZONE t.timezone AS at_local,
+                                   (%(now)s::timestamptz AT TIME ZONE t.timezone)
+                                   - (%(now)s::timestamptz AT TIME ZONE 'UTC') AS offset_) parts) local
+     WHERE runs_run.id = %(run_id)s AND t.id = runs_run.task_id
+       AND runs_run.status IN ('queued', 'running') AND EXISTS (SELECT 1 FROM claimed)
+ RETURNING runs_run.status, runs_run.started_at, runs_run.context
+)
+SELECT {STEP_ROW_SELECT}, claimed.*, progressed.*
+  FROM runs_run r JOIN tasks_task t ON t.id = r.task_id
+  LEFT JOIN claimed ON true LEFT JOIN progressed ON true
+ WHERE r.id = %(run_id)s
+"""  # noqa: S608 - constant column names, values are parameters
+
+
+def step_claim_loaded(*, run_id: str, index: int, claim_id: str, timeout_s: float) -> tuple[Run, Claim | None] | None:
+    """On PostgreSQL, for a step job whose message carries its step's timeout: the step claim of
+    step_claim() and the load of the run with its task (run_get_for_step) in one statement. None
+    when the run does not exist; else the run, following the claim, and the claim (None when
+    step_claim would have returned None)."""
+    now = timezone.now()
+    params: dict[str, Any] = {
+        "claim_id": claim_id,
+        "now": now,
+        "run_id": run_id,
+        "index": index,
+        "deadline": running_deadline(now, timeout_s),
+        "now_text": now.isoformat(),
+    }
+    row = claim_fetch(_CLAIM_LOAD_SQL, params)
     if row is None:
+        return None
+    run = run_from_step_row(row)
+    was_queued = run.status == Run.Status.QUEUED
+    step = _claimed_step(run, row[STEP_ROW_COLUMNS:])
+    if step is None:
+        return run, None
+    return run, Claim(step, now, started_run=was_queued and run.status == Run.Status.RUNNING)
+
+
+def _claimed_step(run: Run, row: tuple[Any, ...]) -> StepRun | None:
+    """The step from the columns a claim statement returns (claimed's, then progressed's), the
+    in-memory run following its own update; None when nothing was claimed."""
+    if row[0] is None:
         return None
     values = dict(zip(_CLAIM_COLUMNS, row[: len(_CLAIM_COLUMNS)], strict=True))
     for name in ("input", "attempt_history"):  # jsonb arrives as text, as for the ORM's JSONField
@@ -136,6 +249,8 @@ def _step_claim_orm(*, run: Run, index: int, claim_id: str, now: datetime, deadl
         mine = step.status == StepRun.Status.RUNNING and step.claim_id == claim_id
         if step.status != StepRun.Status.PENDING and not mine:
             return None
+        if index > 0 and not StepRun.objects.filter(run_id=run.pk, index=index - 1, status__in=StepRun.DONE).exists():
+            return None  # the step before it is not done (as the PostgreSQL claim checks)
         if step.resume_at is None:
             step.attempts += 1
             step.attempt_history = [*(step.attempt_history or []), attempt_started(step.attempts, now)]
@@ -243,7 +358,7 @@ def step_succeed(
             step.claim_id,
         ]
         with connection.cursor() as cursor:
-            cursor.execute(_SUCCEED_SQL, params)
+            execute_commit_async(cursor, _SUCCEED_SQL, params)
             return bool(cursor.rowcount)
     with transaction.atomic():
         won = bool(
