@@ -15,7 +15,7 @@ from django.utils import timezone
 
 from ..models import Run, StepRun
 from ..selectors import STEP_ROW_COLUMNS, STEP_ROW_SELECT, model_from_columns, run_from_step_row
-from .deadlines import logical_now, running_deadline, step_timeout_s
+from .deadlines import running_deadline, step_timeout_s
 from .state import After, after_terminal, is_last_step, run_after_step, run_extend_deadline, run_mark_running
 
 # --- Step transitions --------------------------------------------------------------------------
@@ -85,22 +85,36 @@ claimed AS (
                                         AND prior.status IN ('succeeded', 'failed', 'skipped')))
  RETURNING {", ".join(_CLAIM_COLUMNS)}
 )"""  # noqa: S608 - constant column names, values are parameters
-# On PostgreSQL the claim is one statement: the conditional UPDATEs of the step and of the run in
-# data-modifying CTEs, the claimed row returned. One round trip and one commit instead of six and
-# two: the claim is the largest part of what each step pays the database.
-_CLAIM_SQL = f"""
-WITH {_CLAIMED_CTE}, progressed AS (
+# The run's side of a claim: it records its progress (current step, deadline) and starts if it was
+# queued, its logical `now` computed in SQL from the task's timezone as logical_now() writes it (ISO
+# 8601, to the second, with the offset) when it had none.
+_PROGRESSED_CTE = """
+progressed AS (
     UPDATE runs_run
        SET current_step = %(index)s,
            deadline_at = %(deadline)s,
            status = 'running',
-           started_at = COALESCE(started_at, %(now)s),
-           context = CASE WHEN context->>'now' IS NULL
-                          THEN jsonb_set(context, '{{now}}', to_jsonb(%(now_local)s::text))
-                          ELSE context END
-     WHERE id = %(run_id)s AND status IN ('queued', 'running') AND EXISTS (SELECT 1 FROM claimed)
- RETURNING status, started_at, context
-)
+           started_at = COALESCE(runs_run.started_at, %(now)s),
+           context = CASE WHEN runs_run.context->>'now' IS NULL
+                          THEN jsonb_set(runs_run.context, '{now}', to_jsonb(local.now_text))
+                          ELSE runs_run.context END
+      FROM tasks_task t,
+           LATERAL (SELECT to_char(date_trunc('second', at_local), 'YYYY-MM-DD"T"HH24:MI:SS')
+                           || CASE WHEN offset_ < interval '0' THEN '-' ELSE '+' END
+                           || to_char(CASE WHEN offset_ < interval '0' THEN -offset_ ELSE offset_ END, 'HH24:MI')
+                           AS now_text
+                      FROM (SELECT %(now)s::timestamptz AT TIME ZONE t.timezone AS at_local,
+                                   (%(now)s::timestamptz AT TIME ZONE t.timezone)
+                                   - (%(now)s::timestamptz AT TIME ZONE 'UTC') AS offset_) parts) local
+     WHERE runs_run.id = %(run_id)s AND t.id = runs_run.task_id
+       AND runs_run.status IN ('queued', 'running') AND EXISTS (SELECT 1 FROM claimed)
+ RETURNING runs_run.status, runs_run.started_at, runs_run.context
+)"""
+# On PostgreSQL the claim is one statement: the conditional UPDATEs of the step and of the run in
+# data-modifying CTEs, the claimed row returned. One round trip and one commit instead of six and
+# two: the claim is the largest part of what each step pays the database.
+_CLAIM_SQL = f"""
+WITH {_CLAIMED_CTE}, {_PROGRESSED_CTE}
 SELECT claimed.*, progressed.* FROM claimed LEFT JOIN progressed ON true
 """  # noqa: S608 - constant column names, values are parameters
 
@@ -142,51 +156,32 @@ def claim_fetch(sql: str, params: dict[str, Any]) -> tuple[Any, ...] | None:
     return row
 
 
+def _claim_params(*, run_id: Any, index: int, claim_id: str, now: datetime, deadline: datetime) -> dict[str, Any]:
+    return {
+        "claim_id": claim_id,
+        "now": now,
+        "run_id": run_id,
+        "index": index,
+        "deadline": deadline,
+        "now_text": now.isoformat(),
+    }
+
+
 def _step_claim_one_statement(
     *, run: Run, index: int, claim_id: str, now: datetime, deadline: datetime
 ) -> StepRun | None:
-    params: dict[str, Any] = {
-        "claim_id": claim_id,
-        "now": now,
-        "run_id": run.pk,
-        "index": index,
-        "deadline": deadline,
-        "now_local": logical_now(run.task, now),
-        "now_text": now.isoformat(),
-    }
+    params = _claim_params(run_id=run.pk, index=index, claim_id=claim_id, now=now, deadline=deadline)
     row = claim_fetch(_CLAIM_SQL, params)
     return None if row is None else _claimed_step(run, row)
 
 
 # The claim of a step job whose message carries the step's timeout, in the same statement as the
 # load of its run and task (the first thing a step job would otherwise do, a round trip of its
-# own): the claim above, with the run's logical `now` computed in SQL from the task's timezone as
-# logical_now() writes it (ISO 8601, to the second, with the offset), then the run and task rows
-# as the statement's snapshot saw them (before the claim) and the claimed step, if any. The run
-# is returned even when the claim fails (another message owns the step, the run is scheduled or
-# finished), for the engine to decide what that means.
+# own): the claim above, then the run and task rows as the statement's snapshot saw them (before
+# the claim) and the claimed step, if any. The run is returned even when the claim fails (another
+# message owns the step, the run is scheduled or finished), for the engine to decide what that means.
 _CLAIM_LOAD_SQL = f"""
-WITH {_CLAIMED_CTE}, progressed AS (
-    UPDATE runs_run
-       SET current_step = %(index)s,
-           deadline_at = %(deadline)s,
-           status = 'running',
-           started_at = COALESCE(runs_run.started_at, %(now)s),
-           context = CASE WHEN runs_run.context->>'now' IS NULL
-                          THEN jsonb_set(runs_run.context, '{{now}}', to_jsonb(local.now_text))
-                          ELSE runs_run.context END
-      FROM tasks_task t,
-           LATERAL (SELECT to_char(date_trunc('second', at_local), 'YYYY-MM-DD"T"HH24:MI:SS')
-                           || CASE WHEN offset_ < interval '0' THEN '-' ELSE '+' END
-                           || to_char(CASE WHEN offset_ < interval '0' THEN -offset_ ELSE offset_ END, 'HH24:MI')
-                           AS now_text
-                      FROM (SELECT %(now)s::timestamptz AT TIME ZONE t.timezone AS at_local,
-                                   (%(now)s::timestamptz AT TIME ZONE t.timezone)
-                                   - (%(now)s::timestamptz AT TIME ZONE 'UTC') AS offset_) parts) local
-     WHERE runs_run.id = %(run_id)s AND t.id = runs_run.task_id
-       AND runs_run.status IN ('queued', 'running') AND EXISTS (SELECT 1 FROM claimed)
- RETURNING runs_run.status, runs_run.started_at, runs_run.context
-)
+WITH {_CLAIMED_CTE}, {_PROGRESSED_CTE}
 SELECT {STEP_ROW_SELECT}, claimed.*, progressed.*
   FROM runs_run r JOIN tasks_task t ON t.id = r.task_id
   LEFT JOIN claimed ON true LEFT JOIN progressed ON true
@@ -200,14 +195,9 @@ def step_claim_loaded(*, run_id: str, index: int, claim_id: str, timeout_s: floa
     when the run does not exist; else the run, following the claim, and the claim (None when
     step_claim would have returned None)."""
     now = timezone.now()
-    params: dict[str, Any] = {
-        "claim_id": claim_id,
-        "now": now,
-        "run_id": run_id,
-        "index": index,
-        "deadline": running_deadline(now, timeout_s),
-        "now_text": now.isoformat(),
-    }
+    params = _claim_params(
+        run_id=run_id, index=index, claim_id=claim_id, now=now, deadline=running_deadline(now, timeout_s)
+    )
     row = claim_fetch(_CLAIM_LOAD_SQL, params)
     if row is None:
         return None
