@@ -124,8 +124,10 @@ def runs_with_lost_claims(claim_ids: Collection[str]) -> list[uuid.UUID]:
 
 
 def _runs_with_lost_messages(steps: Collection[tuple[str, int]]) -> list[uuid.UUID]:
-    """Active runs whose step a dead worker had received the message for but never started (it
-    was prefetched, or waiting out a countdown): that step is still pending, nobody will send it."""
+    """Active runs whose chain a dead worker's job held and nobody will send on: the step it had
+    received the message for but never started (prefetched, or waiting out a countdown) is still
+    pending, or the step it ran is done and the next one pending (it died between recording the
+    step and publishing the next message). run_recover decides under the run's lock."""
     found = []
     for run_id, index in steps:
         try:
@@ -134,7 +136,7 @@ def _runs_with_lost_messages(steps: Collection[tuple[str, int]]) -> list[uuid.UU
             continue
         if StepRun.objects.filter(
             run_id=pk,
-            index=index,
+            index__in=[index, index + 1],
             status=StepRun.Status.PENDING,
             run__status__in=RECOVERABLE,
         ).exists():
@@ -176,7 +178,8 @@ def run_recover(
     running by a lost message goes back to pending, so the new message can claim it. With
     `lost_claims` (the jobs of a dead worker), the run is recovered before its deadline, but only
     while one of its running steps is still claimed by one of them, or while its first unfinished
-    step is one of `lost_steps` (run id, index) still pending: its message died unstarted."""
+    step is pending and it or the step before it is one of `lost_steps` (run id, index): its
+    message died unstarted, or the job before it died between recording its step and sending it."""
     now = now or timezone.now()
     with transaction.atomic():
         # SKIP LOCKED: two sweepers never handle the same run; the other one moves on.
@@ -225,7 +228,9 @@ def _holds_lost_claim(run: Run, lost_claims: Collection[str]) -> bool:
 
 
 def _waits_for_lost_message(run: Run, lost_steps: Collection[tuple[str, int]]) -> bool:
-    indexes = [index for run_id, index in lost_steps if run_id == str(run.pk)]
+    """Under the run's lock: its first unfinished step is pending and either its own message or the
+    job of the step before it (done, the next message never sent) was one of the dead worker's."""
+    indexes = {index for run_id, index in lost_steps if run_id == str(run.pk)}
     if not indexes:
         return False
     first = (
@@ -233,7 +238,11 @@ def _waits_for_lost_message(run: Run, lost_steps: Collection[tuple[str, int]]) -
         .order_by("index")
         .first()
     )
-    return first is not None and first.status == StepRun.Status.PENDING and first.index in indexes
+    return (
+        first is not None
+        and first.status == StepRun.Status.PENDING
+        and (first.index in indexes or first.index - 1 in indexes)
+    )
 
 
 def _finish_recovered(run: Run, steps: list[StepRun]) -> None:

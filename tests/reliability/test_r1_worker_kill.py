@@ -166,6 +166,16 @@ def test_r1_kill_a_worker_every_interval_under_load(
         "liveness": LIVENESS_ENV or {"heartbeat_s": 5, "dead_after_s": 20},
         "sweep_interval_s": float(SWEEP_ENV.get("ORDINAUT_SWEEP_INTERVAL_S", settings.ORDINAUT_SWEEP_INTERVAL_S)),
     }
+    # What an unfinished run was left with, for the report and the failure message.
+    summary["unfinished"] = [
+        {
+            "run": str(run.pk),
+            "status": run.status,
+            "deadline_at": run.deadline_at,
+            "steps": [(s.index, s.status, s.claim_id, s.attempts) for s in steps if s.run_id == run.pk],
+        }
+        for run in runs.exclude(status__in=Run.TERMINAL)[:5]
+    ]
     summary["goal_met"] = bool(
         summary["runs_lost"] == 0
         and statuses.get("succeeded", 0) == created
@@ -184,7 +194,9 @@ def test_r1_kill_a_worker_every_interval_under_load(
         f"re-run {summary['steps_re_run']} steps, {summary['recovery_after_kill_s']} s after their kill; "
         f"report {REPORT}"
     )
-    assert created - finished == 0, f"{created - finished} runs never finished: {dict(statuses)}"
+    assert created - finished == 0, (
+        f"{created - finished} runs never finished: {dict(statuses)}; {summary['unfinished']}"
+    )
     assert statuses.get("succeeded", 0) == created, dict(statuses)
     assert not succeeded_twice
     assert duplicates <= in_flight_total, f"{duplicates} duplicate calls, {in_flight_total} in flight at the kills"

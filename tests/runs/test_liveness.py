@@ -299,3 +299,35 @@ def test_a_foreach_item_claimed_by_a_dead_workers_job_makes_its_run_due_at_once(
     assert item.deadline_at <= timezone.now(), "due now: the re-claimed step sends it again"
     assert result["runs_recovered"] == 1, "its run was re-dispatched in the same sweep"
     assert [(d["run_id"], d["from_index"]) for d in dispatched] == [(run.pk, 0)]
+
+
+def test_a_run_whose_worker_died_between_a_step_and_sending_the_next_is_redispatched(
+    agent: Any,
+    incarnations: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    redis_client: redis.Redis,
+    dispatched: list[dict[str, Any]],
+    django_capture_on_commit_callbacks: Any,
+) -> None:
+    run = run_create(task=make_task(agent.agent, echo_pipeline(3)), trigger="manual")
+    dead = incarnations()
+    announce(dead)
+    as_worker(monkeypatch, dead)
+    # The pool child started step 0's job, recorded the step's success, and was killed before the
+    # chain sent step 1's message (and before task_postrun took the job off the in-flight list).
+    liveness._job_started(task_id="m0", args=[str(run.pk), 0], kwargs={})
+    assert step_execute(run_id=str(run.pk), index=0, claim_id="m0") is Next.CONTINUE
+    # Another run of the same worker whose next step is already running elsewhere is left alone.
+    busy = run_create(task=make_task(agent.agent, echo_pipeline(2)), trigger="manual")
+    liveness._job_started(task_id="b0", args=[str(busy.pk), 0], kwargs={})
+    step_execute(run_id=str(busy.pk), index=0, claim_id="b0")
+    services.step_claim(run=Run.objects.get(pk=busy.pk), index=1, claim_id="b1-elsewhere", timeout_s=300)
+    die(redis_client, dead)
+
+    with django_capture_on_commit_callbacks(execute=True):
+        assert lost_claims_recover() == 1
+
+    assert [(d["run_id"], d["from_index"]) for d in dispatched] == [(run.pk, 1)]
+    assert Run.objects.get(pk=run.pk).status == "running"
+    assert StepRun.objects.get(run=busy, index=1).claim_id == "b1-elsewhere"
+    assert not redis_client.exists(liveness.inflight_key(dead))
