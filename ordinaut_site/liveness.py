@@ -32,6 +32,7 @@ import contextlib
 import logging
 import os
 import threading
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -54,7 +55,10 @@ _FORGET_MINE = (
 _FORGET_DEAD = """
 if redis.call('exists', KEYS[2]) == 1 then return 0 end
 for i = 1, #ARGV - 1 do redis.call('hdel', KEYS[1], ARGV[i]) end
-if redis.call('hlen', KEYS[1]) == 0 then redis.call('srem', KEYS[3], ARGV[#ARGV]) end
+if redis.call('hlen', KEYS[1]) == 0 then
+  redis.call('srem', KEYS[3], ARGV[#ARGV])
+  redis.call('hdel', KEYS[4], ARGV[#ARGV])
+end
 return 1
 """
 
@@ -67,6 +71,12 @@ def _namespace() -> str:
 
 def registry_key() -> str:
     return f"{_namespace()}:workers"
+
+
+def beats_key() -> str:
+    """A hash: incarnation -> the time (its host's clock) of its last heartbeat. Kept after the
+    alive key expires, until the incarnation is forgotten: it dates a dead worker's end."""
+    return f"{_namespace()}:workers:beat"
 
 
 def alive_key(incarnation: str) -> str:
@@ -116,6 +126,7 @@ class Heartbeat(threading.Thread):
             pipe = client().pipeline(transaction=True)
             pipe.set(alive_key(self.incarnation), os.getpid(), px=int(self.ttl_s * 1000))
             pipe.sadd(registry_key(), self.incarnation)
+            pipe.hset(beats_key(), self.incarnation, repr(time.time()))
             pipe.execute()
             inflight_prune(self.incarnation)
             if self._warned:
@@ -225,6 +236,7 @@ def _farewell(**kwargs: Any) -> None:
         conn.delete(alive_key(_incarnation))
         if not left:
             conn.srem(registry_key(), _incarnation)
+            conn.hdel(beats_key(), _incarnation)
         logger.info("worker liveness: %s signed off (%s job(s) left in flight)", _incarnation, left)
 
 
@@ -280,6 +292,9 @@ class DeadWorker:
     task_ids: frozenset[str]
     # (run id, step index) of the step jobs among them.
     steps: frozenset[tuple[str, int]] = frozenset()
+    # Its last heartbeat (its host's clock, seconds since the epoch): it died (or stalled) between
+    # then and ORDINAUT_WORKER_DEAD_AFTER_S later. None when it never beat with this version.
+    last_beat: float | None = None
 
 
 def workers_dead(*, conn: redis.Redis | None = None) -> list[DeadWorker]:
@@ -297,15 +312,20 @@ def workers_dead(*, conn: redis.Redis | None = None) -> list[DeadWorker]:
         pipe.exists(alive_key(name))
     alive = pipe.execute()
     dead = [name for name, exists in zip(names, alive, strict=True) if not exists]
+    beats = dict(zip(dead, conn.hmget(beats_key(), dead), strict=True)) if dead else {}
     found = []
     for name in dead:
         entries: Any = conn.hgetall(inflight_key(name))
-        steps = set()
-        for value in entries.values():
-            parts = _text(value).split()
-            if len(parts) == 3 and parts[2].isdigit():
-                steps.add((parts[1], int(parts[2])))
-        found.append(DeadWorker(name, frozenset(_text(i) for i in entries), frozenset(steps)))
+        steps = {step for step in map(_step_of, entries.values()) if step is not None}
+        beat = beats[name]
+        found.append(
+            DeadWorker(
+                name,
+                frozenset(_text(i) for i in entries),
+                frozenset(steps),
+                last_beat=float(_text(beat)) if beat is not None else None,
+            )
+        )
     return found
 
 
@@ -320,9 +340,26 @@ def dead_worker_forget(dead: DeadWorker, *, conn: redis.Redis | None = None) -> 
     is empty; nothing when it is alive again (it came back: its late results are refused by the
     claim check, its new jobs stay listed). True when it was forgotten."""
     conn = conn or client()
-    keys = [inflight_key(dead.incarnation), alive_key(dead.incarnation), registry_key()]
+    keys = [inflight_key(dead.incarnation), alive_key(dead.incarnation), registry_key(), beats_key()]
     return bool(conn.eval(_FORGET_DEAD, len(keys), *keys, *sorted(dead.task_ids), dead.incarnation))
 
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def steps_listed() -> set[tuple[str, int]]:
+    """(run id, step index) of every step job some registered worker lists as in flight (running,
+    prefetched, or waiting out a countdown)."""
+    conn = client()
+    names = sorted(_text(name) for name in conn.smembers(registry_key()))  # type: ignore[union-attr]
+    pipe = conn.pipeline(transaction=False)
+    for name in names:
+        pipe.hvals(inflight_key(name))
+    return {step for values in pipe.execute() for step in map(_step_of, values) if step is not None}
+
+
+def _step_of(value: Any) -> tuple[str, int] | None:
+    """The (run id, step index) an in-flight entry names (see _entry), if any."""
+    parts = _text(value).split()
+    return (parts[1], int(parts[2])) if len(parts) == 3 and parts[2].isdigit() else None

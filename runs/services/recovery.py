@@ -7,12 +7,13 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Collection
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import redis
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Exists, F, OuterRef
 from django.utils import timezone
 
 from ordinaut_site import liveness
@@ -101,11 +102,75 @@ def lost_claims_recover(*, now: datetime | None = None) -> int:
             # are not looked at again: such a run skipped here is left to its deadline.)
             if runs and runs_with_lost_claims(worker.task_ids):
                 continue
+        if worker.last_beat is not None:
+            recovered += _recover_unsent(worker, now=now)
         try:
             liveness.dead_worker_forget(worker)
         except redis.RedisError as exc:
             logger.warning("sweeper: cannot forget dead worker %s (%s)", worker.incarnation, exc)
     return recovered
+
+
+# How far a host's clock may be off the clock of the host that wrote a step's finished_at.
+CLOCK_MARGIN_S = 2.0
+# Runs looked at per dead worker for a next message it may have taken with it.
+UNSENT_BATCH = 5000
+
+
+def _recover_unsent(worker: liveness.DeadWorker, *, now: datetime) -> int:
+    """Runs whose next step's message a worker may have taken with it as it died, unlisted: Redis
+    hands a message to a consumer's BRPOP before kombu records it anywhere, so one that reaches a
+    worker in the instant it dies is gone without a trace (and one taken a moment before
+    task_received listed it waits out the visibility timeout). What is left is a running run whose
+    step finished, while the worker was dying, and whose next step is pending, claimed by no one,
+    sent to no worker that lists it. Re-dispatched from that step now instead of at the run's
+    deadline (the step's timeout plus ORDINAUT_RUNNING_GRACE_S): the message may in fact be in the
+    queue still, and the claim lets only one of the two run the step."""
+    assert worker.last_beat is not None
+    last = datetime.fromtimestamp(worker.last_beat, tz=UTC)
+    window = (
+        last - timedelta(seconds=CLOCK_MARGIN_S),
+        last + timedelta(seconds=settings.ORDINAUT_WORKER_DEAD_AFTER_S + CLOCK_MARGIN_S),
+    )
+    candidates = runs_with_unsent_next(since=window[0], until=window[1])
+    if not candidates:
+        return 0
+    try:
+        listed = liveness.steps_listed()
+    except redis.RedisError:
+        return 0  # the next pass (the worker is forgotten only after this one)
+    recovered = 0
+    for run_id, index in candidates:
+        if (str(run_id), index) not in listed:
+            recovered += run_recover(run_id=run_id, now=now, lost_claims=(), unsent_between=window)
+    if recovered:
+        logger.warning(
+            "worker %s is dead: %d run(s) whose next step it may have taken unlisted re-dispatched",
+            worker.incarnation,
+            recovered,
+        )
+    return recovered
+
+
+def runs_with_unsent_next(*, since: datetime, until: datetime) -> list[tuple[uuid.UUID, int]]:
+    """(run id, next index) of running runs whose current step finished between `since` and
+    `until` and whose next step is pending: a chain whose next message is in the queue, or lost."""
+    finished = StepRun.objects.filter(
+        run_id=OuterRef("pk"),
+        index=OuterRef("current_step"),
+        status__in=StepRun.DONE,
+        finished_at__range=(since, until),
+    )
+    waiting = StepRun.objects.filter(
+        run_id=OuterRef("pk"), index=OuterRef("current_step") + 1, status=StepRun.Status.PENDING
+    )
+    rows = (
+        Run.objects.filter(status=Run.Status.RUNNING)
+        .filter(Exists(finished), Exists(waiting))
+        .annotate(next_index=F("current_step") + 1)
+        .values_list("pk", "next_index")[:UNSENT_BATCH]
+    )
+    return [(pk, int(index)) for pk, index in rows]
 
 
 def runs_with_lost_claims(claim_ids: Collection[str]) -> list[uuid.UUID]:
@@ -173,13 +238,16 @@ def run_recover(
     now: datetime | None = None,
     lost_claims: Collection[str] | None = None,
     lost_steps: Collection[tuple[str, int]] = (),
+    unsent_between: tuple[datetime, datetime] | None = None,
 ) -> bool:
     """Re-dispatch a run stuck past its deadline from its first unfinished step. A step left
     running by a lost message goes back to pending, so the new message can claim it. With
     `lost_claims` (the jobs of a dead worker), the run is recovered before its deadline, but only
     while one of its running steps is still claimed by one of them, or while its first unfinished
     step is pending and it or the step before it is one of `lost_steps` (run id, index): its
-    message died unstarted, or the job before it died between recording its step and sending it."""
+    message died unstarted, or the job before it died between recording its step and sending it;
+    or, with `unsent_between`, while its first unfinished step is pending and the one before it
+    finished in that window (its message may have died with a worker unlisted)."""
     now = now or timezone.now()
     with transaction.atomic():
         # SKIP LOCKED: two sweepers never handle the same run; the other one moves on.
@@ -190,7 +258,9 @@ def run_recover(
         if run is None:
             return False
         if lost_claims is not None and not (
-            _holds_lost_claim(run, lost_claims) or _waits_for_lost_message(run, lost_steps)
+            _holds_lost_claim(run, lost_claims)
+            or _waits_for_lost_message(run, lost_steps)
+            or (unsent_between is not None and _waits_since(run, unsent_between))
         ):
             return False
         # The conditional update is the claim where SKIP LOCKED is not available (SQLite).
@@ -243,6 +313,21 @@ def _waits_for_lost_message(run: Run, lost_steps: Collection[tuple[str, int]]) -
         and first.status == StepRun.Status.PENDING
         and (first.index in indexes or first.index - 1 in indexes)
     )
+
+
+def _waits_since(run: Run, window: tuple[datetime, datetime]) -> bool:
+    """Under the run's lock: its first unfinished step is pending and the one before it finished
+    within `window`."""
+    first = (
+        StepRun.objects.filter(run=run, status__in=[StepRun.Status.PENDING, StepRun.Status.RUNNING])
+        .order_by("index")
+        .first()
+    )
+    if first is None or first.status != StepRun.Status.PENDING or first.index == 0:
+        return False
+    return StepRun.objects.filter(
+        run=run, index=first.index - 1, status__in=StepRun.DONE, finished_at__range=window
+    ).exists()
 
 
 def _finish_recovered(run: Run, steps: list[StepRun]) -> None:

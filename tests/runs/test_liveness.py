@@ -47,6 +47,7 @@ def incarnations(redis_client: redis.Redis, settings: Any) -> Iterator[Any]:
     for name in made:
         redis_client.delete(liveness.alive_key(name), liveness.inflight_key(name))
         redis_client.srem(liveness.registry_key(), name)
+        redis_client.hdel(liveness.beats_key(), name)
 
 
 def announce(name: str, *, ttl_s: float = 60) -> liveness.Heartbeat:
@@ -331,3 +332,44 @@ def test_a_run_whose_worker_died_between_a_step_and_sending_the_next_is_redispat
     assert Run.objects.get(pk=run.pk).status == "running"
     assert StepRun.objects.get(run=busy, index=1).claim_id == "b1-elsewhere"
     assert not redis_client.exists(liveness.inflight_key(dead))
+
+
+def test_a_next_message_a_dying_worker_took_unlisted_is_sent_again(
+    agent: Any,
+    incarnations: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    redis_client: redis.Redis,
+    dispatched: list[dict[str, Any]],
+    django_capture_on_commit_callbacks: Any,
+) -> None:
+    from datetime import timedelta
+
+    # Step 0 finished on some live worker, which sent step 1's message; Redis handed it to the
+    # BRPOP of a worker that died in that instant, before kombu or task_received recorded it.
+    lost = run_create(task=make_task(agent.agent, echo_pipeline(3)), trigger="manual")
+    assert step_execute(run_id=str(lost.pk), index=0, claim_id="m0") is Next.CONTINUE
+    # Also finished in the dying worker's last moments, but its next message is held by a live worker.
+    held = run_create(task=make_task(agent.agent, echo_pipeline(2)), trigger="manual")
+    step_execute(run_id=str(held.pk), index=0, claim_id="h0")
+    live = incarnations()
+    announce(live)
+    redis_client.hset(liveness.inflight_key(live), "h1", f"{os.getpid()} {held.pk} 1")
+    # Its step finished long before the worker died: its next message is somewhere else.
+    old = run_create(task=make_task(agent.agent, echo_pipeline(2)), trigger="manual")
+    step_execute(run_id=str(old.pk), index=0, claim_id="o0")
+    StepRun.objects.filter(run=old, index=0).update(finished_at=timezone.now() - timedelta(minutes=5))
+    dead = incarnations()
+    announce(dead)  # its last heartbeat: now
+    die(redis_client, dead)
+    [found] = [w for w in liveness.workers_dead() if w.incarnation == dead]
+    assert found.task_ids == frozenset()
+    assert found.last_beat is not None
+
+    with django_capture_on_commit_callbacks(execute=True):
+        assert lost_claims_recover() == 1
+
+    assert [(d["run_id"], d["from_index"]) for d in dispatched] == [(lost.pk, 1)]
+    assert not redis_client.sismember(liveness.registry_key(), dead), "forgotten"
+    assert not redis_client.hexists(liveness.beats_key(), dead)
+    # A second pass does not send it again: the worker is forgotten.
+    assert lost_claims_recover() == 0
