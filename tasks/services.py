@@ -114,8 +114,9 @@ def task_create(*, owner: Agent, actor: Actor, fields: dict[str, Any]) -> Task:
     _clean(task, now)
     _reset_cursor(task, now)
     with transaction.atomic():
-        task.save()
+        # The beat rows first: the task's INSERT then carries its periodic_task (no UPDATE after it).
         beat_rows_sync(task)
+        task.save(force_insert=True)
         audit_record(
             actor=actor,
             action="task.create",

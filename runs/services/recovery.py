@@ -125,12 +125,17 @@ def _recover_unsent(worker: liveness.DeadWorker, *, now: datetime) -> int:
     step finished, while the worker was dying, and whose next step is pending, claimed by no one,
     sent to no worker that lists it. Re-dispatched from that step now instead of at the run's
     deadline (the step's timeout plus ORDINAUT_RUNNING_GRACE_S): the message may in fact be in the
-    queue still, and the claim lets only one of the two run the step."""
+    queue still, and the claim lets only one of the two run the step. A worker that dies behind a
+    backlog pops an older message, whose step finished before this window: that run waits for its
+    deadline, as before."""
     assert worker.last_beat is not None
     last = datetime.fromtimestamp(worker.last_beat, tz=UTC)
+    # It died after its last beat, most likely before the one after (two heartbeats of slack for a
+    # beat that came late), and certainly before its alive key expired.
+    died_within = min(settings.ORDINAUT_WORKER_DEAD_AFTER_S, 2 * settings.ORDINAUT_WORKER_HEARTBEAT_S)
     window = (
         last - timedelta(seconds=CLOCK_MARGIN_S),
-        last + timedelta(seconds=settings.ORDINAUT_WORKER_DEAD_AFTER_S + CLOCK_MARGIN_S),
+        last + timedelta(seconds=died_within + CLOCK_MARGIN_S),
     )
     candidates = runs_with_unsent_next(since=window[0], until=window[1])
     if not candidates:

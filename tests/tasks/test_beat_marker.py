@@ -172,3 +172,19 @@ def test_the_stock_database_scheduler_still_sees_every_change(marker_on: None, m
     assert scheduler.schedule_changed(), "an edit"
     services.task_pause(task=task, actor=ACTOR)
     assert scheduler.schedule_changed(), "a pause"
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("kind", "expr"), [("cron", "0 9 * * 1-5"), ("rrule", "FREQ=DAILY;BYHOUR=8"), ("once", "2030-01-01T09:00:00Z")]
+)
+def test_a_task_create_inserts_the_task_with_its_beat_row_and_never_updates_it(
+    make_task: Any, kind: str, expr: str
+) -> None:
+    with CaptureQueriesContext(connection) as captured:
+        task = make_task(kind, expr, "Europe/Chisinau")
+    task_writes = [sql for sql in _statements(captured) if Task._meta.db_table in sql.split("(")[0]]
+    assert [sql.split()[0] for sql in task_writes] == ["INSERT"], task_writes
+    stored = Task.objects.get(pk=task.pk)
+    assert stored.periodic_task_id is not None
+    assert PeriodicTask.objects.get(pk=stored.periodic_task_id).enabled
