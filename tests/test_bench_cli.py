@@ -133,3 +133,29 @@ def test_the_table_judges_each_figure_by_the_documented_goals() -> None:
     assert table.splitlines()[0].split(" | ")[0].strip() == "id"
     assert "0.72x" in table
     assert "NO" in table
+
+
+def test_a_second_run_of_a_benchmark_refuses_while_the_first_holds_its_database() -> None:
+    name = f"cli-test-{Path(__file__).stat().st_ino}"
+    code = (
+        f"import sys; sys.path.insert(0, {str(BASE_DIR)!r}); "
+        f"from tests.perf import stack; stack.one_at_a_time({name!r})"
+    )
+    first = subprocess.Popen(
+        [sys.executable, "-c", code + "; print('held', flush=True); input()"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert first.stdout is not None
+        assert first.stdout.readline().strip() == "held"
+        second = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+        assert second.returncode == 1
+        assert "another run of this benchmark is going on" in second.stderr
+        assert f"pid {first.pid}" in second.stderr
+    finally:
+        first.communicate("\n", timeout=60)
+    after = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert after.returncode == 0, after.stderr
+    (BASE_DIR / "var" / f"bench-{name}.lock").unlink(missing_ok=True)

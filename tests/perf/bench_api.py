@@ -413,6 +413,7 @@ def drop_queues(stream: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     stack.wrk_path()
+    stack.one_at_a_time("bench_api")
     seconds = args.seconds or (6.0 if args.quick else 15.0)
     rounds = args.rounds or (2 if args.quick else 4)
     load_at_start = stack.loadavg()

@@ -278,6 +278,7 @@ def drop_queues() -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     runs = args.runs or (150 if args.quick else 600)
+    stack.one_at_a_time("bench_memory")
     load_at_start = stack.loadavg()
     os.environ["ORDINAUT_EVENT_STREAM"] = f"bench:b6:{uuid.uuid4().hex[:8]}"
     stack.django_setup(

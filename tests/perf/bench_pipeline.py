@@ -51,6 +51,8 @@ os.environ["CELERY_QUEUE"] = f"bench-b1b2-{uuid.uuid4().hex[:8]}"
 
 import django  # noqa: E402
 
+from tests.perf import stack  # noqa: E402
+
 django.setup()
 
 import subprocess  # noqa: E402
@@ -249,6 +251,7 @@ def main() -> int:
     parser.add_argument("--samples", type=int, help="B2 runs and chains one at a time (default 400, quick 100)")
     parser.add_argument("--report", default=str(BASE_DIR / "perf-report-b1b2.json"))
     args = parser.parse_args()
+    stack.one_at_a_time("bench_pipeline")
     runs = args.runs or (100 if args.quick else 400)
     rounds = args.rounds or (3 if args.quick else 5)
     samples = args.samples or (100 if args.quick else 400)

@@ -89,7 +89,7 @@ from tasks import services  # noqa: E402
 from tasks.beat import FIRE_JOB_NAME, _schedule_row, periodic_task_name  # noqa: E402
 from tasks.models import RRuleSchedule, Task  # noqa: E402
 from tasks.schedules import describe  # noqa: E402
-from tests.perf import bare_app  # noqa: E402
+from tests.perf import bare_app, stack  # noqa: E402
 from tests.support.processes import Beat, Worker, wait_for  # noqa: E402
 
 for _name, _value in queue_config(os.environ["CELERY_QUEUE"]).items():
@@ -661,6 +661,7 @@ def phase_ordinaut(
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     started = time.monotonic()
+    stack.one_at_a_time("bench_scheduler")
     total = 1000 if args.quick else 100_000 if args.large else args.tasks or 10_000
     due_count = total // 10
     LOG_DIR.mkdir(parents=True, exist_ok=True)

@@ -13,6 +13,7 @@ creating the role and database (default postgres://postgres@127.0.0.1:5432/postg
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
@@ -38,6 +39,32 @@ LOG_DIR = BASE_DIR / "var" / "bench-logs"
 PROFILE_DIR = BASE_DIR / "var" / "bench-profiles"
 BENCH_ROLE = "ordinaut_bench"
 BENCH_ROLE_CONNECTION_LIMIT = 30
+
+
+_held_locks: list[IO[Any]] = []
+
+
+def one_at_a_time(name: str) -> None:
+    """Exit with a clear message when another run of benchmark `name` is going on on this machine:
+    two runs share its database and Redis database, and the second one's TRUNCATE would deadlock
+    with (or wipe the rows of) the first. The lock (var/bench-<name>.lock) is held until this
+    process exits."""
+    path = BASE_DIR / "var" / f"bench-{name}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = path.open("a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        sys.exit(f"{name}: another run of this benchmark is going on ({holder}); wait for it, it shares the database")
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"pid {os.getpid()}, started {datetime.now():%H:%M:%S}")
+    handle.flush()
+    _held_locks.append(handle)
+
+
 ADMIN_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/postgres"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
