@@ -363,7 +363,7 @@ def events_deliver(
         for occurrences in _rounds(fresh, matched):
             pending: list[Any] = connection.run_on_commit  # (savepoint ids, callback, robust)
             start = len(pending)
-            created = services._fire(occurrences, now)
+            created = services.occurrences_fire(occurrences, now)
             context_of_run: dict[Any, contextvars.Context] = {}
             for run in created:
                 key = by_key[run.trigger_key]

@@ -380,7 +380,7 @@ def task_fire(*, task_id: Any, scheduled_for: datetime, now: datetime | None = N
     """Create the run for one occurrence (or a skipped run saying why not). A second delivery of
     the same occurrence creates nothing: the run's trigger key is unique per task."""
     with transaction.atomic():
-        created = _fire([_scheduled(task_id, scheduled_for)], now or dj_timezone.now())
+        created = occurrences_fire([_scheduled(task_id, scheduled_for)], now or dj_timezone.now())
     return created[0] if created else None
 
 
@@ -401,7 +401,7 @@ def task_fire_event(
         )
         for task_id in task_ids
     ]
-    return _fire(occurrences, now or dj_timezone.now())
+    return occurrences_fire(occurrences, now or dj_timezone.now())
 
 
 def task_fire_batch(
@@ -412,7 +412,7 @@ def task_fire_batch(
     try:
         with transaction.atomic():
             _bound_lock_waits()
-            _fire([_scheduled(task_id, at) for task_id, at in occurrences], now or dj_timezone.now())
+            occurrences_fire([_scheduled(task_id, at) for task_id, at in occurrences], now or dj_timezone.now())
         return []
     except (OperationalError, InterfaceError) as exc:
         if _lock_timed_out(exc):
@@ -466,8 +466,10 @@ def _bound_lock_waits() -> None:
             cursor.execute("SELECT set_config('lock_timeout', %s, true)", [f"{int(_lock_timeout_s() * 1000)}ms"])
 
 
-def _fire(occurrences: list[Occurrence], now: datetime) -> list[Run]:
-    """Decide each occurrence (run, hold, or skip with a reason) and create the runs in bulk.
+def occurrences_fire(occurrences: list[Occurrence], now: datetime) -> list[Run]:
+    """Decide each occurrence (run, hold, or skip with a reason) and create the runs in bulk; the
+    one way runs of schedules and events come to be (task_fire, task_fire_batch, task_fire_event,
+    the events consumer's batches). Returns the runs created (a duplicate trigger key creates none).
     Call inside a transaction."""
     wanted = [(key, occurrence) for key, occurrence in ((_uuid_or_none(o.task_id), o) for o in occurrences) if key]
     # Lock the tasks (in id order, so two batches never deadlock): overlap, snooze and completion

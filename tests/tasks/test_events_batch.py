@@ -65,7 +65,7 @@ def test_a_poison_event_in_the_middle_of_a_read_does_not_fail_the_others(
     make_task("event", "email.*", overlap="allow")
     events = [publish(agent.agent, "email.received", {"n": n}) for n in range(5)]
     poison = str(events[2].pk)
-    real = services._fire
+    real = services.occurrences_fire
     calls: list[int] = []
 
     def fire(occurrences: list[Any], now: Any) -> Any:
@@ -75,7 +75,7 @@ def test_a_poison_event_in_the_middle_of_a_read_does_not_fail_the_others(
             raise ValueError("a poison event")
         return real(occurrences, now)
 
-    monkeypatch.setattr(services, "_fire", fire)
+    monkeypatch.setattr(services, "occurrences_fire", fire)
 
     stats = make_consumer().run(iterations=3)
 
