@@ -208,7 +208,8 @@ def rows(reports: dict[str, dict[str, Any] | None]) -> list[dict[str, Any]]:
             "POST /events -> run",
             _fmt(b5.get("without_consumer_per_s"), " /s alone"),
             _fmt(b5.get("with_consumer_per_s"), " /s"),
-            f"p99 {_fmt(p99, ' ms')}; {_fmt(b5.get('ratio'), 'x')}",
+            f"p99 {_fmt(p99, ' ms')}; {_fmt(b5.get('ratio'), 'x')}; "
+            f"backlog {_fmt(b5.get('consumer_backlog_at_end_max'))}",
             bool(b5.get("goal_met")),
         )
     if b6 is not None:
