@@ -131,6 +131,19 @@ class Attempt(Generic[Record]):
         return [*self.history, entry]
 
 
+def attempt_failure(exc: Exception, *, timeout_s: float, what: str) -> StepError:
+    """What the body of an attempt (a step's or an item's: rendering, the tool call, its checks)
+    raised, as the StepError that fails the attempt: a StepError as it is, a soft time limit hit
+    outside the tool call a timeout, anything else a bug of the step (logged with its traceback),
+    never a lost run. `what` names the attempt in the messages ("the step", "item 3 of step fetch")."""
+    if isinstance(exc, StepError):
+        return exc
+    if isinstance(exc, SoftTimeLimitExceeded):
+        return ToolTimeout(f"{what} ran past {timeout_s:g}s")
+    logger.exception("%s raised", what)
+    return StepError(f"{type(exc).__name__}: {exc}"[:1000], code="tool_error", retryable=False)
+
+
 def tool_call(tool: Tool, rendered: Any, call: ToolCall) -> tuple[Any, str]:
     """Call the tool; its output and that output's stored JSON text. Every way a call can fail is
     a StepError (a time limit is a timeout, a tool's bug a tool_error); waits and approvals are

@@ -7,14 +7,13 @@ import logging
 from datetime import datetime
 from typing import Any
 
-from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.db import DatabaseError, InterfaceError, OperationalError, connection, transaction
 from django.utils import timezone
 
 from ordinaut_site import logs
 from ordinaut_site.budgets import budget_charge
-from ordinaut_site.errors import AttemptsExhausted, StepError, ToolInputInvalid, ToolOutputInvalid, ToolTimeout
+from ordinaut_site.errors import AttemptsExhausted, StepError, ToolInputInvalid, ToolOutputInvalid
 from pipelines.spec import Step
 from pipelines.storable import storable_text
 from pipelines.templates import Rendering, condition_evaluate, has_templates, reads_steps, render
@@ -29,6 +28,7 @@ from .attempts import (
     Outcome,
     RetryIn,
     RetryPolicy,
+    attempt_failure,
     retry_delay_s,
     retry_policy,
     template_context,
@@ -144,15 +144,10 @@ def _claimed(run: Run, index: int, claim: Claim, *, starting: bool) -> Outcome:
             run=run, step=record, input=rendered, message=ask.message, data=ask.data, timeout_s=ask.timeout_s
         )
         return Next.STOP
-    except StepError as exc:
-        return _failed(run, attempt, rendered, exc, policy)
     except (OperationalError, InterfaceError):
         raise  # the database, not the tool: the job retries (runs/jobs.py)
-    except SoftTimeLimitExceeded:  # while rendering: the tool call's own limit is a StepError
-        return _failed(run, attempt, rendered, ToolTimeout(f"the step ran past {timeout_s:g}s"), policy)
-    except Exception as exc:  # a bug is the step's failure, never a lost run
-        logger.exception("step %s raised", record.step_id)
-        error = StepError(f"{type(exc).__name__}: {exc}"[:1000], code="tool_error", retryable=False)
+    except Exception as exc:  # a StepError, a time limit while rendering, a bug: the step's failure
+        error = attempt_failure(exc, timeout_s=timeout_s, what=f"step {record.step_id}")
         return _failed(run, attempt, rendered, error, policy)
 
     history = attempt.end("succeeded")

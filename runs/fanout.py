@@ -7,20 +7,19 @@ import json
 import logging
 from typing import Any
 
-from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.db import InterfaceError, OperationalError, transaction
 
 from ordinaut_site import logs
 from ordinaut_site.budgets import budget_charge
-from ordinaut_site.errors import AttemptsExhausted, StepError, TemplateFailed, ToolInputInvalid, ToolTimeout
+from ordinaut_site.errors import AttemptsExhausted, StepError, TemplateFailed, ToolInputInvalid
 from pipelines.spec import Step
 from pipelines.storable import storable_text
 from pipelines.templates import Rendering, render
 from pipelines.tools import AwaitApproval, Suspend, Tool, ToolCall, schema_errors, tool_resolve
 
 from . import services as run_services
-from .attempts import Attempt, Next, Outcome, RetryIn, retry_delay_s, retry_policy, tool_call
+from .attempts import Attempt, Next, Outcome, RetryIn, attempt_failure, retry_delay_s, retry_policy, tool_call
 from .models import Run, StepItem, StepRun
 from .selectors import run_get_for_step
 from .services import After
@@ -182,15 +181,10 @@ def _item_execute(run: Run, index: int, item_index: int, claim_id: str) -> Outco
     except (Suspend, AwaitApproval):
         error = StepError("a foreach item cannot wait or ask for approval", code="input_invalid")
         return _item_failed(run, step, claim, attempt, error, timeout_s)
-    except StepError as exc:
-        return _item_failed(run, step, claim, attempt, exc, timeout_s)
     except (OperationalError, InterfaceError):
         raise  # the database, not the tool: the job retries (runs/jobs.py)
-    except SoftTimeLimitExceeded:
-        return _item_failed(run, step, claim, attempt, ToolTimeout(f"the item ran past {timeout_s:g}s"), timeout_s)
-    except Exception as exc:  # a bug is the item's failure, never a lost run
-        logger.exception("item %s of step %s raised", item_index, claim.step.step_id)
-        error = StepError(f"{type(exc).__name__}: {exc}"[:1000], code="tool_error", retryable=False)
+    except Exception as exc:  # a StepError, a time limit, a bug: the item's failure, never a lost run
+        error = attempt_failure(exc, timeout_s=timeout_s, what=f"item {item_index} of step {claim.step.step_id}")
         return _item_failed(run, step, claim, attempt, error, timeout_s)
     after = item_finished(run=run, step=step, claim=claim, history=attempt.end("succeeded"), output=output)
     return Next.CONTINUE if after is None else Next.STOP
