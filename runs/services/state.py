@@ -161,25 +161,35 @@ def run_due(*, run: Run) -> bool:
     decided = any(answer is True for _, answer in scheduled_run_due.send(sender=Run, run=run))
     if not decided:
         run_scheduled_start(run=run)
-    row = Run.objects.filter(pk=run.pk).values("status", "skip_reason", "deadline_at").first()
-    if row is None:
-        return False
-    run.status, run.skip_reason, run.deadline_at = row["status"], row["skip_reason"], row["deadline_at"]
+    if run.status == Run.Status.SCHEDULED:
+        # No transition of this run won (another process moved it meanwhile: a cancel, the
+        # sweeper): what it is now. A transition that won updated the in-memory run.
+        row = Run.objects.filter(pk=run.pk).values("status", "skip_reason", "deadline_at").first()
+        if row is None:
+            return False
+        run.status, run.skip_reason, run.deadline_at = row["status"], row["skip_reason"], row["deadline_at"]
     return run.status == Run.Status.QUEUED and run.deadline_at is not None
 
 
 def run_scheduled_start(*, run: Run) -> bool:
-    """scheduled -> queued: its instant came and it runs."""
-    return bool(Run.objects.filter(pk=run.pk, status=Run.Status.SCHEDULED).update(status=Run.Status.QUEUED))
+    """scheduled -> queued: its instant came and it runs (the in-memory run follows)."""
+    won = bool(Run.objects.filter(pk=run.pk, status=Run.Status.SCHEDULED).update(status=Run.Status.QUEUED))
+    if won:
+        run.status = Run.Status.QUEUED
+    return won
 
 
 def run_scheduled_hold(*, run: Run) -> bool:
-    """scheduled -> queued and held (overlap=queue): it starts when the runs before it end."""
-    return bool(
+    """scheduled -> queued and held (overlap=queue): it starts when the runs before it end (the
+    in-memory run follows)."""
+    won = bool(
         Run.objects.filter(pk=run.pk, status=Run.Status.SCHEDULED).update(
             status=Run.Status.QUEUED, deadline_at=None, dispatch_count=0
         )
     )
+    if won:
+        run.status, run.deadline_at, run.dispatch_count = Run.Status.QUEUED, None, 0
+    return won
 
 
 def run_scheduled_skip(*, run: Run, reason: str) -> bool:
@@ -195,7 +205,7 @@ def run_scheduled_skip(*, run: Run, reason: str) -> bool:
         StepRun.objects.filter(run=run, status=StepRun.Status.PENDING).update(
             status=StepRun.Status.SKIPPED, skip_reason=reason[:24], finished_at=now
         )
-        run.status, run.skip_reason = Run.Status.SKIPPED, reason
+        run.status, run.skip_reason, run.finished_at, run.deadline_at = Run.Status.SKIPPED, reason, now, None
     return won
 
 

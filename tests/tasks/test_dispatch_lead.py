@@ -200,3 +200,49 @@ def test_a_scheduled_run_whose_message_was_lost_is_sent_again_by_the_sweeper(
     assert result["runs_recovered"] == 1
     assert [chain["run_id"] for chain in sent] == [run.pk]
     assert _started(run).status == "succeeded"
+
+
+def _run_reads(captured: Any) -> list[str]:
+    """SELECTs of a run's status alone (the re-read run_due makes when no transition of its own won)."""
+    reread = 'SELECT "runs_run"."status" AS "status", "runs_run"."skip_reason" AS "skip_reason"'
+    return [q["sql"] for q in captured.captured_queries if q["sql"].startswith(reread)]
+
+
+def test_the_first_step_of_a_scheduled_run_starts_it_without_reading_the_run_again(make_task: Any) -> None:
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from runs.engine import Next, step_execute
+
+    task = make_task("cron", "*/5 * * * *")
+    run = _fired_ahead(task)
+    with CaptureQueriesContext(connection) as captured:
+        outcome = step_execute(run_id=str(run.pk), index=0, claim_id="first", timeout_s=60)
+
+    assert outcome is Next.STOP, "a one-step run ends with its step"
+    assert Run.objects.get(pk=run.pk).status == "succeeded"
+    assert _run_reads(captured) == [], "the decision's own transition told the run what it became"
+
+
+def test_a_scheduled_run_canceled_while_its_start_is_decided_does_not_start(make_task: Any, monkeypatch: Any) -> None:
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from runs.engine import Next, step_execute
+    from runs.services import state
+
+    task = make_task("cron", "*/5 * * * *")
+    run = _fired_ahead(task)
+
+    def start_after_a_cancel(*, run: Run) -> bool:
+        run_cancel(run=Run.objects.get(pk=run.pk), actor=ACTOR)  # another process, in between
+        return state.run_scheduled_start(run=run)
+
+    monkeypatch.setattr(services, "run_scheduled_start", start_after_a_cancel)
+    with CaptureQueriesContext(connection) as captured:
+        outcome = step_execute(run_id=str(run.pk), index=0, claim_id="first", timeout_s=60)
+
+    assert outcome is Next.STOP
+    assert len(_run_reads(captured)) == 1, "its transition lost: what the run is now is read"
+    assert Run.objects.get(pk=run.pk).status == "canceled"
+    assert StepRun.objects.get(run=run).status == "pending", "its step never started"
