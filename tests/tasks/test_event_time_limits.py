@@ -8,17 +8,15 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
-import threading
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import redis
-from django.db import connection, transaction
 
 from runs.models import Run
 from tasks.event_consumer import DELIVERY_TIME_LIMIT_TRIES, EXIT_HARD_TIME_LIMIT
-from tasks.models import Event, Task
+from tasks.models import Event
 from tests.support.events import clean_stream, make_consumer, pending_count, publish
 from tests.support.processes import BASE_DIR, child_env
 
@@ -36,37 +34,6 @@ def limits(settings: Any) -> None:
     settings.ORDINAUT_FIRE_TIME_LIMIT_S = 60
 
 
-@pytest.fixture
-def locked() -> Iterator[Any]:
-    """locked(task): another connection holds the task's row lock (a stuck transaction) until
-    the returned event is set."""
-    release = threading.Event()
-    threads: list[threading.Thread] = []
-
-    def hold(task: Task) -> threading.Event:
-        ready = threading.Event()
-
-        def run() -> None:
-            try:
-                with transaction.atomic():
-                    Task.objects.select_for_update().get(pk=task.pk)
-                    ready.set()
-                    release.wait(timeout=120)
-            finally:
-                connection.close()
-
-        thread = threading.Thread(target=run, daemon=True)
-        thread.start()
-        threads.append(thread)
-        assert ready.wait(timeout=10)
-        return release
-
-    yield hold
-    release.set()
-    for thread in threads:
-        thread.join(timeout=10)
-
-
 # publish(..., stream=False): the commit of these tests adds the entry (event_publish's after-commit XADD).
 
 
@@ -75,13 +42,13 @@ def runs_of(event: Event) -> list[Run]:
 
 
 def test_a_stuck_delivery_is_left_pending_and_the_next_entries_are_delivered(
-    agent: Any, make_task: Any, locked: Any, limits: None, redis_client: redis.Redis
+    agent: Any, make_task: Any, task_row_lock: Any, limits: None, redis_client: redis.Redis
 ) -> None:
     stuck_task = make_task("event", "stuck.*")
     make_task("event", "free.*")
     stuck = publish(agent.agent, "stuck.one", stream=False)
     free = publish(agent.agent, "free.one", stream=False)
-    release = locked(stuck_task)
+    release = task_row_lock(stuck_task)
     consumer = make_consumer(claim_idle_ms=0)
 
     stats = consumer.run(iterations=3)
@@ -100,11 +67,11 @@ def test_a_stuck_delivery_is_left_pending_and_the_next_entries_are_delivered(
 
 
 def test_a_delivery_that_always_runs_past_the_limit_is_given_up(
-    agent: Any, make_task: Any, locked: Any, limits: None, redis_client: redis.Redis
+    agent: Any, make_task: Any, task_row_lock: Any, limits: None, redis_client: redis.Redis
 ) -> None:
     task = make_task("event", "stuck.*")
     event = publish(agent.agent, "stuck.one", stream=False)
-    locked(task)
+    task_row_lock(task)
     consumer = make_consumer(claim_idle_ms=0)
 
     consumer.run(iterations=2)  # its own pending entries first (none), then new ones

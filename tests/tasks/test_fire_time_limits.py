@@ -4,8 +4,6 @@ fires once it can, once."""
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -13,7 +11,6 @@ from typing import Any
 import pytest
 from celery.exceptions import TimeLimitExceeded
 from django.conf import settings
-from django.db import connection, transaction
 from django.utils import timezone
 
 from ordinaut_site.celery import app
@@ -34,37 +31,6 @@ def test_the_fire_jobs_carry_the_time_limits_of_the_settings() -> None:
     assert settings.ORDINAUT_FIRE_SOFT_TIME_LIMIT_S < settings.ORDINAUT_FIRE_TIME_LIMIT_S
 
 
-@pytest.fixture
-def row_lock() -> Iterator[Any]:
-    """row_lock(task) holds the task's row lock from another connection (a stuck transaction)
-    until release() is called."""
-    release = threading.Event()
-    threads: list[threading.Thread] = []
-
-    def hold(task: Task) -> threading.Event:
-        locked = threading.Event()
-
-        def run() -> None:
-            try:
-                with transaction.atomic():
-                    Task.objects.select_for_update().get(pk=task.pk)
-                    locked.set()
-                    release.wait(timeout=120)
-            finally:
-                connection.close()
-
-        thread = threading.Thread(target=run, daemon=True)
-        thread.start()
-        threads.append(thread)
-        assert locked.wait(timeout=10)
-        return release
-
-    yield hold
-    release.set()
-    for thread in threads:
-        thread.join(timeout=10)
-
-
 def runs_of(task: Task) -> list[Run]:
     return list(Run.objects.filter(task=task, trigger="schedule"))
 
@@ -72,7 +38,7 @@ def runs_of(task: Task) -> list[Run]:
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.e2e
 def test_a_batch_stuck_on_one_task_is_split_and_the_others_fire_meanwhile(
-    make_task: Any, row_lock: Any, worker_logs: Path, workers: list[Worker]
+    make_task: Any, task_row_lock: Any, worker_logs: Path, workers: list[Worker]
 ) -> None:
     stuck, free = make_task("cron", "* * * * *"), make_task("cron", "* * * * *")
     at = timezone.now().replace(microsecond=0)
@@ -82,7 +48,7 @@ def test_a_batch_stuck_on_one_task_is_split_and_the_others_fire_meanwhile(
     env = {"ORDINAUT_FIRE_SOFT_TIME_LIMIT_S": "4", "ORDINAUT_FIRE_TIME_LIMIT_S": "12"}
     limited = Worker(worker_logs, queue=queue, env=env).start()
     workers.append(limited)
-    release = row_lock(stuck)
+    release = task_row_lock(stuck)
 
     app.send_task(
         FIRE_BATCH_JOB_NAME,
