@@ -151,6 +151,16 @@ class ParkedFilter(admin.EmptyFieldListFilter):
             yield {**choice, "display": self.LABELS.get(str(choice["display"]), choice["display"])}
 
 
+def _when_column(field: str, description: str, *, ordering: bool = False) -> Any:
+    """An admin column (or read-only field) showing the task's datetime `field` as when() does."""
+
+    @admin.display(description=description, ordering=field if ordering else None)
+    def column(self: Any, task: Task) -> SafeString | str:
+        return when(getattr(task, field))
+
+    return column
+
+
 @admin.register(Task)
 class TaskAdmin(OrdinautModelAdmin):
     form = TaskAdminForm
@@ -196,33 +206,13 @@ class TaskAdmin(OrdinautModelAdmin):
     def schedule_text(self, task: Task) -> str:
         return describe(task.schedule_kind, task.schedule_expr, task.timezone)
 
-    @admin.display(description="next run", ordering="next_run_at")
-    def next_run(self, task: Task) -> SafeString | str:
-        return when(task.next_run_at)
-
-    @admin.display(description="last run", ordering="last_run_at")
-    def last_run(self, task: Task) -> SafeString | str:
-        return when(task.last_run_at)
-
-    @admin.display(description="snoozed until")
-    def snoozed(self, task: Task) -> SafeString | str:
-        return when(task.snoozed_until)
-
-    @admin.display(description="parked since")
-    def parked_since(self, task: Task) -> SafeString | str:
-        return when(task.schedule_parked_at)
-
-    @admin.display(description="created")
-    def created(self, task: Task) -> SafeString | str:
-        return when(task.created_at)
-
-    @admin.display(description="updated")
-    def updated(self, task: Task) -> SafeString | str:
-        return when(task.updated_at)
-
-    @admin.display(description="deleted")
-    def deleted(self, task: Task) -> SafeString | str:
-        return when(task.deleted_at)
+    next_run = _when_column("next_run_at", "next run", ordering=True)
+    last_run = _when_column("last_run_at", "last run", ordering=True)
+    snoozed = _when_column("snoozed_until", "snoozed until")
+    parked_since = _when_column("schedule_parked_at", "parked since")
+    created = _when_column("created_at", "created")
+    updated = _when_column("updated_at", "updated")
+    deleted = _when_column("deleted_at", "deleted")
 
     @admin.display(description="next occurrences")
     def upcoming(self, task: Task) -> str:
