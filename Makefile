@@ -76,10 +76,11 @@ bench-b3: $(VENV)/.dev
 
 ## reliability-r1, reliability-r3: fault suites (docs/benchmarks.md): the long profile; QUICK=1 for the one-minute one that
 ## `make test` runs too. R1: kill -9 a worker every 30 s under load; R3: two beats over 1,000 schedules, the
-## leader killed. Reports in var/reliability-rN.json.
+## leader killed. Reports in var/reliability-rN.json. The long profiles run past the default run's 300 s
+## per-test timeout: 2,400 s for them.
 RELIABILITY_RUN = DATABASE_URL="$(TEST_DATABASE_URL)" REDIS_URL="$(TEST_REDIS_URL)" \
 	SECRET_KEY="test-only-secret-key-not-for-production" RELIABILITY_PROFILE="$(if $(QUICK),quick,long)" \
-	$(BIN)/python -m pytest -o addopts="-ra --strict-markers -p no:cacheprovider" -s -q
+	$(BIN)/python -m pytest -o addopts="-ra --strict-markers -p no:cacheprovider" -o timeout=$(if $(QUICK),300,2400) -s -q
 reliability-r1: $(VENV)/.dev
 	$(RELIABILITY_RUN) tests/reliability/test_r1_worker_kill.py
 reliability-r3: $(VENV)/.dev
