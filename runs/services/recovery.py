@@ -159,7 +159,8 @@ def _recover_unsent(worker: liveness.DeadWorker, *, now: datetime) -> int:
 
 def runs_with_unsent_next(*, since: datetime, until: datetime) -> list[tuple[uuid.UUID, int]]:
     """(run id, next index) of running runs whose current step finished between `since` and
-    `until` and whose next step is pending: a chain whose next message is in the queue, or lost."""
+    `until` and whose next step is pending, and of queued runs created then (sent at their
+    creation) whose first step is pending: a chain whose next message is in the queue, or lost."""
     finished = StepRun.objects.filter(
         run_id=OuterRef("pk"),
         index=OuterRef("current_step"),
@@ -175,7 +176,19 @@ def runs_with_unsent_next(*, since: datetime, until: datetime) -> list[tuple[uui
         .annotate(next_index=F("current_step") + 1)
         .values_list("pk", "next_index")[:UNSENT_BATCH]
     )
-    return [(pk, int(index)) for pk, index in rows]
+    unstarted = StepRun.objects.filter(run_id=OuterRef("pk"), index=0, status=StepRun.Status.PENDING)
+    first = (
+        # Sent (dispatch_count) and due (a deadline: not held for its turn nor parked for a jitter).
+        Run.objects.filter(
+            status=Run.Status.QUEUED,
+            created_at__range=(since, until),
+            dispatch_count__gt=0,
+            deadline_at__isnull=False,
+        )
+        .filter(Exists(unstarted))
+        .values_list("pk", flat=True)[:UNSENT_BATCH]
+    )
+    return [(pk, int(index)) for pk, index in rows] + [(pk, 0) for pk in first]
 
 
 def runs_with_lost_claims(claim_ids: Collection[str]) -> list[uuid.UUID]:
@@ -322,14 +335,21 @@ def _waits_for_lost_message(run: Run, lost_steps: Collection[tuple[str, int]]) -
 
 def _waits_since(run: Run, window: tuple[datetime, datetime]) -> bool:
     """Under the run's lock: its first unfinished step is pending and the one before it finished
-    within `window`."""
+    within `window`, or it is a queued run created (and sent) within `window` that never started."""
     first = (
         StepRun.objects.filter(run=run, status__in=[StepRun.Status.PENDING, StepRun.Status.RUNNING])
         .order_by("index")
         .first()
     )
-    if first is None or first.status != StepRun.Status.PENDING or first.index == 0:
+    if first is None or first.status != StepRun.Status.PENDING:
         return False
+    if first.index == 0:
+        return (
+            run.status == Run.Status.QUEUED
+            and run.dispatch_count > 0
+            and run.deadline_at is not None
+            and window[0] <= run.created_at <= window[1]
+        )
     return StepRun.objects.filter(
         run=run, index=first.index - 1, status__in=StepRun.DONE, finished_at__range=window
     ).exists()

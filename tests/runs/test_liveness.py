@@ -373,3 +373,28 @@ def test_a_next_message_a_dying_worker_took_unlisted_is_sent_again(
     assert not redis_client.hexists(liveness.beats_key(), dead)
     # A second pass does not send it again: the worker is forgotten.
     assert lost_claims_recover() == 0
+
+
+def test_a_new_runs_first_message_a_dying_worker_took_unlisted_is_sent_again(
+    agent: Any,
+    incarnations: Any,
+    redis_client: redis.Redis,
+    dispatched: list[dict[str, Any]],
+    django_capture_on_commit_callbacks: Any,
+) -> None:
+    from datetime import timedelta
+
+    # Created (its first step sent) as the worker that took that message died: queued, step 0 pending.
+    with django_capture_on_commit_callbacks(execute=True):
+        lost = run_create(task=make_task(agent.agent, echo_pipeline(2)), trigger="manual")
+        old = run_create(task=make_task(agent.agent, echo_pipeline(2)), trigger="manual")
+    Run.objects.filter(pk=old.pk).update(created_at=timezone.now() - timedelta(minutes=5))
+    dispatched.clear()
+    dead = incarnations()
+    announce(dead)
+    die(redis_client, dead)
+
+    with django_capture_on_commit_callbacks(execute=True):
+        assert lost_claims_recover() == 1
+
+    assert [(d["run_id"], d["from_index"]) for d in dispatched] == [(lost.pk, 0)], "not the one created long before"
