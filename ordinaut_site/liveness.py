@@ -304,7 +304,7 @@ def workers_dead(*, conn: redis.Redis | None = None) -> list[DeadWorker]:
     uptime = int(conn.info("server").get("uptime_in_seconds", 0))
     if uptime < settings.ORDINAUT_WORKER_DEAD_AFTER_S:
         return []
-    names = sorted(_text(name) for name in conn.smembers(registry_key()))  # type: ignore[union-attr]
+    names = _registered(conn)
     if not names:
         return []
     pipe = conn.pipeline(transaction=False)
@@ -331,7 +331,7 @@ def workers_dead(*, conn: redis.Redis | None = None) -> list[DeadWorker]:
 
 def workers_alive(*, conn: redis.Redis | None = None) -> list[str]:
     conn = conn or client()
-    names = sorted(_text(name) for name in conn.smembers(registry_key()))  # type: ignore[union-attr]
+    names = _registered(conn)
     return [name for name in names if conn.exists(alive_key(name))]
 
 
@@ -344,6 +344,11 @@ def dead_worker_forget(dead: DeadWorker, *, conn: redis.Redis | None = None) -> 
     return bool(conn.eval(_FORGET_DEAD, len(keys), *keys, *sorted(dead.task_ids), dead.incarnation))
 
 
+def _registered(conn: redis.Redis) -> list[str]:
+    """Every worker incarnation that announced itself and was not forgotten, sorted."""
+    return sorted(_text(name) for name in conn.smembers(registry_key()))  # type: ignore[union-attr]
+
+
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
@@ -352,7 +357,7 @@ def steps_listed() -> set[tuple[str, int]]:
     """(run id, step index) of every step job some registered worker lists as in flight (running,
     prefetched, or waiting out a countdown)."""
     conn = client()
-    names = sorted(_text(name) for name in conn.smembers(registry_key()))  # type: ignore[union-attr]
+    names = _registered(conn)
     pipe = conn.pipeline(transaction=False)
     for name in names:
         pipe.hvals(inflight_key(name))

@@ -315,17 +315,21 @@ def _holds_lost_claim(run: Run, lost_claims: Collection[str]) -> bool:
     return StepRun.objects.filter(run=run, status=StepRun.Status.RUNNING, claim_id__in=list(lost_claims)).exists()
 
 
+def _first_unfinished(run: Run) -> StepRun | None:
+    return (
+        StepRun.objects.filter(run=run, status__in=[StepRun.Status.PENDING, StepRun.Status.RUNNING])
+        .order_by("index")
+        .first()
+    )
+
+
 def _waits_for_lost_message(run: Run, lost_steps: Collection[tuple[str, int]]) -> bool:
     """Under the run's lock: its first unfinished step is pending and either its own message or the
     job of the step before it (done, the next message never sent) was one of the dead worker's."""
     indexes = {index for run_id, index in lost_steps if run_id == str(run.pk)}
     if not indexes:
         return False
-    first = (
-        StepRun.objects.filter(run=run, status__in=[StepRun.Status.PENDING, StepRun.Status.RUNNING])
-        .order_by("index")
-        .first()
-    )
+    first = _first_unfinished(run)
     return (
         first is not None
         and first.status == StepRun.Status.PENDING
@@ -336,11 +340,7 @@ def _waits_for_lost_message(run: Run, lost_steps: Collection[tuple[str, int]]) -
 def _waits_since(run: Run, window: tuple[datetime, datetime]) -> bool:
     """Under the run's lock: its first unfinished step is pending and the one before it finished
     within `window`, or it is a queued run created (and sent) within `window` that never started."""
-    first = (
-        StepRun.objects.filter(run=run, status__in=[StepRun.Status.PENDING, StepRun.Status.RUNNING])
-        .order_by("index")
-        .first()
-    )
+    first = _first_unfinished(run)
     if first is None or first.status != StepRun.Status.PENDING:
         return False
     if first.index == 0:
