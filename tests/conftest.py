@@ -20,6 +20,7 @@ from ordinaut_site.models import ALL_SCOPES, Agent
 from ordinaut_site.queues import queue_config
 from ordinaut_site.services import agent_create, token_issue
 from ordinaut_site.throttling import THROTTLE_KEY_PREFIX
+from tests.support import flush
 from tests.support.mcp_servers import TOKEN, TOKEN_ENV
 from tests.support.processes import Worker
 
@@ -64,6 +65,9 @@ def pytest_configure(config: pytest.Config) -> None:
     # And its own cache key prefix: rate-limit counters (the cache's only use) of two suites on one
     # Redis would add up, and rate_limits_reset of one would wipe the other's mid-test.
     settings.CACHES["default"]["KEY_PREFIX"] = f"ordinaut-test-{uuid.uuid4().hex[:10]}"
+    # The session worker may finish a test's last step while the test's flush runs: a deadlock
+    # there is retried (tests/support/flush.py).
+    flush.install()
 
 
 @dataclass
