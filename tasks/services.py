@@ -578,7 +578,9 @@ def task_start_scheduled(*, run: Run, now: datetime | None = None) -> None:
     now = now or dj_timezone.now()
     assert run.scheduled_for is not None
     with transaction.atomic():
-        task = Task.objects.select_for_update(of=("self",)).select_related("owner").filter(pk=run.task_id).first()
+        # Unordered and sliced, not first(): no ORDER BY to compile (Task's default ordering).
+        locked = Task.objects.select_for_update(of=("self",)).select_related("owner").filter(pk=run.task_id)
+        task = next(iter(locked.order_by()[:1]), None)
         reason = _start_refusal(task, run.scheduled_for)
         if not reason and task is not None:
             reason = _skip_reason(task, _scheduled(task.pk, run.scheduled_for), now)
@@ -587,14 +589,14 @@ def task_start_scheduled(*, run: Run, now: datetime | None = None) -> None:
             return
         assert task is not None
         if task.overlap != Task.Overlap.ALLOW:
-            others = list(Run.objects.filter(task_id=task.pk, status__in=Run.ACTIVE).exclude(pk=run.pk))
-            if others and task.overlap == Task.Overlap.SKIP:
-                _skip_scheduled(run, "overlap")
+            others = Run.objects.filter(task_id=task.pk, status__in=Run.ACTIVE).exclude(pk=run.pk).order_by()
+            if task.overlap in (Task.Overlap.SKIP, Task.Overlap.QUEUE) and others.exists():
+                if task.overlap == Task.Overlap.SKIP:
+                    _skip_scheduled(run, "overlap")
+                else:
+                    run_scheduled_hold(run=run)
                 return
-            if others and task.overlap == Task.Overlap.QUEUE:
-                run_scheduled_hold(run=run)
-                return
-            for previous in others:  # cancel_previous
+            for previous in others if task.overlap == Task.Overlap.CANCEL_PREVIOUS else ():
                 with contextlib.suppress(Conflict):  # it finished meanwhile
                     run_cancel(run=previous, actor=Actor.system("overlap=cancel_previous"))
         run_scheduled_start(run=run)

@@ -152,6 +152,30 @@ def test_overlap_is_decided_against_the_runs_active_at_the_instant(make_task: An
     assert (later.status, later.skip_reason) == ("skipped", "overlap")
 
 
+def test_overlap_cancel_previous_cancels_the_run_active_at_the_instant_and_starts(make_task: Any) -> None:
+    task = make_task("cron", "*/5 * * * *", overlap="cancel_previous")
+    at = _instant(task)
+    earlier = services.task_fire(task_id=task.pk, scheduled_for=at, now=at)
+    later = services.task_fire(
+        task_id=task.pk, scheduled_for=at + timedelta(minutes=5), now=at + timedelta(minutes=5) - timedelta(seconds=1)
+    )
+    assert earlier is not None
+    assert later is not None
+    assert later.status == "scheduled"
+
+    later = _started(later)
+
+    assert Run.objects.get(pk=earlier.pk).status == "canceled"
+    assert later.status == "succeeded"
+
+
+def test_overlap_allows_nothing_else_when_no_run_is_active_at_the_instant(make_task: Any) -> None:
+    for overlap in ("skip", "queue", "cancel_previous"):
+        task = make_task("cron", "*/5 * * * *", overlap=overlap)
+        run = _started(_fired_ahead(task))
+        assert (overlap, run.status) == (overlap, "succeeded")
+
+
 def test_overlap_queue_holds_it_at_the_instant_and_releases_it_after_the_one_before(
     make_task: Any, django_capture_on_commit_callbacks: Any, sent: list[dict[str, Any]]
 ) -> None:
