@@ -135,7 +135,7 @@ def attempt_failure(exc: Exception, *, timeout_s: float, what: str) -> StepError
     """What the body of an attempt (a step's or an item's: rendering, the tool call, its checks)
     raised, as the StepError that fails the attempt: a StepError as it is, a soft time limit hit
     outside the tool call a timeout, anything else a bug of the step (logged with its traceback),
-    never a lost run. `what` names the attempt in the messages ("the step", "item 3 of step fetch")."""
+    never a lost run. `what` names the attempt in the messages ("step fetch", "item 3 of step fetch")."""
     if isinstance(exc, StepError):
         return exc
     if isinstance(exc, SoftTimeLimitExceeded):
