@@ -20,6 +20,9 @@ pytestmark = [
 ]
 
 
+DELIBERATE = "/* a deliberate deadlock, tests/test_flush_retry.py */"
+
+
 def flush() -> None:
     call_command("flush", verbosity=0, interactive=False, reset_sequences=False)
 
@@ -49,7 +52,8 @@ def deadlock_the_next_flush() -> threading.Thread:
                         break
                     time.sleep(0.01)
                 try:
-                    cursor.execute(f'LOCK TABLE "{first}" IN ROW EXCLUSIVE MODE')
+                    # Named in the PostgreSQL log's DETAIL lines, beside its "deadlock detected".
+                    cursor.execute(f'{DELIBERATE} LOCK TABLE "{first}" IN ROW EXCLUSIVE MODE')
                 finally:
                     cursor.execute("ROLLBACK")
         finally:
