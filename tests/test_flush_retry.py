@@ -90,3 +90,14 @@ def test_other_flush_errors_are_not_tried_again() -> None:
     with pytest.raises(CommandError, match="not a deadlock"):
         flush_retrying(broken)
     assert len(calls) == 1
+
+
+def test_a_failed_flush_names_its_cause() -> None:
+    def broken() -> None:
+        try:
+            raise OSError("the cause")
+        except OSError as exc:
+            raise CommandError("Database couldn't be flushed.") from exc
+
+    with pytest.raises(CommandError, match=r"couldn't be flushed\. Cause: OSError\('the cause'\)"):
+        flush_retrying(broken)

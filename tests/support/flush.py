@@ -38,7 +38,8 @@ def flush_retrying(flush: Any, tries: int = FLUSH_TRIES) -> None:
             return
         except CommandError as exc:
             if attempt == tries or not deadlocked(exc):
-                raise
+                # Django's message names no cause; the short test summary then shows it.
+                raise CommandError(f"{exc} Cause: {exc.__cause__!r}") from exc
             logger.warning("flushing the test database deadlocked (try %d of %d); trying again", attempt, tries)
             time.sleep(0.1 * attempt)
 
